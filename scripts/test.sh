@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The gate: set up everything, then format check, lint, type check, and the whole suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+.venv/bin/ruff format --check .
+.venv/bin/ruff check .
+.venv/bin/mypy
+exec .venv/bin/python -m pytest -p no:cacheprovider "$@"
