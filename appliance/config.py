@@ -1,0 +1,214 @@
+"""The satellite's configuration: TOML file, then environment overrides, then flags.
+
+Every option has a default that works on one machine. Unknown keys and bad values are
+refused at start with the offending key named (``ConfigError``).
+
+Environment overrides are ``SATELLITE_<SECTION>_<KEY>`` for the scalar keys, e.g.
+``SATELLITE_SERVER_LISTEN=127.0.0.1:5000`` or ``SATELLITE_REGISTRY_PUSH=true``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_LISTEN = "0.0.0.0:8585"
+DEFAULT_DATA_DIR = Path("/var/lib/satellite")
+DEFAULT_MAX_BYTES = 50 * 1024**3
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_UNITS = {
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Upstream:
+    name: str
+    url: str
+    default: bool = False
+    username: str | None = None
+    password: str | None = None
+    ca_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: str = DEFAULT_LISTEN
+    data_dir: Path = DEFAULT_DATA_DIR
+    max_bytes: int = DEFAULT_MAX_BYTES
+    push: bool = False
+    upstreams: tuple[Upstream, ...] = ()
+    groundcontrol_url: str | None = None
+    log_level: str = "info"
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return parse_listen(self.listen, "server.listen")
+
+
+def parse_size(value: object, key: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str):
+        match = _SIZE.match(value)
+        if match:
+            unit = (match[2] or "B").lower()
+            return int(float(match[1]) * _UNITS[unit])
+    raise ConfigError(f"{key}: expected a size such as 50GiB or 1000000, got {value!r}")
+
+
+def parse_bool(value: object, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{key}: expected true or false, got {value!r}")
+
+
+def parse_listen(value: object, key: str) -> tuple[str, int]:
+    if isinstance(value, str):
+        host, sep, port = value.rpartition(":")
+        host = host.strip("[]")
+        if sep and host and port.isdigit() and 0 <= int(port) < 65536:
+            return host, int(port)
+    raise ConfigError(f"{key}: expected HOST:PORT, got {value!r}")
+
+
+def _str(value: object, key: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key}: expected a non-empty string, got {value!r}")
+    return value
+
+
+def _table(doc: Mapping[str, Any], key: str, allowed: set[str]) -> Mapping[str, Any]:
+    section = doc.get(key, {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"{key}: expected a table")
+    for name in section:
+        if name not in allowed:
+            raise ConfigError(f"{key}.{name}: unknown key (known: {', '.join(sorted(allowed))})")
+    return section
+
+
+def _upstreams(raw: object) -> tuple[Upstream, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError("upstream: expected [[upstream]] tables")
+    allowed = {"name", "url", "default", "username", "password", "ca_file"}
+    result: list[Upstream] = []
+    for i, entry in enumerate(raw):
+        key = f"upstream[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{key}: expected a table")
+        for name in entry:
+            if name not in allowed:
+                raise ConfigError(f"{key}.{name}: unknown key")
+        url = _str(entry.get("url"), f"{key}.url")
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"{key}.url: expected an http(s) URL, got {url!r}")
+        result.append(
+            Upstream(
+                name=_str(entry.get("name"), f"{key}.name"),
+                url=url.rstrip("/"),
+                default=parse_bool(entry.get("default", False), f"{key}.default"),
+                username=entry.get("username"),
+                password=entry.get("password"),
+                ca_file=Path(entry["ca_file"]) if entry.get("ca_file") else None,
+            )
+        )
+    names = [u.name for u in result]
+    if len(set(names)) != len(names):
+        raise ConfigError("upstream: names must be unique")
+    if sum(u.default for u in result) > 1:
+        raise ConfigError("upstream: at most one upstream may be the default")
+    return tuple(result)
+
+
+def from_mapping(doc: Mapping[str, Any]) -> Config:
+    known = {"server", "storage", "registry", "upstream", "groundcontrol", "log"}
+    for name in doc:
+        if name not in known:
+            raise ConfigError(f"{name}: unknown section (known: {', '.join(sorted(known))})")
+    server = _table(doc, "server", {"listen"})
+    storage = _table(doc, "storage", {"path", "max_bytes"})
+    registry = _table(doc, "registry", {"push"})
+    gc = _table(doc, "groundcontrol", {"url"})
+    log = _table(doc, "log", {"level"})
+    config = Config()
+    if "listen" in server:
+        parse_listen(server["listen"], "server.listen")
+        config = replace(config, listen=server["listen"])
+    if "path" in storage:
+        config = replace(config, data_dir=Path(_str(storage["path"], "storage.path")))
+    if "max_bytes" in storage:
+        config = replace(config, max_bytes=parse_size(storage["max_bytes"], "storage.max_bytes"))
+    if "push" in registry:
+        config = replace(config, push=parse_bool(registry["push"], "registry.push"))
+    if "url" in gc:
+        config = replace(config, groundcontrol_url=_str(gc["url"], "groundcontrol.url"))
+    if "level" in log:
+        level = _str(log["level"], "log.level").lower()
+        if level not in ("debug", "info", "warning", "error"):
+            raise ConfigError(f"log.level: expected debug, info, warning or error, got {level!r}")
+        config = replace(config, log_level=level)
+    if "upstream" in doc:
+        config = replace(config, upstreams=_upstreams(doc["upstream"]))
+    return config
+
+
+_ENV_KEYS = {
+    "SATELLITE_SERVER_LISTEN": ("server", "listen"),
+    "SATELLITE_STORAGE_PATH": ("storage", "path"),
+    "SATELLITE_STORAGE_MAX_BYTES": ("storage", "max_bytes"),
+    "SATELLITE_REGISTRY_PUSH": ("registry", "push"),
+    "SATELLITE_GROUNDCONTROL_URL": ("groundcontrol", "url"),
+    "SATELLITE_LOG_LEVEL": ("log", "level"),
+}
+
+
+def load(path: Path | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Reads the file (if any), applies SATELLITE_* environment overrides, validates."""
+    doc: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                doc = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    env = os.environ if environ is None else environ
+    for var, (section, key) in _ENV_KEYS.items():
+        if var in env:
+            doc.setdefault(section, {})
+            if not isinstance(doc[section], dict):
+                raise ConfigError(f"{section}: expected a table")
+            doc[section][key] = env[var]
+    return from_mapping(doc)
+
+
+def parse_upstream_flag(value: str) -> Upstream:
+    name, sep, url = value.partition("=")
+    if not sep or not name or not url.startswith(("http://", "https://")):
+        raise ConfigError(f"--upstream: expected NAME=URL, got {value!r}")
+    return Upstream(name=name, url=url.rstrip("/"))

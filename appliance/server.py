@@ -1,0 +1,35 @@
+"""Serves an ASGI app under hypercorn, started programmatically, until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from hypercorn.asyncio import serve
+from hypercorn.config import Config as HypercornConfig
+from starlette.types import ASGIApp
+
+log = logging.getLogger("satellite")
+
+
+def hypercorn_config(host: str, port: int) -> HypercornConfig:
+    cfg = HypercornConfig()
+    cfg.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    cfg.accesslog = None
+    cfg.errorlog = logging.getLogger("hypercorn.error")
+    cfg.keep_alive_timeout = 75
+    cfg.graceful_timeout = 10
+    cfg.include_server_header = False
+    return cfg
+
+
+async def serve_until_signalled(app: ASGIApp, host: str, port: int) -> None:
+    """Runs until SIGTERM or SIGINT, then stops accepting and drains in-flight requests."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("listening on http://%s:%d", host, port)
+    await serve(app, hypercorn_config(host, port), shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+    log.info("stopped")

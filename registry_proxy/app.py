@@ -1,0 +1,390 @@
+"""The OCI Distribution API (distribution-spec v1.1, end-1 … end-13) as a Starlette app.
+
+Routing is done here by hand because repository names contain slashes: the path after
+``/v2/`` is matched from its end (``/manifests/<ref>``, ``/blobs/uploads/<id>`` …) and
+the rest must be a valid repository name. Every failure is a RegistryError, turned into
+the spec's error body by one handler at the edge.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from registry_proxy.digest import Digest
+from registry_proxy.errors import RegistryError
+from registry_proxy.manifest import MAX_MANIFEST_BYTES, OCI_INDEX, accepts
+from registry_proxy.names import parse_reference, validate_name
+from registry_proxy.responses import BlobResponse, parse_range
+from registry_proxy.store import ContentStore
+
+API_VERSION_HEADER = (b"docker-distribution-api-version", b"registry/2.0")
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+MAX_PAGE = 10_000
+
+_ROUTES: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"^(?P<name>.+)/tags/list$"), "tags"),
+    (re.compile(r"^(?P<name>.+)/manifests/(?P<arg>[^/]+)$"), "manifest"),
+    (re.compile(r"^(?P<name>.+)/blobs/uploads/?$"), "upload_start"),
+    (re.compile(r"^(?P<name>.+)/blobs/uploads/(?P<arg>[^/]+)$"), "upload"),
+    (re.compile(r"^(?P<name>.+)/blobs/(?P<arg>[^/]+)$"), "blob"),
+    (re.compile(r"^(?P<name>.+)/referrers/(?P<arg>[^/]+)$"), "referrers"),
+]
+
+
+def _route(rest: str) -> tuple[str, re.Match[str]]:
+    for pattern, kind in _ROUTES:
+        match = pattern.match(rest)
+        if match is not None:
+            return kind, match
+    raise RegistryError("NAME_INVALID", "unknown endpoint", status=404)
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    push: bool = False
+
+
+def _error_response(exc: RegistryError) -> Response:
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+class Registry:
+    """Request handlers over one ContentStore."""
+
+    def __init__(self, store: ContentStore, settings: RegistrySettings) -> None:
+        self.store = store
+        self.settings = settings
+
+    async def base(self, request: Request) -> Response:
+        return JSONResponse({})
+
+    async def catalog(self, request: Request) -> Response:
+        n, last = _pagination(request)
+        repos = await self.store.catalog(n, last)
+        headers = _next_link("/v2/_catalog", n, repos)
+        return JSONResponse({"repositories": repos}, headers=headers)
+
+    async def dispatch(self, request: Request) -> Response:
+        raw_path: bytes = request.scope.get("raw_path") or request.url.path.encode()
+        if b"%" in raw_path or b"\\" in raw_path:
+            # no name, reference or upload id may contain an escape: refuse them whole,
+            # so that an encoded "/" or "." can never change what a path means
+            raise RegistryError("NAME_INVALID", "escaped characters are not allowed in paths")
+        kind, match = _route(request.url.path[len("/v2/") :])
+        name = validate_name(match["name"])
+        arg = match.groupdict().get("arg")
+        method = request.method
+        if method in WRITE_METHODS and not self.settings.push:
+            raise RegistryError(
+                "UNSUPPORTED", "pushes are disabled on this satellite ([registry] push = false)"
+            )
+        handler = self._handlers.get((kind, method))
+        if handler is None:
+            raise RegistryError("METHOD_UNKNOWN", f"{method} is not allowed here")
+        return await handler(self, request, name, arg)
+
+    # -- blobs (end-2, end-10) -----------------------------------------------------
+
+    async def get_blob(self, request: Request, name: str, arg: str | None) -> Response:
+        digest = Digest.parse(arg or "")
+        head = request.method == "HEAD"
+        size = await self.store.blob_size(name, digest)
+        byte_range = parse_range(request.headers.get("range"), size)
+        blob = await self.store.open_blob(name, digest)
+        return BlobResponse(  # type: ignore[return-value]
+            blob.fd,
+            blob.size,
+            {
+                "docker-content-digest": str(digest),
+                "content-type": "application/octet-stream",
+                "etag": f'"{digest}"',
+            },
+            byte_range,
+            head,
+        )
+
+    async def delete_blob(self, request: Request, name: str, arg: str | None) -> Response:
+        await self.store.delete_blob(name, Digest.parse(arg or ""))
+        return Response(status_code=202)
+
+    # -- uploads (end-4a/b, end-5, end-6, end-11, end-13) --------------------------
+
+    async def start_upload(self, request: Request, name: str, arg: str | None) -> Response:
+        params = request.query_params
+        mount = params.get("mount")
+        if mount is not None:
+            digest = Digest.parse(mount)
+            from_repo = params.get("from")
+            if from_repo is not None:
+                validate_name(from_repo)
+            if await self.store.mount_blob(name, digest, from_repo):
+                return _created(name, digest)
+        upload_id = await self.store.start_upload(name)
+        if "digest" in params:
+            digest = Digest.parse(params["digest"])
+            try:
+                await self.store.finish_upload(
+                    name, upload_id, digest, request.stream(), None, _content_length(request)
+                )
+            except BaseException:
+                await self.store.cancel_upload(upload_id)
+                raise
+            return _created(name, digest)
+        return Response(status_code=202, headers=_upload_headers(name, upload_id, 0))
+
+    async def patch_upload(self, request: Request, name: str, arg: str | None) -> Response:
+        upload_id = arg or ""
+        start, length = _content_range(request)
+        offset = await self.store.append_upload(name, upload_id, request.stream(), start, length)
+        return Response(status_code=202, headers=_upload_headers(name, upload_id, offset))
+
+    async def put_upload(self, request: Request, name: str, arg: str | None) -> Response:
+        upload_id = arg or ""
+        if "digest" not in request.query_params:
+            raise RegistryError("DIGEST_INVALID", "the digest query parameter is required")
+        digest = Digest.parse(request.query_params["digest"])
+        start, length = _content_range(request)
+        await self.store.finish_upload(name, upload_id, digest, request.stream(), start, length)
+        return _created(name, digest)
+
+    async def get_upload(self, request: Request, name: str, arg: str | None) -> Response:
+        upload_id = arg or ""
+        offset = await self.store.upload_offset(name, upload_id)
+        return Response(status_code=204, headers=_upload_headers(name, upload_id, offset))
+
+    async def delete_upload(self, request: Request, name: str, arg: str | None) -> Response:
+        upload_id = arg or ""
+        await self.store.upload_offset(name, upload_id)  # 404 if unknown
+        await self.store.cancel_upload(upload_id)
+        return Response(status_code=204)
+
+    # -- manifests (end-3, end-7, end-9) -------------------------------------------
+
+    async def get_manifest(self, request: Request, name: str, arg: str | None) -> Response:
+        reference = parse_reference(arg or "")
+        row = await self.store.resolve(name, reference)
+        if not accepts(request.headers.get("accept"), row.media_type):
+            raise RegistryError(
+                "MANIFEST_UNKNOWN",
+                f"manifest is {row.media_type}, which the Accept header does not list",
+            )
+        headers = {
+            "docker-content-digest": str(row.digest),
+            "content-type": row.media_type,
+            "etag": f'"{row.digest}"',
+        }
+        if request.method == "HEAD":
+            headers["content-length"] = str(row.size)
+            return Response(status_code=200, headers=headers)
+        body = await self.store.manifest_bytes(row)
+        return Response(body, status_code=200, headers=headers)
+
+    async def put_manifest(self, request: Request, name: str, arg: str | None) -> Response:
+        reference = parse_reference(arg or "")
+        body = await _read_capped(request, MAX_MANIFEST_BYTES)
+        digest, manifest = await self.store.put_manifest(
+            name, reference, body, request.headers.get("content-type")
+        )
+        headers = {
+            "location": f"/v2/{name}/manifests/{digest}",
+            "docker-content-digest": str(digest),
+        }
+        if manifest.subject is not None:
+            headers["oci-subject"] = str(manifest.subject.digest)
+        return Response(status_code=201, headers=headers)
+
+    async def delete_manifest(self, request: Request, name: str, arg: str | None) -> Response:
+        await self.store.delete_manifest(name, parse_reference(arg or ""))
+        return Response(status_code=202)
+
+    # -- listings (end-8, end-12) --------------------------------------------------
+
+    async def tags(self, request: Request, name: str, arg: str | None) -> Response:
+        n, last = _pagination(request)
+        tags = await self.store.tags(name, n, last)
+        headers = _next_link(f"/v2/{name}/tags/list", n, tags)
+        return JSONResponse({"name": name, "tags": tags}, headers=headers)
+
+    async def referrers(self, request: Request, name: str, arg: str | None) -> Response:
+        subject = Digest.parse(arg or "")
+        artifact_type = request.query_params.get("artifactType")
+        rows = await self.store.referrers(name, subject, artifact_type)
+        manifests: list[dict[str, Any]] = []
+        for row in rows:
+            entry: dict[str, Any] = {
+                "mediaType": row.media_type,
+                "digest": str(row.digest),
+                "size": row.size,
+            }
+            if row.artifact_type:
+                entry["artifactType"] = row.artifact_type
+            if row.annotations:
+                entry["annotations"] = row.annotations
+            manifests.append(entry)
+        body = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests})
+        headers = {"content-type": OCI_INDEX}
+        if artifact_type is not None:
+            headers["oci-filters-applied"] = "artifactType"
+        return Response(body.encode(), status_code=200, headers=headers)
+
+    Handler = Callable[["Registry", Request, str, str | None], Awaitable[Response]]
+    _handlers: dict[tuple[str, str], Handler] = {
+        ("blob", "GET"): get_blob,
+        ("blob", "HEAD"): get_blob,
+        ("blob", "DELETE"): delete_blob,
+        ("upload_start", "POST"): start_upload,
+        ("upload", "PATCH"): patch_upload,
+        ("upload", "PUT"): put_upload,
+        ("upload", "GET"): get_upload,
+        ("upload", "DELETE"): delete_upload,
+        ("manifest", "GET"): get_manifest,
+        ("manifest", "HEAD"): get_manifest,
+        ("manifest", "PUT"): put_manifest,
+        ("manifest", "DELETE"): delete_manifest,
+        ("tags", "GET"): tags,
+        ("referrers", "GET"): referrers,
+    }
+
+
+def _created(name: str, digest: Digest) -> Response:
+    return Response(
+        status_code=201,
+        headers={"location": f"/v2/{name}/blobs/{digest}", "docker-content-digest": str(digest)},
+    )
+
+
+def _upload_headers(name: str, upload_id: str, offset: int) -> dict[str, str]:
+    return {
+        "location": f"/v2/{name}/blobs/uploads/{upload_id}",
+        "range": f"0-{max(offset - 1, 0)}",
+        "docker-upload-uuid": upload_id,
+    }
+
+
+def _content_length(request: Request) -> int | None:
+    value = request.headers.get("content-length")
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise RegistryError("SIZE_INVALID", "invalid Content-Length")
+    return int(value)
+
+
+_CONTENT_RANGE = re.compile(r"^(?:bytes )?(\d+)-(\d+)(?:/(?:\d+|\*))?$")
+
+
+def _content_range(request: Request) -> tuple[int | None, int | None]:
+    """(start, length) of a chunk from Content-Range (inclusive end) and Content-Length."""
+    length = _content_length(request)
+    header = request.headers.get("content-range")
+    if header is None:
+        return None, length
+    match = _CONTENT_RANGE.match(header.strip())
+    if match is None:
+        raise RegistryError("RANGE_INVALID", f"invalid Content-Range {header[:100]!r}")
+    start, end = int(match[1]), int(match[2])
+    if end < start:
+        raise RegistryError("RANGE_INVALID", f"invalid Content-Range {header[:100]!r}")
+    if length is not None and length != end - start + 1:
+        raise RegistryError(
+            "RANGE_INVALID", f"Content-Range {header[:100]!r} disagrees with Content-Length"
+        )
+    return start, end - start + 1
+
+
+def _pagination(request: Request) -> tuple[int | None, str | None]:
+    raw_n = request.query_params.get("n")
+    n: int | None = None
+    if raw_n is not None:
+        if not raw_n.isdigit():
+            raise RegistryError("PAGINATION_NUMBER_INVALID", f"invalid n {raw_n[:20]!r}")
+        n = min(int(raw_n), MAX_PAGE)
+    return n, request.query_params.get("last") or None
+
+
+def _next_link(path: str, n: int | None, items: list[str]) -> dict[str, str]:
+    if n is None or n == 0 or len(items) < n:
+        return {}
+    query = urlencode({"n": n, "last": items[-1]})
+    return {"link": f'<{path}?{query}>; rel="next"'}
+
+
+async def _read_capped(request: Request, limit: int) -> bytes:
+    declared = _content_length(request)
+    if declared is not None and declared > limit:
+        raise RegistryError(
+            "MANIFEST_INVALID", f"manifest is {declared} bytes; the limit is {limit}", status=413
+        )
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise RegistryError(
+                "MANIFEST_INVALID", f"manifest exceeds the limit of {limit} bytes", status=413
+            )
+    return bytes(body)
+
+
+class ApiVersionHeader:
+    """Adds Docker-Distribution-API-Version to every response (pure ASGI: no buffering)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_header(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), API_VERSION_HEADER]
+            await send(message)
+
+        await self.app(scope, receive, send_with_header)
+
+
+async def _registry_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RegistryError)
+    if request.method == "HEAD":
+        return Response(status_code=exc.status, headers=exc.headers)
+    return _error_response(exc)
+
+
+def create_app(store: ContentStore, settings: RegistrySettings | None = None) -> Starlette:
+    """The registry app. The store is opened and closed by the app's lifespan."""
+    registry = Registry(store, settings or RegistrySettings())
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await store.open()
+        try:
+            yield
+        finally:
+            await store.close()
+
+    methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+    app = Starlette(
+        routes=[
+            Route("/v2/", registry.base, methods=["GET", "HEAD"]),
+            Route("/v2/_catalog", registry.catalog, methods=["GET"]),
+            Route("/v2/{rest:path}", registry.dispatch, methods=methods),
+        ],
+        exception_handlers={RegistryError: _registry_error},
+        lifespan=lifespan,
+    )
+    app.add_middleware(ApiVersionHeader)
+    app.state.registry = registry
+    return app

@@ -1,0 +1,54 @@
+"""Writes that survive power loss: temp file, fsync, rename, fsync of the directory."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replaces `path` with `data` so that a crash leaves either the old or the new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def publish(tmp: Path, final: Path) -> bool:
+    """Moves a fully written, fsynced `tmp` to `final` and makes the rename durable.
+
+    Returns False (and removes `tmp`) when `final` already exists: content-addressed
+    files with the same name have the same bytes, and the first one wins.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # link() fails if `final` exists, so a concurrent commit never replaces a file
+        # that a reader has open or that was already verified
+        os.link(tmp, final)
+    except FileExistsError:
+        tmp.unlink(missing_ok=True)
+        return False
+    tmp.unlink()
+    fsync_dir(final.parent)
+    return True

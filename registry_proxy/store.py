@@ -1,0 +1,352 @@
+"""The content store: verified blobs on disk plus their metadata, behind one async API.
+
+Handlers (and, later, the pull-through proxy) speak only to ContentStore; the blob
+files, the SQLite schema and upload staging are details behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import os
+import shutil
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from registry_proxy.blobs import BlobStore
+from registry_proxy.digest import Digest
+from registry_proxy.errors import RegistryError
+from registry_proxy.layout import Layout
+from registry_proxy.manifest import Manifest, parse_manifest
+from registry_proxy.metadata import ManifestRow, Metadata, ReferrerRow
+
+WRITE_BUFFER = 1024 * 1024
+UPLOAD_MAX_AGE = 24 * 3600.0
+MANIFEST_CACHE_ENTRIES = 1024
+
+
+@dataclass
+class _Upload:
+    """Running state of an upload in this process (lost on restart: then we rehash)."""
+
+    offset: int
+    sha256: hashlib._Hash | None = field(default_factory=hashlib.sha256)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+@dataclass(frozen=True)
+class OpenBlob:
+    fd: int
+    size: int
+    digest: Digest
+
+
+def _disk_error(exc: OSError) -> RegistryError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return RegistryError("UNAVAILABLE", "no space left on the satellite's storage", status=507)
+    return RegistryError("UNAVAILABLE", f"storage error: {exc.strerror}")
+
+
+class ContentStore:
+    def __init__(self, root: Path) -> None:
+        self.layout = Layout(root)
+        self.blobs = BlobStore(self.layout)
+        self.meta = Metadata(self.layout.database)
+        self._uploads: dict[str, _Upload] = {}
+        self._generation = 0
+        self._tag_cache: dict[tuple[str, str], ManifestRow] = {}
+        self._manifest_bytes: OrderedDict[Digest, bytes] = OrderedDict()
+
+    async def open(self) -> None:
+        self.layout.create()
+        await self.meta.open()
+        await self.sweep_uploads()
+
+    async def close(self) -> None:
+        await self.meta.close()
+
+    # -- uploads -------------------------------------------------------------------
+
+    async def sweep_uploads(self, max_age: float = UPLOAD_MAX_AGE) -> None:
+        """Removes staging files left by a crash and uploads abandoned for `max_age`."""
+        for upload_id in await self.meta.stale_uploads(time.time() - max_age):
+            await self.cancel_upload(upload_id)
+        for entry in list(self.layout.uploads.iterdir()):
+            if entry.is_dir():
+                if await self.meta.upload_repo(entry.name) is None:
+                    shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+    async def start_upload(self, repo: str) -> str:
+        upload_id = str(uuid.uuid4())
+        path = self.layout.upload_data(upload_id)
+        path.parent.mkdir(parents=True)
+        path.touch()
+        await self.meta.create_upload(upload_id, repo)
+        self._uploads[upload_id] = _Upload(0)
+        return upload_id
+
+    async def _upload(self, repo: str, upload_id: str) -> _Upload:
+        try:
+            canonical = str(uuid.UUID(upload_id))
+        except ValueError:
+            raise RegistryError("BLOB_UPLOAD_UNKNOWN", "unknown upload") from None
+        if canonical != upload_id or await self.meta.upload_repo(upload_id) != repo:
+            raise RegistryError("BLOB_UPLOAD_UNKNOWN", f"no upload {upload_id[:64]} in {repo}")
+        state = self._uploads.get(upload_id)
+        if state is None:
+            # started before a restart: the bytes on disk are the truth, the hash is gone
+            try:
+                size = self.layout.upload_data(upload_id).stat().st_size
+            except FileNotFoundError:
+                raise RegistryError("BLOB_UPLOAD_UNKNOWN", "upload data is gone") from None
+            state = self._uploads.setdefault(upload_id, _Upload(size, None))
+        return state
+
+    async def upload_offset(self, repo: str, upload_id: str) -> int:
+        return (await self._upload(repo, upload_id)).offset
+
+    async def append_upload(
+        self,
+        repo: str,
+        upload_id: str,
+        chunks: AsyncIterable[bytes],
+        start: int | None = None,
+        length: int | None = None,
+    ) -> int:
+        """Appends a chunk. `start` (from Content-Range) must equal the current offset."""
+        state = await self._upload(repo, upload_id)
+        async with state.lock:
+            if start is not None and start != state.offset:
+                raise RegistryError(
+                    "RANGE_INVALID",
+                    f"chunk starts at {start}, upload is at {state.offset}",
+                    headers=_range_header(upload_id, repo, state.offset),
+                )
+            written = await self._write(upload_id, state, chunks)
+            if length is not None and written != length:
+                raise RegistryError(
+                    "SIZE_INVALID", f"Content-Length {length} but received {written} bytes"
+                )
+            return state.offset
+
+    async def _write(self, upload_id: str, state: _Upload, chunks: AsyncIterable[bytes]) -> int:
+        path = self.layout.upload_data(upload_id)
+        try:
+            fd = await asyncio.to_thread(os.open, path, os.O_WRONLY | os.O_APPEND)
+        except FileNotFoundError:
+            raise RegistryError("BLOB_UPLOAD_UNKNOWN", "upload data is gone") from None
+        written = 0
+        buffer = bytearray()
+
+        def flush(data: bytes) -> None:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if state.sha256 is not None:
+                state.sha256.update(data)
+
+        try:
+            async for chunk in chunks:
+                buffer += chunk
+                if len(buffer) >= WRITE_BUFFER:
+                    data, buffer = bytes(buffer), bytearray()
+                    await asyncio.to_thread(flush, data)
+                    state.offset += len(data)
+                    written += len(data)
+            if buffer:
+                await asyncio.to_thread(flush, bytes(buffer))
+                state.offset += len(buffer)
+                written += len(buffer)
+        except OSError as exc:
+            # what reached the disk stays; the hash may not match it any more
+            state.sha256 = None
+            state.offset = os.fstat(fd).st_size
+            raise _disk_error(exc) from exc
+        except BaseException:
+            # client went away mid-chunk: keep what was written, the hash covers it
+            if buffer:
+                state.sha256 = None
+                state.offset = os.fstat(fd).st_size
+            raise
+        finally:
+            os.close(fd)
+        return written
+
+    async def finish_upload(
+        self,
+        repo: str,
+        upload_id: str,
+        digest: Digest,
+        chunks: AsyncIterable[bytes] | None = None,
+        start: int | None = None,
+        length: int | None = None,
+    ) -> int:
+        """Appends the final chunk, verifies, publishes and links the blob."""
+        state = await self._upload(repo, upload_id)
+        if chunks is not None:
+            await self.append_upload(repo, upload_id, chunks, start, length)
+        async with state.lock:
+            computed = None
+            if state.sha256 is not None and digest.algorithm == "sha256":
+                computed = (Digest("sha256", state.sha256.hexdigest()), state.offset)
+            src = self.layout.upload_data(upload_id)
+            try:
+                size = await asyncio.to_thread(self.blobs.commit, src, digest, None, computed)
+            except OSError as exc:
+                raise _disk_error(exc) from exc
+            finally:
+                await self._drop_upload(upload_id)
+            await self.meta.link_blob(repo, digest, size)
+            return size
+
+    async def cancel_upload(self, upload_id: str) -> None:
+        await self._drop_upload(upload_id)
+
+    async def _drop_upload(self, upload_id: str) -> None:
+        self._uploads.pop(upload_id, None)
+        await self.meta.delete_upload(upload_id)
+        await asyncio.to_thread(self.layout.remove_upload, upload_id)
+
+    async def mount_blob(self, repo: str, digest: Digest, from_repo: str | None) -> bool:
+        """Links an existing blob into `repo`. Without `from_repo`, any repository's copy
+        will do (content addressing makes that safe)."""
+        size = (
+            await self.meta.blob_size(from_repo, digest)
+            if from_repo is not None
+            else await self.meta.any_blob_size(digest)
+        )
+        if size is None or self.blobs.size(digest) != size:
+            return False
+        await self.meta.link_blob(repo, digest, size)
+        return True
+
+    # -- blobs ---------------------------------------------------------------------
+
+    async def blob_size(self, repo: str, digest: Digest) -> int:
+        size = await self.meta.blob_size(repo, digest)
+        if size is None:
+            raise RegistryError("BLOB_UNKNOWN", f"blob {digest} is not in {repo}")
+        return size
+
+    async def open_blob(self, repo: str, digest: Digest) -> OpenBlob:
+        size = await self.blob_size(repo, digest)
+        fd = self.blobs.open(digest)
+        if fd is None:
+            raise RegistryError("BLOB_UNKNOWN", f"blob {digest} is not in {repo}")
+        self.meta.touch(digest)
+        return OpenBlob(fd, size, digest)
+
+    async def delete_blob(self, repo: str, digest: Digest) -> None:
+        if not await self.meta.unlink_blob(repo, digest):
+            raise RegistryError("BLOB_UNKNOWN", f"blob {digest} is not in {repo}")
+        await self._collect(digest)
+
+    async def _collect(self, digest: Digest) -> None:
+        if await self.meta.forget_blob(digest):
+            self._manifest_bytes.pop(digest, None)
+            await asyncio.to_thread(self.blobs.delete, digest)
+
+    # -- manifests -----------------------------------------------------------------
+
+    def _changed(self) -> None:
+        self._generation += 1
+        self._tag_cache.clear()
+
+    async def put_manifest(
+        self, repo: str, reference: str | Digest, body: bytes, content_type: str | None
+    ) -> tuple[Digest, Manifest]:
+        manifest = parse_manifest(body, content_type)
+        if isinstance(reference, Digest):
+            digest = Digest.of(body, reference.algorithm)
+            if digest != reference:
+                raise RegistryError(
+                    "DIGEST_INVALID",
+                    f"manifest digest {digest} does not match {reference}",
+                    {"expected": str(reference), "actual": str(digest)},
+                )
+            tag = None
+        else:
+            digest, tag = Digest.of(body), reference
+        try:
+            await asyncio.to_thread(self.blobs.write_bytes, body, digest)
+        except OSError as exc:
+            raise _disk_error(exc) from exc
+        try:
+            await self.meta.put_manifest(repo, digest, len(body), manifest, tag)
+        finally:
+            self._changed()
+        return digest, manifest
+
+    async def resolve(self, repo: str, reference: str | Digest) -> ManifestRow:
+        if isinstance(reference, Digest):
+            row = await self.meta.manifest_by_digest(repo, reference)
+        else:
+            key = (repo, reference)
+            row = self._tag_cache.get(key)
+            if row is None:
+                generation = self._generation
+                row = await self.meta.manifest_by_tag(repo, reference)
+                if row is not None and generation == self._generation:
+                    self._tag_cache[key] = row
+        if row is None:
+            raise RegistryError("MANIFEST_UNKNOWN", f"manifest {reference} is not in {repo}")
+        return row
+
+    async def manifest_bytes(self, row: ManifestRow) -> bytes:
+        data = self._manifest_bytes.get(row.digest)
+        if data is None:
+            data = await asyncio.to_thread(self.blobs.read_bytes, row.digest)
+            if data is None:
+                raise RegistryError("MANIFEST_UNKNOWN", f"manifest {row.digest} bytes are gone")
+            self._manifest_bytes[row.digest] = data
+            if len(self._manifest_bytes) > MANIFEST_CACHE_ENTRIES:
+                self._manifest_bytes.popitem(last=False)
+        else:
+            self._manifest_bytes.move_to_end(row.digest)
+        self.meta.touch(row.digest)
+        return data
+
+    async def delete_manifest(self, repo: str, reference: str | Digest) -> None:
+        try:
+            if isinstance(reference, Digest):
+                if not await self.meta.delete_manifest(repo, reference):
+                    raise RegistryError("MANIFEST_UNKNOWN", f"manifest {reference} not in {repo}")
+                await self._collect(reference)
+            elif not await self.meta.delete_tag(repo, reference):
+                raise RegistryError("MANIFEST_UNKNOWN", f"tag {reference} not in {repo}")
+        finally:
+            self._changed()
+
+    async def tags(self, repo: str, n: int | None, last: str | None) -> list[str]:
+        if not await self.meta.repo_exists(repo):
+            raise RegistryError("NAME_UNKNOWN", f"repository {repo} is not known")
+        return await self.meta.tags(repo, n, last)
+
+    async def catalog(self, n: int | None, last: str | None) -> list[str]:
+        return await self.meta.catalog(n, last)
+
+    async def referrers(
+        self, repo: str, subject: Digest, artifact_type: str | None
+    ) -> list[ReferrerRow]:
+        return await self.meta.referrers(repo, subject, artifact_type)
+
+    # -- maintenance ---------------------------------------------------------------
+
+    async def verify(self) -> list[Digest]:
+        """Rehashes every blob on disk; returns the digests whose bytes do not match."""
+        return await asyncio.to_thread(self.blobs.verify_all)
+
+
+def _range_header(upload_id: str, repo: str, offset: int) -> dict[str, str]:
+    return {
+        "Location": f"/v2/{repo}/blobs/uploads/{upload_id}",
+        "Range": f"0-{max(offset - 1, 0)}",
+        "Docker-Upload-UUID": upload_id,
+    }
