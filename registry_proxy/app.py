@@ -175,7 +175,8 @@ class Registry:
     async def get_manifest(self, request: Request, name: str, arg: str | None) -> Response:
         reference = parse_reference(arg or "")
         row = await self.store.resolve(name, reference)
-        if not accepts(request.headers.get("accept"), row.media_type):
+        # clients such as skopeo send one Accept line per media type
+        if not accepts(", ".join(request.headers.getlist("accept")), row.media_type):
             raise RegistryError(
                 "MANIFEST_UNKNOWN",
                 f"manifest is {row.media_type}, which the Accept header does not list",

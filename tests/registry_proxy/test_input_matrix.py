@@ -1,0 +1,329 @@
+"""Bad input: every client mistake gets the spec's status and error code, never a 500."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from registry_proxy.store import ContentStore
+from tests.registry_proxy.conftest import push_blob, push_image, sha256
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+GOOD = sha256(b"x")
+UPLOAD = "0b6bd2a6-7e5b-4e36-a1b4-0e3c9b5e3f52"
+
+CASES: list[tuple[str, str, str, bytes | None, dict[str, str], int, str]] = [
+    # (case, method, path, body, headers, status, code)
+    ("short digest", "GET", "/v2/r/blobs/sha256:abc", None, {}, 400, "DIGEST_INVALID"),
+    ("upper-case hex", "GET", "/v2/r/blobs/sha256:" + "A" * 64, None, {}, 400, "DIGEST_INVALID"),
+    ("no algorithm", "GET", "/v2/r/blobs/:" + "a" * 64, None, {}, 400, "DIGEST_INVALID"),
+    (
+        "unsupported algorithm",
+        "GET",
+        "/v2/r/blobs/md5:" + "a" * 32,
+        None,
+        {},
+        400,
+        "DIGEST_INVALID",
+    ),
+    (
+        "sha512 of sha256 length",
+        "GET",
+        "/v2/r/blobs/sha512:" + "a" * 64,
+        None,
+        {},
+        400,
+        "DIGEST_INVALID",
+    ),
+    ("unknown blob", "GET", f"/v2/r/blobs/{GOOD}", None, {}, 404, "BLOB_UNKNOWN"),
+    ("unknown blob HEAD", "HEAD", f"/v2/r/blobs/{GOOD}", None, {}, 404, ""),
+    ("unknown manifest", "GET", "/v2/r/manifests/latest", None, {}, 404, "MANIFEST_UNKNOWN"),
+    (
+        "unknown manifest digest",
+        "GET",
+        f"/v2/r/manifests/{GOOD}",
+        None,
+        {},
+        404,
+        "MANIFEST_UNKNOWN",
+    ),
+    ("encoded slash", "GET", "/v2/a%2F..%2Fb/manifests/latest", None, {}, 400, "NAME_INVALID"),
+    ("encoded dots", "GET", "/v2/%2e%2e/manifests/latest", None, {}, 400, "NAME_INVALID"),
+    ("upper-case name", "GET", "/v2/Library/app/manifests/latest", None, {}, 400, "NAME_INVALID"),
+    (
+        "name too long",
+        "GET",
+        "/v2/" + "a" * 256 + "/manifests/latest",
+        None,
+        {},
+        400,
+        "NAME_INVALID",
+    ),
+    ("bad tag", "GET", "/v2/r/manifests/-bad", None, {}, 400, "MANIFEST_INVALID"),
+    ("tag too long", "GET", "/v2/r/manifests/" + "t" * 129, None, {}, 400, "MANIFEST_INVALID"),
+    ("unknown endpoint", "GET", "/v2/r/whatever", None, {}, 404, "NAME_INVALID"),
+    ("method not allowed", "POST", "/v2/r/manifests/latest", b"", {}, 405, "METHOD_UNKNOWN"),
+    (
+        "bad upload id",
+        "PATCH",
+        "/v2/r/blobs/uploads/not-a-uuid",
+        b"x",
+        {},
+        404,
+        "BLOB_UPLOAD_UNKNOWN",
+    ),
+    (
+        "unknown upload",
+        "PATCH",
+        f"/v2/r/blobs/uploads/{UPLOAD}",
+        b"x",
+        {},
+        404,
+        "BLOB_UPLOAD_UNKNOWN",
+    ),
+    ("put without digest", "PUT", f"/v2/r/blobs/uploads/{UPLOAD}", b"x", {}, 400, "DIGEST_INVALID"),
+    (
+        "monolithic bad digest",
+        "POST",
+        "/v2/r/blobs/uploads/?digest=sha256:zz",
+        b"x",
+        {},
+        400,
+        "DIGEST_INVALID",
+    ),
+    (
+        "monolithic wrong digest",
+        "POST",
+        f"/v2/r/blobs/uploads/?digest={GOOD}",
+        b"not x",
+        {},
+        400,
+        "DIGEST_INVALID",
+    ),
+    (
+        "mount bad digest",
+        "POST",
+        "/v2/r/blobs/uploads/?mount=sha256:1&from=x",
+        None,
+        {},
+        400,
+        "DIGEST_INVALID",
+    ),
+    (
+        "mount bad from",
+        "POST",
+        f"/v2/r/blobs/uploads/?mount={GOOD}&from=../x",
+        None,
+        {},
+        400,
+        "NAME_INVALID",
+    ),
+    (
+        "manifest not json",
+        "PUT",
+        "/v2/r/manifests/t",
+        b"{not json",
+        {"content-type": OCI_MANIFEST},
+        400,
+        "MANIFEST_INVALID",
+    ),
+    (
+        "manifest is a list",
+        "PUT",
+        "/v2/r/manifests/t",
+        b"[]",
+        {"content-type": OCI_MANIFEST},
+        400,
+        "MANIFEST_INVALID",
+    ),
+    (
+        "unknown media type",
+        "PUT",
+        "/v2/r/manifests/t",
+        json.dumps({"schemaVersion": 2, "mediaType": "application/x-unknown"}).encode(),
+        {"content-type": "application/x-unknown"},
+        400,
+        "MANIFEST_INVALID",
+    ),
+    (
+        "schema1",
+        "PUT",
+        "/v2/r/manifests/t",
+        json.dumps({"schemaVersion": 1}).encode(),
+        {"content-type": "application/vnd.docker.distribution.manifest.v1+prettyjws"},
+        400,
+        "MANIFEST_INVALID",
+    ),
+    (
+        "config without digest",
+        "PUT",
+        "/v2/r/manifests/t",
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": "x", "size": 1},
+                "layers": [],
+            }
+        ).encode(),
+        {"content-type": OCI_MANIFEST},
+        400,
+        "MANIFEST_INVALID",
+    ),
+    (
+        "negative size",
+        "PUT",
+        "/v2/r/manifests/t",
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": "x", "size": -1, "digest": GOOD},
+                "layers": [],
+            }
+        ).encode(),
+        {"content-type": OCI_MANIFEST},
+        400,
+        "MANIFEST_INVALID",
+    ),
+    (
+        "media types disagree",
+        "PUT",
+        "/v2/r/manifests/t",
+        json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": {}}).encode(),
+        {"content-type": "application/vnd.oci.image.index.v1+json"},
+        400,
+        "MANIFEST_INVALID",
+    ),
+    (
+        "oversized manifest",
+        "PUT",
+        "/v2/r/manifests/t",
+        b" " * (4 * 1024 * 1024 + 1),
+        {"content-type": OCI_MANIFEST},
+        413,
+        "MANIFEST_INVALID",
+    ),
+    (
+        "pagination n invalid",
+        "GET",
+        "/v2/_catalog?n=-1",
+        None,
+        {},
+        400,
+        "PAGINATION_NUMBER_INVALID",
+    ),
+    (
+        "bad content-range",
+        "PATCH",
+        f"/v2/r/blobs/uploads/{UPLOAD}",
+        b"x",
+        {"content-range": "garbage"},
+        416,
+        "RANGE_INVALID",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "headers", "status", "code"),
+    [case[1:] for case in CASES],
+    ids=[case[0] for case in CASES],
+)
+async def test_bad_input(
+    client: httpx.AsyncClient,
+    method: str,
+    path: str,
+    body: bytes | None,
+    headers: dict[str, str],
+    status: int,
+    code: str,
+) -> None:
+    r = await client.request(method, path, content=body, headers=headers)
+    assert r.status_code == status, r.text
+    if code:
+        errors = r.json()["errors"]
+        assert errors[0]["code"] == code
+        assert errors[0]["message"]
+
+
+async def test_manifest_body_not_matching_digest_in_url(
+    client: httpx.AsyncClient, store: ContentStore
+) -> None:
+    _, body = await push_image(client, "r", "v1")
+    claimed = sha256(body + b" ")
+    r = await client.put(
+        f"/v2/r/manifests/{claimed}", content=body, headers={"content-type": OCI_MANIFEST}
+    )
+    assert r.status_code == 400
+    assert r.json()["errors"][0]["code"] == "DIGEST_INVALID"
+    assert (await client.get(f"/v2/r/manifests/{claimed}")).status_code == 404
+
+
+async def test_content_length_disagreeing_with_content_range(client: httpx.AsyncClient) -> None:
+    location = (await client.post("/v2/r/blobs/uploads/")).headers["location"]
+    r = await client.patch(location, content=b"12345", headers={"content-range": "0-9"})
+    assert r.status_code == 416
+    assert r.json()["errors"][0]["code"] == "RANGE_INVALID"
+    # nothing was appended
+    assert (await client.get(location)).headers["range"] == "0-0"
+
+
+async def test_upload_of_another_repository_is_unknown(client: httpx.AsyncClient) -> None:
+    location = (await client.post("/v2/mine/blobs/uploads/")).headers["location"]
+    upload_id = location.rsplit("/", 1)[1]
+    r = await client.patch(f"/v2/theirs/blobs/uploads/{upload_id}", content=b"x")
+    assert r.status_code == 404
+    assert r.json()["errors"][0]["code"] == "BLOB_UPLOAD_UNKNOWN"
+
+
+async def test_no_file_outside_the_data_dir(client: httpx.AsyncClient, store: ContentStore) -> None:
+    await push_blob(client, "r", b"content")
+    for path in ["/v2/r/blobs/sha256:../../metadata.db", "/v2/r/blobs/..%2f..%2fmetadata.db"]:
+        r = await client.get(path)
+        assert r.status_code in (400, 404)
+        assert b"SQLite" not in r.content
+
+
+@pytest.mark.parametrize(
+    "raw_path",
+    [
+        b"/v2/../etc/blobs/" + GOOD.encode(),
+        b"/v2/a/../b/manifests/latest",
+        b"/v2/r/blobs/sha256:../../metadata.db",
+        b"/v2/r/blobs/uploads/../../metadata.db",
+    ],
+)
+async def test_unnormalized_dot_segments(store: ContentStore, raw_path: bytes) -> None:
+    """What a client that does not normalize URLs (curl --path-as-is) would send."""
+    from registry_proxy.app import create_app
+
+    app = create_app(store)
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": raw_path.decode(),
+        "raw_path": raw_path,
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"r")],
+        "server": ("r", 80),
+        "client": None,
+    }
+    await app(scope, receive, send)  # type: ignore[arg-type]
+    assert sent[0]["status"] in (400, 404)
+    body = json.loads(b"".join(m.get("body", b"") for m in sent[1:]))  # type: ignore[misc]
+    assert body["errors"][0]["code"] in ("NAME_INVALID", "DIGEST_INVALID")

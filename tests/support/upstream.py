@@ -1,0 +1,172 @@
+"""Debian's `docker-registry` (distribution 2.8) as a real upstream registry on loopback.
+
+    reg = UpstreamRegistry(tmp_path / "upstream", auth=("user", "pass"))
+    reg.start()          # writes CONFIG.yml, serves on 127.0.0.1:<free port>
+    reg.stop(); reg.start()   # the same port and storage: "upstream down, then back"
+
+It lacks the referrers API and sha512 (see TESTBED.md).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import IO
+
+from tests.support.net import LOOPBACK, StartupError, free_port, log_tail, stop_process, wait_http
+
+BINARY = "docker-registry"
+
+
+class ToolMissing(RuntimeError):
+    """A Debian package the tests drive is not installed (scripts/bootstrap.sh installs it)."""
+
+
+def require_tool(name: str, package: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise ToolMissing(
+            f"`{name}` not found on PATH: install the Debian package `{package}` "
+            "(scripts/bootstrap.sh does)"
+        )
+    return path
+
+
+def _yaml_str(value: str) -> str:
+    # a JSON string is a valid YAML scalar, quoted as needed
+    return json.dumps(value)
+
+
+class UpstreamRegistry:
+    """One docker-registry process with filesystem storage under `root`."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        auth: tuple[str, str] | None = None,
+        proxy_remote: str | None = None,
+        proxy_auth: tuple[str, str] | None = None,
+        port: int | None = None,
+        startup_timeout: float = 20.0,
+    ) -> None:
+        self.root = root
+        self.auth = auth
+        self.proxy_remote = proxy_remote
+        self.proxy_auth = proxy_auth
+        self.port = port or free_port()
+        self.startup_timeout = startup_timeout
+        self.storage = root / "storage"
+        self.config_path = root / "config.yml"
+        self.log_path = root / "registry.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def host(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def _config_text(self) -> str:
+        lines = [
+            "version: 0.1",
+            "log:",
+            "  level: info",
+            "  accesslog:",
+            "    disabled: false",
+            "storage:",
+            "  filesystem:",
+            f"    rootdirectory: {_yaml_str(str(self.storage))}",
+            "  delete:",
+            "    enabled: true",
+            "  maintenance:",
+            "    uploadpurging:",
+            "      enabled: false",
+            "http:",
+            f"  addr: {_yaml_str(self.host)}",
+            "  headers:",
+            "    X-Content-Type-Options: [nosniff]",
+            "health:",
+            "  storagedriver:",
+            "    enabled: false",
+        ]
+        if self.auth is not None:
+            htpasswd = self.root / "htpasswd"
+            user, password = self.auth
+            tool = require_tool("htpasswd", "apache2-utils")
+            out = subprocess.run(
+                [tool, "-Bbn", user, password],
+                check=True,
+                capture_output=True,
+                timeout=30,
+            ).stdout
+            htpasswd.write_bytes(out.strip() + b"\n")
+            lines += [
+                "auth:",
+                "  htpasswd:",
+                "    realm: satellite-test",
+                f"    path: {_yaml_str(str(htpasswd))}",
+            ]
+        if self.proxy_remote is not None:
+            lines += ["proxy:", f"  remoteurl: {_yaml_str(self.proxy_remote)}"]
+            if self.proxy_auth is not None:
+                lines += [
+                    f"  username: {_yaml_str(self.proxy_auth[0])}",
+                    f"  password: {_yaml_str(self.proxy_auth[1])}",
+                ]
+        return "\n".join(lines) + "\n"
+
+    def start(self) -> UpstreamRegistry:
+        """Start (or restart) on the same port and storage; returns once /v2/ answers."""
+        if self.running:
+            return self
+        binary = require_tool(BINARY, "docker-registry")
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.storage.mkdir(exist_ok=True)
+        self.config_path.write_text(self._config_text())
+        self._log = self.log_path.open("ab")
+        self._proc = subprocess.Popen(
+            [binary, "serve", str(self.config_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(self.root)},
+        )
+        try:
+            # 401 is an answer too (htpasswd mode)
+            wait_http(
+                f"{self.url}/v2/",
+                ready=lambda r: r.status_code in (200, 401),
+                proc=self._proc,
+                timeout=self.startup_timeout,
+            )
+        except StartupError as exc:
+            self.stop()
+            raise StartupError(
+                f"docker-registry: {exc}\n--- log tail ---\n{log_tail(self.log_path)}"
+            ) from None
+        return self
+
+    def stop(self) -> None:
+        """SIGTERM, bounded wait, then SIGKILL. Idempotent; storage is kept."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            stop_process(proc)
+        log, self._log = self._log, None
+        if log is not None:
+            log.close()
+
+    def __enter__(self) -> UpstreamRegistry:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
