@@ -11,6 +11,7 @@ from pathlib import Path
 
 from appliance.config import Config, ConfigError, load, parse_listen, parse_upstream_flag
 from registry_proxy.app import RegistrySettings, create_app
+from registry_proxy.proxy import Upstream
 from registry_proxy.store import ContentStore
 
 
@@ -48,11 +49,30 @@ def _config(args: argparse.Namespace) -> Config:
     return config
 
 
+def _upstreams(config: Config) -> dict[str, Upstream]:
+    from registry_proxy.upstream import UpstreamClient
+
+    return {
+        u.name: Upstream(
+            UpstreamClient(
+                u.name, u.url, username=u.username, password=u.password, ca_file=u.ca_file
+            ),
+            default=u.default,
+        )
+        for u in config.upstreams
+    }
+
+
 async def _run(config: Config) -> int:
     from appliance.server import serve_until_signalled
 
-    store = ContentStore(config.data_dir)
-    app = create_app(store, RegistrySettings(push=config.push))
+    store = ContentStore(config.data_dir, max_bytes=config.max_bytes)
+    app = create_app(
+        store,
+        RegistrySettings(push=config.push),
+        _upstreams(config),
+        tag_timeout=config.tag_timeout,
+    )
     host, port = config.host_port
     await serve_until_signalled(app, host, port)
     return 0

@@ -9,6 +9,7 @@ Environment overrides are ``SATELLITE_<SECTION>_<KEY>`` for the scalar keys, e.g
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tomllib
@@ -55,6 +56,7 @@ class Config:
     data_dir: Path = DEFAULT_DATA_DIR
     max_bytes: int = DEFAULT_MAX_BYTES
     push: bool = False
+    tag_timeout: float = 3.0
     upstreams: tuple[Upstream, ...] = ()
     groundcontrol_url: str | None = None
     log_level: str = "info"
@@ -151,7 +153,7 @@ def from_mapping(doc: Mapping[str, Any]) -> Config:
             raise ConfigError(f"{name}: unknown section (known: {', '.join(sorted(known))})")
     server = _table(doc, "server", {"listen"})
     storage = _table(doc, "storage", {"path", "max_bytes"})
-    registry = _table(doc, "registry", {"push"})
+    registry = _table(doc, "registry", {"push", "tag_timeout"})
     gc = _table(doc, "groundcontrol", {"url"})
     log = _table(doc, "log", {"level"})
     config = Config()
@@ -164,6 +166,14 @@ def from_mapping(doc: Mapping[str, Any]) -> Config:
         config = replace(config, max_bytes=parse_size(storage["max_bytes"], "storage.max_bytes"))
     if "push" in registry:
         config = replace(config, push=parse_bool(registry["push"], "registry.push"))
+    if "tag_timeout" in registry:
+        value = registry["tag_timeout"]
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(f"registry.tag_timeout: expected seconds > 0, got {value!r}")
+        config = replace(config, tag_timeout=float(value))
     if "url" in gc:
         config = replace(config, groundcontrol_url=_str(gc["url"], "groundcontrol.url"))
     if "level" in log:
@@ -181,6 +191,7 @@ _ENV_KEYS = {
     "SATELLITE_STORAGE_PATH": ("storage", "path"),
     "SATELLITE_STORAGE_MAX_BYTES": ("storage", "max_bytes"),
     "SATELLITE_REGISTRY_PUSH": ("registry", "push"),
+    "SATELLITE_REGISTRY_TAG_TIMEOUT": ("registry", "tag_timeout"),
     "SATELLITE_GROUNDCONTROL_URL": ("groundcontrol", "url"),
     "SATELLITE_LOG_LEVEL": ("log", "level"),
 }

@@ -8,7 +8,9 @@ the spec's error body by one handler at the edge.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -25,10 +27,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from registry_proxy.digest import Digest
 from registry_proxy.errors import RegistryError
 from registry_proxy.manifest import MAX_MANIFEST_BYTES, OCI_INDEX, accepts
+from registry_proxy.metrics import CONTENT_TYPE_LATEST, Metrics
 from registry_proxy.names import parse_reference, validate_name
-from registry_proxy.responses import BlobResponse, parse_range
+from registry_proxy.proxy import FillSource, Proxy, Upstream
+from registry_proxy.responses import BlobResponse, StreamResponse, parse_range
+from registry_proxy.routing import Router, Target, UpstreamName
 from registry_proxy.store import ContentStore
 
+log = logging.getLogger("satellite.registry")
 API_VERSION_HEADER = (b"docker-distribution-api-version", b"registry/2.0")
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 MAX_PAGE = 10_000
@@ -61,11 +67,22 @@ def _error_response(exc: RegistryError) -> Response:
 
 
 class Registry:
-    """Request handlers over one ContentStore."""
+    """Request handlers over one ContentStore, and the pull-through Proxy if any."""
 
-    def __init__(self, store: ContentStore, settings: RegistrySettings) -> None:
+    def __init__(
+        self,
+        store: ContentStore,
+        settings: RegistrySettings,
+        router: Router,
+        proxy: Proxy | None,
+        metrics: Metrics,
+    ) -> None:
         self.store = store
         self.settings = settings
+        self.router = router
+        self.proxy = proxy
+        self.metrics = metrics
+        self.ready = False
 
     async def base(self, request: Request) -> Response:
         return JSONResponse({})
@@ -83,7 +100,7 @@ class Registry:
             # so that an encoded "/" or "." can never change what a path means
             raise RegistryError("NAME_INVALID", "escaped characters are not allowed in paths")
         kind, match = _route(request.url.path[len("/v2/") :])
-        name = validate_name(match["name"])
+        target = self.router.route(validate_name(match["name"]), request.query_params.get("ns"))
         arg = match.groupdict().get("arg")
         method = request.method
         if method in WRITE_METHODS and not self.settings.push:
@@ -93,88 +110,112 @@ class Registry:
         handler = self._handlers.get((kind, method))
         if handler is None:
             raise RegistryError("METHOD_UNKNOWN", f"{method} is not allowed here")
-        return await handler(self, request, name, arg)
+        try:
+            response = await handler(self, request, target, arg)
+        except RegistryError as exc:
+            if target.upstream is not None:
+                exc.headers.setdefault("OCI-Namespace", target.upstream)
+            raise
+        if target.upstream is not None:
+            response.headers["oci-namespace"] = target.upstream
+        return response
 
     # -- blobs (end-2, end-10) -----------------------------------------------------
 
-    async def get_blob(self, request: Request, name: str, arg: str | None) -> Response:
+    async def get_blob(self, request: Request, t: Target, arg: str | None) -> Response:
         digest = Digest.parse(arg or "")
         head = request.method == "HEAD"
-        size = await self.store.blob_size(name, digest)
-        byte_range = parse_range(request.headers.get("range"), size)
-        blob = await self.store.open_blob(name, digest)
-        return BlobResponse(  # type: ignore[return-value]
-            blob.fd,
-            blob.size,
-            {
-                "docker-content-digest": str(digest),
-                "content-type": "application/octet-stream",
-                "etag": f'"{digest}"',
-            },
-            byte_range,
-            head,
-        )
+        headers = {
+            "docker-content-digest": str(digest),
+            "content-type": "application/octet-stream",
+            "etag": f'"{digest}"',
+        }
+        count = self.metrics.client_bytes.inc
+        if t.upstream is not None and self.proxy is not None:
+            source = await self.proxy.blob(t, digest)
+        else:
+            source = await self.store.open_blob(t.repo, digest)
+        if isinstance(source, FillSource):
+            reader = source.reader
+            try:
+                byte_range = parse_range(request.headers.get("range"), source.size)
+            except BaseException:
+                reader.close()
+                raise
+            return StreamResponse(
+                reader.stream, source.size, headers, byte_range, head, reader.close, count
+            )
+        try:
+            byte_range = parse_range(request.headers.get("range"), source.size)
+        except BaseException:
+            source.close()
+            raise
+        return BlobResponse(source.fd, source.size, headers, byte_range, head, source.close, count)
 
-    async def delete_blob(self, request: Request, name: str, arg: str | None) -> Response:
-        await self.store.delete_blob(name, Digest.parse(arg or ""))
+    async def delete_blob(self, request: Request, t: Target, arg: str | None) -> Response:
+        await self.store.delete_blob(t.repo, Digest.parse(arg or ""))
         return Response(status_code=202)
 
     # -- uploads (end-4a/b, end-5, end-6, end-11, end-13) --------------------------
 
-    async def start_upload(self, request: Request, name: str, arg: str | None) -> Response:
+    async def start_upload(self, request: Request, t: Target, arg: str | None) -> Response:
         params = request.query_params
         mount = params.get("mount")
         if mount is not None:
             digest = Digest.parse(mount)
-            from_repo = params.get("from")
-            if from_repo is not None:
-                validate_name(from_repo)
-            if await self.store.mount_blob(name, digest, from_repo):
-                return _created(name, digest)
-        upload_id = await self.store.start_upload(name)
+            from_name = params.get("from")
+            from_repo = None
+            if from_name is not None:
+                from_repo = self.router.route(validate_name(from_name), params.get("ns")).repo
+            if await self.store.mount_blob(t.repo, digest, from_repo):
+                return _created(t.name, digest)
+        upload_id = await self.store.start_upload(t.repo)
         if "digest" in params:
             digest = Digest.parse(params["digest"])
             try:
                 await self.store.finish_upload(
-                    name, upload_id, digest, request.stream(), None, _content_length(request)
+                    t.repo, upload_id, digest, request.stream(), None, _content_length(request)
                 )
             except BaseException:
                 await self.store.cancel_upload(upload_id)
                 raise
-            return _created(name, digest)
-        return Response(status_code=202, headers=_upload_headers(name, upload_id, 0))
+            return _created(t.name, digest)
+        return Response(status_code=202, headers=_upload_headers(t.name, upload_id, 0))
 
-    async def patch_upload(self, request: Request, name: str, arg: str | None) -> Response:
+    async def patch_upload(self, request: Request, t: Target, arg: str | None) -> Response:
         upload_id = arg or ""
         start, length = _content_range(request)
-        offset = await self.store.append_upload(name, upload_id, request.stream(), start, length)
-        return Response(status_code=202, headers=_upload_headers(name, upload_id, offset))
+        offset = await self.store.append_upload(t.repo, upload_id, request.stream(), start, length)
+        return Response(status_code=202, headers=_upload_headers(t.name, upload_id, offset))
 
-    async def put_upload(self, request: Request, name: str, arg: str | None) -> Response:
+    async def put_upload(self, request: Request, t: Target, arg: str | None) -> Response:
         upload_id = arg or ""
         if "digest" not in request.query_params:
             raise RegistryError("DIGEST_INVALID", "the digest query parameter is required")
         digest = Digest.parse(request.query_params["digest"])
         start, length = _content_range(request)
-        await self.store.finish_upload(name, upload_id, digest, request.stream(), start, length)
-        return _created(name, digest)
+        await self.store.finish_upload(t.repo, upload_id, digest, request.stream(), start, length)
+        return _created(t.name, digest)
 
-    async def get_upload(self, request: Request, name: str, arg: str | None) -> Response:
+    async def get_upload(self, request: Request, t: Target, arg: str | None) -> Response:
         upload_id = arg or ""
-        offset = await self.store.upload_offset(name, upload_id)
-        return Response(status_code=204, headers=_upload_headers(name, upload_id, offset))
+        offset = await self.store.upload_offset(t.repo, upload_id)
+        return Response(status_code=204, headers=_upload_headers(t.name, upload_id, offset))
 
-    async def delete_upload(self, request: Request, name: str, arg: str | None) -> Response:
+    async def delete_upload(self, request: Request, t: Target, arg: str | None) -> Response:
         upload_id = arg or ""
-        await self.store.upload_offset(name, upload_id)  # 404 if unknown
+        await self.store.upload_offset(t.repo, upload_id)  # 404 if unknown
         await self.store.cancel_upload(upload_id)
         return Response(status_code=204)
 
     # -- manifests (end-3, end-7, end-9) -------------------------------------------
 
-    async def get_manifest(self, request: Request, name: str, arg: str | None) -> Response:
+    async def get_manifest(self, request: Request, t: Target, arg: str | None) -> Response:
         reference = parse_reference(arg or "")
-        row = await self.store.resolve(name, reference)
+        if t.upstream is not None and self.proxy is not None:
+            row = await self.proxy.manifest(t, reference)
+        else:
+            row = await self.store.resolve(t.repo, reference)
         # clients such as skopeo send one Accept line per media type
         if not accepts(", ".join(request.headers.getlist("accept")), row.media_type):
             raise RegistryError(
@@ -192,36 +233,36 @@ class Registry:
         body = await self.store.manifest_bytes(row)
         return Response(body, status_code=200, headers=headers)
 
-    async def put_manifest(self, request: Request, name: str, arg: str | None) -> Response:
+    async def put_manifest(self, request: Request, t: Target, arg: str | None) -> Response:
         reference = parse_reference(arg or "")
         body = await _read_capped(request, MAX_MANIFEST_BYTES)
         digest, manifest = await self.store.put_manifest(
-            name, reference, body, request.headers.get("content-type")
+            t.repo, reference, body, request.headers.get("content-type")
         )
         headers = {
-            "location": f"/v2/{name}/manifests/{digest}",
+            "location": f"/v2/{t.name}/manifests/{digest}",
             "docker-content-digest": str(digest),
         }
         if manifest.subject is not None:
             headers["oci-subject"] = str(manifest.subject.digest)
         return Response(status_code=201, headers=headers)
 
-    async def delete_manifest(self, request: Request, name: str, arg: str | None) -> Response:
-        await self.store.delete_manifest(name, parse_reference(arg or ""))
+    async def delete_manifest(self, request: Request, t: Target, arg: str | None) -> Response:
+        await self.store.delete_manifest(t.repo, parse_reference(arg or ""))
         return Response(status_code=202)
 
     # -- listings (end-8, end-12) --------------------------------------------------
 
-    async def tags(self, request: Request, name: str, arg: str | None) -> Response:
+    async def tags(self, request: Request, t: Target, arg: str | None) -> Response:
         n, last = _pagination(request)
-        tags = await self.store.tags(name, n, last)
-        headers = _next_link(f"/v2/{name}/tags/list", n, tags)
-        return JSONResponse({"name": name, "tags": tags}, headers=headers)
+        tags = await self.store.tags(t.repo, n, last)
+        headers = _next_link(f"/v2/{t.name}/tags/list", n, tags)
+        return JSONResponse({"name": t.name, "tags": tags}, headers=headers)
 
-    async def referrers(self, request: Request, name: str, arg: str | None) -> Response:
+    async def referrers(self, request: Request, t: Target, arg: str | None) -> Response:
         subject = Digest.parse(arg or "")
         artifact_type = request.query_params.get("artifactType")
-        rows = await self.store.referrers(name, subject, artifact_type)
+        rows = await self.store.referrers(t.repo, subject, artifact_type)
         manifests: list[dict[str, Any]] = []
         for row in rows:
             entry: dict[str, Any] = {
@@ -240,7 +281,7 @@ class Registry:
             headers["oci-filters-applied"] = "artifactType"
         return Response(body.encode(), status_code=200, headers=headers)
 
-    Handler = Callable[["Registry", Request, str, str | None], Awaitable[Response]]
+    Handler = Callable[["Registry", Request, Target, str | None], Awaitable[Response]]
     _handlers: dict[tuple[str, str], Handler] = {
         ("blob", "GET"): get_blob,
         ("blob", "HEAD"): get_blob,
@@ -364,17 +405,65 @@ async def _registry_error(request: Request, exc: Exception) -> Response:
     return _error_response(exc)
 
 
-def create_app(store: ContentStore, settings: RegistrySettings | None = None) -> Starlette:
-    """The registry app. The store is opened and closed by the app's lifespan."""
-    registry = Registry(store, settings or RegistrySettings())
+def create_app(
+    store: ContentStore,
+    settings: RegistrySettings | None = None,
+    upstreams: dict[str, Upstream] | None = None,
+    *,
+    metrics: Metrics | None = None,
+    tag_timeout: float = 3.0,
+    maintenance_interval: float = 30.0,
+) -> Starlette:
+    """The registry app. The store (and the upstream clients) are opened and closed by
+    the app's lifespan; a maintenance task flushes access times and keeps the budget."""
+    metrics = metrics or Metrics()
+    upstreams = upstreams or {}
+    router = Router(
+        [UpstreamName(name, up.client.url, up.default) for name, up in upstreams.items()]
+    )
+    proxy = Proxy(store, upstreams, metrics, tag_timeout=tag_timeout) if upstreams else None
+    registry = Registry(store, settings or RegistrySettings(), router, proxy, metrics)
+
+    async def maintain() -> None:
+        while True:
+            await asyncio.sleep(maintenance_interval)
+            try:
+                await store.meta.flush_access()
+                metrics.evictions.inc(len(await store.enforce_budget()))
+            except Exception:
+                log.exception("store maintenance failed")
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await store.open()
+        metrics.cache_max.set(store.max_bytes or 0)
+        metrics.evictions.inc(len(await store.enforce_budget()))
+        task = asyncio.get_running_loop().create_task(maintain())
+        registry.ready = True
         try:
             yield
         finally:
+            registry.ready = False
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            if proxy is not None:
+                await proxy.close()
             await store.close()
+
+    async def metrics_endpoint(request: Request) -> Response:
+        metrics.cache_bytes.set(await store.used_bytes())
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        if not registry.ready:
+            return JSONResponse({"status": "starting"}, status_code=503)
+        online = {
+            name: up.breaker.online for name, up in (proxy.upstreams if proxy else {}).items()
+        }
+        return JSONResponse({"status": "ready", "upstreams_online": online})
 
     methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
     app = Starlette(
@@ -382,6 +471,9 @@ def create_app(store: ContentStore, settings: RegistrySettings | None = None) ->
             Route("/v2/", registry.base, methods=["GET", "HEAD"]),
             Route("/v2/_catalog", registry.catalog, methods=["GET"]),
             Route("/v2/{rest:path}", registry.dispatch, methods=methods),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET", "HEAD"]),
+            Route("/readyz", readyz, methods=["GET", "HEAD"]),
         ],
         exception_handlers={RegistryError: _registry_error},
         lifespan=lifespan,

@@ -302,25 +302,32 @@ class Metadata:
             return cur.rowcount > 0
 
     async def put_manifest(
-        self, repo: str, digest: Digest, size: int, manifest: Manifest, tag: str | None
+        self,
+        repo: str,
+        digest: Digest,
+        size: int,
+        manifest: Manifest,
+        tag: str | None,
+        check_references: bool = True,
     ) -> None:
         """Records a manifest (whose bytes are already published) and optionally tags it.
 
         Fails with MANIFEST_BLOB_UNKNOWN, and records nothing, if a referenced blob or
-        child manifest is not in the repository.
+        child manifest is not in the repository. A manifest cached from upstream is
+        recorded without that check: its blobs arrive later, on demand.
         """
         now = time.time()
         d = str(digest)
         async with self.transaction() as db:
             missing: list[str] = []
-            for ref in manifest.blob_references():
+            for ref in manifest.blob_references() if check_references else ():
                 async with db.execute(
                     "SELECT 1 FROM repo_blobs WHERE repo = ? AND digest = ?",
                     (repo, str(ref.digest)),
                 ) as cur:
                     if await cur.fetchone() is None:
                         missing.append(str(ref.digest))
-            for child in manifest.manifests:
+            for child in manifest.manifests if check_references else ():
                 async with db.execute(
                     "SELECT 1 FROM manifests WHERE repo = ? AND digest = ?",
                     (repo, str(child.digest)),
@@ -363,6 +370,15 @@ class Metadata:
                     (repo, tag, d, now),
                 )
 
+    async def set_tag(self, repo: str, tag: str, digest: Digest) -> None:
+        async with self.transaction() as db:
+            await db.execute(
+                "INSERT INTO tags(repo, tag, digest, updated_at) VALUES (?,?,?,?)"
+                " ON CONFLICT(repo, tag) DO UPDATE SET digest = excluded.digest,"
+                " updated_at = excluded.updated_at",
+                (repo, tag, str(digest), time.time()),
+            )
+
     async def delete_manifest(self, repo: str, digest: Digest) -> bool:
         async with self.transaction() as db:
             cur = await db.execute(
@@ -388,6 +404,28 @@ class Metadata:
                 async with db.execute(sql, (d,)) as cur:
                     if await cur.fetchone() is not None:
                         return False
+            await db.execute("DELETE FROM blobs WHERE digest = ?", (d,))
+            return True
+
+    async def lru_candidates(self, limit: int) -> list[tuple[Digest, int]]:
+        """Unpinned blobs, least recently used first."""
+        rows = await self._all(
+            "SELECT digest, size FROM blobs WHERE digest NOT IN (SELECT digest FROM pins)"
+            " ORDER BY last_access, digest LIMIT ?",
+            (limit,),
+        )
+        return [(Digest.parse(r[0]), int(r[1])) for r in rows]
+
+    async def evict(self, digest: Digest) -> bool:
+        """Forgets a cached blob everywhere (manifests stored as it go, with their tags).
+        Refuses, returning False, if the blob was pinned in the meantime."""
+        d = str(digest)
+        async with self.transaction() as db:
+            async with db.execute("SELECT 1 FROM pins WHERE digest = ?", (d,)) as cur:
+                if await cur.fetchone() is not None:
+                    return False
+            await db.execute("DELETE FROM manifests WHERE digest = ?", (d,))
+            await db.execute("DELETE FROM repo_blobs WHERE digest = ?", (d,))
             await db.execute("DELETE FROM blobs WHERE digest = ?", (d,))
             return True
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import anyio
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from registry_proxy.errors import RegistryError
@@ -51,7 +52,7 @@ def _unsatisfiable(size: int) -> RegistryError:
     )
 
 
-class BlobResponse:
+class BlobResponse(Response):
     """Streams [start, end) of an open file descriptor, then closes it.
 
     The fd was opened before the response started, so eviction or deletion of the blob
@@ -65,11 +66,16 @@ class BlobResponse:
         headers: Mapping[str, str],
         byte_range: tuple[int, int] | None,
         head: bool,
+        on_close: Callable[[], None] | None = None,
+        on_bytes: Callable[[int], None] | None = None,
     ) -> None:
         self.fd = fd
+        self.on_close = on_close
+        self.on_bytes = on_bytes
         self.head = head
         self.start, self.end = byte_range if byte_range is not None else (0, size)
-        self.status = 206 if byte_range is not None else 200
+        self.status_code = 206 if byte_range is not None else 200
+        self.background = None
         raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
         raw.append((b"content-length", str(self.end - self.start).encode()))
         raw.append((b"accept-ranges", b"bytes"))
@@ -80,7 +86,11 @@ class BlobResponse:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await send(
-                {"type": "http.response.start", "status": self.status, "headers": self.raw_headers}
+                {
+                    "type": "http.response.start",
+                    "status": self.status_code,
+                    "headers": self.raw_headers,
+                }
             )
             if self.head or self.start == self.end:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -96,16 +106,49 @@ class BlobResponse:
                 await self._stream(send)
                 tg.cancel_scope.cancel()
         finally:
-            os.close(self.fd)
+            if self.on_close is not None:
+                self.on_close()
+            else:
+                os.close(self.fd)
 
     async def _stream(self, send: Send) -> None:
+        offset = self.start
+        async for chunk in self.chunks():
+            offset += len(chunk)
+            if self.on_bytes is not None:
+                self.on_bytes(len(chunk))
+            await send(
+                {"type": "http.response.body", "body": chunk, "more_body": offset < self.end}
+            )
+        if offset < self.end:
+            raise RuntimeError("blob ended before its recorded size")
+
+    async def chunks(self) -> AsyncIterator[bytes]:
         offset = self.start
         while offset < self.end:
             n = min(CHUNK, self.end - offset)
             chunk = await anyio.to_thread.run_sync(os.pread, self.fd, n, offset)
             if not chunk:
-                raise RuntimeError("blob file is shorter than its recorded size")
+                return
             offset += len(chunk)
-            await send(
-                {"type": "http.response.body", "body": chunk, "more_body": offset < self.end}
-            )
+            yield chunk
+
+
+class StreamResponse(BlobResponse):
+    """A blob whose bytes come from an async source (a cache fill) instead of a file."""
+
+    def __init__(
+        self,
+        source: Callable[[int, int], AsyncIterator[bytes]],
+        size: int,
+        headers: Mapping[str, str],
+        byte_range: tuple[int, int] | None,
+        head: bool,
+        on_close: Callable[[], None],
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> None:
+        super().__init__(-1, size, headers, byte_range, head, on_close, on_bytes)
+        self.source = source
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        return self.source(self.start, self.end)

@@ -13,7 +13,7 @@ import os
 import shutil
 import time
 import uuid
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,11 +39,20 @@ class _Upload:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
-@dataclass(frozen=True)
+@dataclass
 class OpenBlob:
+    """An open blob; `close` releases the fd and the blob's protection from eviction."""
+
     fd: int
     size: int
     digest: Digest
+    store: ContentStore
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+            self.store._release(self.digest)
 
 
 def _disk_error(exc: OSError) -> RegistryError:
@@ -53,7 +62,10 @@ def _disk_error(exc: OSError) -> RegistryError:
 
 
 class ContentStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, max_bytes: int | None = None) -> None:
+        self.max_bytes = max_bytes
+        self._in_use: Counter[Digest] = Counter()
+        self._evicting = asyncio.Lock()
         self.layout = Layout(root)
         self.blobs = BlobStore(self.layout)
         self.meta = Metadata(self.layout.database)
@@ -241,7 +253,68 @@ class ContentStore:
         if fd is None:
             raise RegistryError("BLOB_UNKNOWN", f"blob {digest} is not in {repo}")
         self.meta.touch(digest)
-        return OpenBlob(fd, size, digest)
+        self._in_use[digest] += 1
+        return OpenBlob(fd, size, digest, self)
+
+    def _release(self, digest: Digest) -> None:
+        self._in_use[digest] -= 1
+        if self._in_use[digest] <= 0:
+            del self._in_use[digest]
+
+    async def adopt_blob(
+        self, repos: list[str], src: Path, digest: Digest, computed: tuple[Digest, int]
+    ) -> int:
+        """Publishes a file written and hashed elsewhere (a cache fill) into `repos`."""
+        try:
+            size = await asyncio.to_thread(self.blobs.commit, src, digest, None, computed)
+        except OSError as exc:
+            raise _disk_error(exc) from exc
+        for repo in repos:
+            await self.meta.link_blob(repo, digest, size)
+        await self.enforce_budget()
+        return size
+
+    async def has_blob_anywhere(self, digest: Digest) -> int | None:
+        size = await self.meta.any_blob_size(digest)
+        if size is None or self.blobs.size(digest) != size:
+            return None
+        return size
+
+    # -- cache budget --------------------------------------------------------------
+
+    async def pin(self, digest: Digest, owner: str) -> None:
+        await self.meta.pin(digest, owner)
+
+    async def unpin(self, digest: Digest, owner: str) -> None:
+        await self.meta.unpin(digest, owner)
+
+    async def used_bytes(self) -> int:
+        return await self.meta.used_bytes()
+
+    async def enforce_budget(self) -> list[Digest]:
+        """Evicts unpinned blobs, least recently used first, until the store is back
+        under 90% of `max_bytes`. Blobs being read right now are skipped."""
+        if self.max_bytes is None:
+            return []
+        async with self._evicting:
+            used = await self.meta.used_bytes()
+            if used <= self.max_bytes:
+                return []
+            await self.meta.flush_access()
+            target = int(self.max_bytes * 0.9)
+            evicted: list[Digest] = []
+            for digest, size in await self.meta.lru_candidates(100_000):
+                if used <= target:
+                    break
+                if self._in_use.get(digest) or not await self.meta.evict(digest):
+                    continue
+                self._manifest_bytes.pop(digest, None)
+                await asyncio.to_thread(self.blobs.delete, digest)
+                used -= size
+                evicted.append(digest)
+            if evicted:
+                self._changed()
+            return evicted
 
     async def delete_blob(self, repo: str, digest: Digest) -> None:
         if not await self.meta.unlink_blob(repo, digest):
@@ -260,8 +333,16 @@ class ContentStore:
         self._tag_cache.clear()
 
     async def put_manifest(
-        self, repo: str, reference: str | Digest, body: bytes, content_type: str | None
+        self,
+        repo: str,
+        reference: str | Digest,
+        body: bytes,
+        content_type: str | None,
+        *,
+        cached: bool = False,
     ) -> tuple[Digest, Manifest]:
+        """Stores a pushed manifest, or with `cached` one fetched from upstream (whose
+        blobs need not be here yet)."""
         manifest = parse_manifest(body, content_type)
         if isinstance(reference, Digest):
             digest = Digest.of(body, reference.algorithm)
@@ -279,10 +360,18 @@ class ContentStore:
         except OSError as exc:
             raise _disk_error(exc) from exc
         try:
-            await self.meta.put_manifest(repo, digest, len(body), manifest, tag)
+            await self.meta.put_manifest(
+                repo, digest, len(body), manifest, tag, check_references=not cached
+            )
         finally:
             self._changed()
         return digest, manifest
+
+    async def set_tag(self, repo: str, tag: str, digest: Digest) -> None:
+        try:
+            await self.meta.set_tag(repo, tag, digest)
+        finally:
+            self._changed()
 
     async def resolve(self, repo: str, reference: str | Digest) -> ManifestRow:
         if isinstance(reference, Digest):

@@ -1,0 +1,249 @@
+"""Cache fills: one upstream transfer per blob, however many clients ask at once.
+
+A fill downloads a blob into a staging file while hashing it, resumes with ``Range``
+when the transfer is cut (continuing the same running hash), and publishes the blob
+only when size and digest match. It runs as its own task, detached from the request
+that started it, so a client that goes away does not abort it; an idle timeout bounds
+it instead.
+
+Clients stream from the staging file as bytes arrive (``FillReader``). The last byte
+is held back until the fill has been verified: a client can never receive a complete
+response for content that turns out to be corrupt. On failure every reader's stream
+raises, which aborts its HTTP response mid-body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import secrets
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from registry_proxy.digest import Digest
+from registry_proxy.errors import RegistryError
+from registry_proxy.metrics import Metrics
+from registry_proxy.store import ContentStore
+from registry_proxy.upstream import (
+    UpstreamAuthError,
+    UpstreamClient,
+    UpstreamError,
+    UpstreamNotFound,
+    UpstreamUnavailable,
+)
+
+log = logging.getLogger("satellite.fill")
+READ_CHUNK = 1024 * 1024
+
+
+class FillFailed(Exception):
+    """The fill a reader was following failed; its response must be aborted."""
+
+
+class BlobFill:
+    def __init__(
+        self,
+        store: ContentStore,
+        client: UpstreamClient,
+        upstream_repo: str,
+        repo: str,
+        digest: Digest,
+        metrics: Metrics,
+        *,
+        idle_timeout: float = 60.0,
+        max_resumes: int = 5,
+        on_result: Callable[[BlobFill, BaseException | None], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.upstream_repo = upstream_repo
+        self.repos = [repo]
+        self.digest = digest
+        self.metrics = metrics
+        self.idle_timeout = idle_timeout
+        self.max_resumes = max_resumes
+        self.on_result = on_result
+        self.path: Path = store.layout.uploads / f"fill-{secrets.token_hex(8)}"
+        self.size: int | None = None
+        self.written = 0
+        self.done = False
+        self.error: RegistryError | None = None
+        self.started = asyncio.Event()
+        self._progress = asyncio.Condition()
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.done or self.error is not None
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._run(), name=f"fill {self.digest}")
+
+    async def _notify(self) -> None:
+        async with self._progress:
+            self._progress.notify_all()
+
+    async def _run(self) -> None:
+        failure: BaseException | None = None
+        fd = await asyncio.to_thread(
+            os.open, self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600
+        )
+        try:
+            hasher = self.digest.hasher()
+            resumes = 0
+            while True:
+                try:
+                    await self._transfer(fd, hasher)
+                    break
+                except UpstreamUnavailable:
+                    # nothing received yet: the client already retried, the link is down
+                    if self.written == 0 or resumes >= self.max_resumes:
+                        raise
+                    resumes += 1
+                    self.metrics.resumes.labels(self.client.name).inc()
+                    log.warning(
+                        "upstream %s: transfer of %s cut at %d bytes, resuming",
+                        self.client.name,
+                        self.digest,
+                        self.written,
+                    )
+                    await asyncio.sleep(min(0.1 * 2**resumes, 2.0))
+            actual = Digest(self.digest.algorithm, hasher.hexdigest())
+            if (self.size is not None and self.written != self.size) or actual != self.digest:
+                self.metrics.digest_mismatches.labels(self.client.name).inc()
+                log.error(
+                    "upstream %s served bad content for %s: got %s, %d bytes (expected %s)",
+                    self.client.name,
+                    self.digest,
+                    actual,
+                    self.written,
+                    self.size,
+                )
+                raise RegistryError(
+                    "UNAVAILABLE",
+                    f"upstream content for {self.digest} failed verification; nothing cached",
+                    status=502,
+                )
+            await asyncio.to_thread(os.fsync, fd)
+            await self.store.adopt_blob(self.repos, self.path, self.digest, (actual, self.written))
+            self.done = True
+        except BaseException as exc:  # every failure ends the fill, and is recorded
+            failure = exc
+            self.error = _as_registry_error(exc, self.digest)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            if isinstance(exc, UpstreamError | TimeoutError):
+                self.metrics.upstream_errors.labels(self.client.name, type(exc).__name__).inc()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        finally:
+            os.close(fd)
+            self.started.set()
+            await self._notify()
+            if self.on_result is not None:
+                self.on_result(self, failure)
+
+    async def _transfer(self, fd: int, hasher: hashlib._Hash) -> None:
+        async with self.client.open_blob(
+            self.upstream_repo, self.digest, offset=self.written
+        ) as blob:
+            skip = self.written - blob.offset  # > 0 when the server ignored our Range
+            if self.size is None:
+                self.size = blob.size
+            self.started.set()
+            chunks = blob.chunks().__aiter__()
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(chunks.__anext__(), self.idle_timeout)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise UpstreamUnavailable(
+                        f"no data from upstream for {self.idle_timeout:.0f}s"
+                    ) from None
+                if skip > 0:
+                    dropped = min(skip, len(chunk))
+                    chunk, skip = chunk[dropped:], skip - dropped
+                    if not chunk:
+                        continue
+                await asyncio.to_thread(_append, fd, chunk, hasher)
+                self.written += len(chunk)
+                self.metrics.upstream_bytes.labels(self.client.name).inc(len(chunk))
+                if self.size is not None and self.written > self.size:
+                    raise RegistryError(
+                        "UNAVAILABLE", f"upstream sent more than {self.size} bytes", status=502
+                    )
+                await self._notify()
+
+    def readable(self, end: int) -> int:
+        """How far readers may go: all of it once verified, else all but the last byte."""
+        if self.done:
+            return end
+        if self.size is None:
+            return 0
+        return min(end, self.written, self.size - 1)
+
+    def reader(self) -> FillReader:
+        """A reader positioned on the staging file; open it before the fill can finish."""
+        return FillReader(self, os.open(self.path, os.O_RDONLY))
+
+    async def wait_beyond(self, offset: int, end: int) -> None:
+        async with self._progress:
+            await self._progress.wait_for(lambda: self.finished or self.readable(end) > offset)
+
+    async def wait(self) -> None:
+        async with self._progress:
+            await self._progress.wait_for(lambda: self.finished)
+
+
+class FillReader:
+    def __init__(self, fill: BlobFill, fd: int) -> None:
+        self.fill = fill
+        self.fd = fd
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    async def stream(self, start: int, end: int) -> AsyncIterator[bytes]:
+        """Bytes [start, end) as they arrive; the final byte only once verified."""
+        fill = self.fill
+        offset = start
+        while offset < end:
+            if fill.error is not None:
+                raise FillFailed(fill.error.message)
+            limit = fill.readable(end)
+            if offset >= limit:
+                await fill.wait_beyond(offset, end)
+                continue
+            n = min(READ_CHUNK, limit - offset)
+            chunk = await asyncio.to_thread(os.pread, self.fd, n, offset)
+            if not chunk:
+                raise FillFailed("staging file shorter than reported")
+            offset += len(chunk)
+            yield chunk
+
+
+def _append(fd: int, data: bytes, hasher: hashlib._Hash) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    hasher.update(data)
+
+
+def _as_registry_error(exc: BaseException, digest: Digest) -> RegistryError:
+    if isinstance(exc, RegistryError):
+        return exc
+    if isinstance(exc, UpstreamNotFound):
+        return RegistryError("BLOB_UNKNOWN", f"blob {digest} is not known upstream")
+    if isinstance(exc, UpstreamAuthError):
+        return RegistryError("DENIED", f"upstream refused access to {digest}: {exc}")
+    if isinstance(exc, UpstreamError | TimeoutError):
+        return RegistryError("UNAVAILABLE", f"upstream unavailable for {digest}: {exc}")
+    if isinstance(exc, asyncio.CancelledError):
+        return RegistryError("UNAVAILABLE", "the satellite is shutting down")
+    return RegistryError("UNAVAILABLE", f"cache fill of {digest} failed: {exc}")

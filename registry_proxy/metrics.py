@@ -1,0 +1,78 @@
+"""Prometheus metrics of the registry and its pull-through cache.
+
+Each app gets its own CollectorRegistry, so that several apps in one process (tests)
+never collide on the global one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.cache_hits = Counter(
+            "satellite_cache_hits", "Requests answered from the local store", ["kind"], registry=r
+        )
+        self.cache_misses = Counter(
+            "satellite_cache_misses", "Requests that needed the upstream", ["kind"], registry=r
+        )
+        self.upstream_bytes = Counter(
+            "satellite_upstream_bytes",
+            "Blob bytes received from upstreams",
+            ["upstream"],
+            registry=r,
+        )
+        self.client_bytes = Counter(
+            "satellite_client_bytes", "Blob bytes sent to clients", registry=r
+        )
+        self.upstream_errors = Counter(
+            "satellite_upstream_errors",
+            "Failed upstream requests",
+            ["upstream", "kind"],
+            registry=r,
+        )
+        self.digest_mismatches = Counter(
+            "satellite_digest_mismatches",
+            "Upstream content whose digest or size did not match (never cached or served)",
+            ["upstream"],
+            registry=r,
+        )
+        self.coalesced = Counter(
+            "satellite_coalesced_waiters",
+            "Requests that joined a cache fill already under way instead of asking upstream",
+            registry=r,
+        )
+        self.resumes = Counter(
+            "satellite_upstream_resumes",
+            "Interrupted upstream transfers resumed with Range",
+            ["upstream"],
+            registry=r,
+        )
+        self.upstream_online = Gauge(
+            "satellite_upstream_online",
+            "1 while the upstream is reachable (breaker closed)",
+            ["upstream"],
+            registry=r,
+        )
+        self.cache_bytes = Gauge(
+            "satellite_cache_bytes_used", "Bytes of content in the local store", registry=r
+        )
+        self.cache_max = Gauge(
+            "satellite_cache_bytes_max", "The configured cache budget (0: none)", registry=r
+        )
+        self.evictions = Counter(
+            "satellite_evictions", "Blobs evicted to stay within the cache budget", registry=r
+        )
+
+    def render(self, refresh: Callable[[], None] | None = None) -> bytes:
+        if refresh is not None:
+            refresh()
+        return generate_latest(self.registry)

@@ -1,0 +1,790 @@
+"""The client the pull-through proxy uses to talk to one upstream OCI registry.
+
+One ``UpstreamClient`` per configured upstream holds one pooled ``httpx.AsyncClient``
+(HTTP/1.1). It fetches manifests (verified against the digest asked for and the digest
+the upstream announces), answers HEADs, streams blobs (with ``Range`` to resume), and
+pings. Repository names are passed through as given: the Docker Hub ``library/`` rule
+belongs to the router.
+
+Exceptions::
+
+    UpstreamError                   anything this module raises about the upstream
+    ├── UpstreamUnavailable         the link is down: connect errors, timeouts, a connection
+    │                               cut mid-transfer, 5xx/429 still there after the retries
+    │                               (the circuit breaker counts these)
+    ├── UpstreamNotFound            404, or MANIFEST_UNKNOWN / BLOB_UNKNOWN / NAME_UNKNOWN
+    ├── UpstreamAuthError           401/403 once the auth flow has had its go
+    ├── UpstreamIntegrityError      bytes that do not match the digest asked for or announced
+    └── UpstreamProtocolError       anything else unexpected (statuses, headers, sizes, JSON)
+
+httpx's exceptions are translated in exactly one place, ``_translated()``; nothing else
+in this module names one. Invalid repository names and references are refused with
+``RegistryError`` (the protocol error of the local API) before anything is sent.
+
+Retries: connection errors, timeouts, 5xx and 429 are retried with exponential backoff
+and jitter (``Retry-After`` in seconds wins, capped by ``max_backoff``), at most
+``retries`` times, and only before any body byte was handed to the caller: a manifest
+is read whole inside an attempt; a blob is retried until its response headers are in,
+never once ``open_blob`` has yielded. ``ping`` is a probe and makes a single attempt.
+
+Auth (``RegistryAuth``): anonymous; Basic, sent only to an origin that asked for it
+with a ``WWW-Authenticate: Basic`` challenge (and from then on proactively); and the
+Bearer token flow of distribution/Docker Hub. Credentials never follow a redirect to
+another origin (httpx drops ``Authorization`` there; blob storage is commonly a CDN).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import random
+import re
+import ssl
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+
+from registry_proxy.digest import Digest
+from registry_proxy.errors import RegistryError
+from registry_proxy.manifest import (
+    DOCKER_LIST,
+    DOCKER_MANIFEST,
+    MANIFEST_TYPES,
+    MAX_MANIFEST_BYTES,
+    OCI_INDEX,
+    OCI_MANIFEST,
+)
+from registry_proxy.names import parse_reference, validate_name
+
+log = logging.getLogger("satellite.upstream")
+
+T = TypeVar("T")
+
+USER_AGENT = "satellite/0.1"
+MANIFEST_ACCEPT = ", ".join((OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST))
+NOT_FOUND_CODES = frozenset({"MANIFEST_UNKNOWN", "BLOB_UNKNOWN", "NAME_UNKNOWN"})
+MAX_ERROR_BODY = 64 * 1024  # error bodies are read for their message, no further
+MAX_TOKEN_BODY = 1024 * 1024
+MAX_REDIRECTS = 5
+DEFAULT_TOKEN_LIFETIME = 60.0  # distribution's token spec: expires_in defaults to 60 s
+TOKEN_EXPIRY_MARGIN = 10.0  # renew this long before a token expires (at most half its life)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class UpstreamError(Exception):
+    """Base of everything this module raises about the upstream."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class UpstreamUnavailable(UpstreamError):
+    """The link is down (or the upstream is overloaded); the circuit breaker counts these."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, status=status)
+        self.retry_after = retry_after
+
+
+class UpstreamNotFound(UpstreamError):
+    """The upstream does not have the repository, manifest or blob."""
+
+
+class UpstreamAuthError(UpstreamError):
+    """The upstream (or its token service) refused us after the auth flow."""
+
+
+class UpstreamIntegrityError(UpstreamError):
+    """The upstream served bytes that do not match the digest asked for or announced."""
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The upstream answered something this client cannot make sense of."""
+
+
+@contextlib.contextmanager
+def _translated(what: str) -> Iterator[None]:
+    """The one boundary where httpx's exceptions become this module's."""
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise UpstreamUnavailable(f"{what}: timed out ({type(exc).__name__})") from exc
+    except (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError) as exc:
+        # refused, reset, cut mid-body, TLS handshake failed: the link is down for us
+        raise UpstreamUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        # too many redirects, undecodable body, unsupported scheme, bad URL
+        raise UpstreamProtocolError(f"{what}: {type(exc).__name__}: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- values
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Per-phase socket timeouts, and the total budget of a manifest lookup by tag."""
+
+    connect: float = 3.0
+    read: float = 30.0
+    write: float = 30.0
+    pool: float = 5.0
+    manifest_total: float = 5.0  # tag lookups (and pings) answer quickly or fall back
+
+
+@dataclass(frozen=True)
+class UpstreamManifest:
+    body: bytes
+    media_type: str
+    digest: Digest  # computed over `body`
+
+
+@dataclass(frozen=True)
+class UpstreamHead:
+    digest: Digest
+    media_type: str
+    size: int
+
+
+class UpstreamBlob:
+    """An open blob response. ``offset`` is where its bytes start in the blob (0 when the
+    server ignored our ``Range``); ``size`` is the whole blob's size when the server said.
+
+    The bytes are not verified here: the caller hashes them (it also holds the bytes
+    before ``offset`` that a resumed transfer does not see again).
+    """
+
+    def __init__(self, response: httpx.Response, what: str, offset: int, size: int | None) -> None:
+        self._response = response
+        self._what = what
+        self.offset = offset
+        self.size = size
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The raw bytes as they arrive; a cut connection raises UpstreamUnavailable."""
+        with _translated(self._what):
+            async for chunk in self._response.aiter_raw():
+                yield chunk
+
+
+# --------------------------------------------------------------------------- auth
+
+
+@dataclass(frozen=True)
+class Challenge:
+    scheme: str  # lower-cased
+    params: dict[str, str]
+
+
+_TOKEN_CHARS = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_SCHEME_RE = re.compile(rf"[\s,]*({_TOKEN_CHARS})(?=\s|,|$)")
+_PARAM_RE = re.compile(rf'[\s,]*({_TOKEN_CHARS})\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,]*)')
+_ESCAPE_RE = re.compile(r"\\(.)")
+
+
+def parse_challenges(values: list[str]) -> list[Challenge]:
+    """``WWW-Authenticate`` header values → challenges (RFC 9110 §11.6.1): quoted values
+    may hold commas and escapes; one value may carry several challenges."""
+    out: list[Challenge] = []
+    for value in values:
+        pos = 0
+        current: Challenge | None = None
+        while pos < len(value):
+            if current is not None and (param := _PARAM_RE.match(value, pos)):
+                raw = param.group(2)
+                if raw.startswith('"'):
+                    raw = _ESCAPE_RE.sub(r"\1", raw[1:-1])
+                current.params.setdefault(param.group(1).lower(), raw)
+                pos = param.end()
+                continue
+            scheme = _SCHEME_RE.match(value, pos)
+            if scheme is None:
+                break  # token68 or garbage: keep what was understood
+            current = Challenge(scheme.group(1).lower(), {})
+            out.append(current)
+            pos = scheme.end()
+    return out
+
+
+_REPO_PATH = re.compile(r"/v2/(.+)/(?:manifests|blobs|tags|referrers)/[^/]*$")
+
+
+def _pull_scope(url: httpx.URL) -> str | None:
+    """The token scope a registry request needs: ``repository:<name>:pull``."""
+    match = _REPO_PATH.search(url.path)
+    return f"repository:{match.group(1)}:pull" if match else None
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return (url.scheme, url.host, url.port)
+
+
+TokenKey = tuple[str, str, str]  # (realm, service, scope)
+
+
+@dataclass(frozen=True)
+class _Token:
+    value: str
+    renew_at: float
+
+
+class RegistryAuth(httpx.Auth):
+    """Anonymous, Basic and Bearer-token auth for registries, as an httpx auth flow.
+
+    Bearer (distribution's token spec, as Docker Hub does it): a 401 with
+    ``WWW-Authenticate: Bearer realm=...,service=...,scope=...`` makes the flow yield
+    ``GET realm?service=...&scope=...`` (scope from the challenge, else
+    ``repository:<repo>:pull``; with Basic credentials when configured), take ``token``
+    or ``access_token`` from the JSON, and retry the original request once. Tokens are
+    cached per (realm, service, scope) until ``expires_in`` (default 60 s) less a margin;
+    once an origin has challenged, later requests carry a cached (or freshly fetched)
+    token up front, so a warm pull costs no 401 round trip.
+
+    The flow is an async generator (``async_auth_flow``), httpx's hook for flows that
+    read a body or take a lock: the token response has to be read inside the flow, and
+    a lock per scope makes concurrent requests share one token fetch. The token request
+    is yielded, so it goes through the same client and transport as everything else.
+    """
+
+    def __init__(
+        self,
+        username: str | None = None,
+        password: str | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._basic: str | None = None
+        if username is not None:
+            raw = f"{username}:{password or ''}".encode()
+            self._basic = "Basic " + base64.b64encode(raw).decode("ascii")
+        self._clock = clock
+        self._basic_origins: set[tuple[str, str, int | None]] = set()
+        self._bearer_origins: dict[tuple[str, str, int | None], tuple[str, str]] = {}
+        self._tokens: dict[TokenKey, _Token] = {}
+        self._locks: dict[TokenKey, asyncio.Lock] = {}
+
+    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response]:
+        raise RuntimeError("RegistryAuth works with httpx.AsyncClient only")
+
+    async def async_auth_flow(
+        self, request: httpx.Request
+    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        origin = _origin(request.url)
+        scope = _pull_scope(request.url) or ""
+        sent: str | None = None
+
+        known = self._bearer_origins.get(origin)
+        if known is not None:
+            key = (*known, scope)
+            async with self._lock(key):
+                sent = self._cached(key)
+                if sent is None:
+                    token_response = yield self._token_request(key, request)
+                    sent = await self._store_token(key, token_response)
+            request.headers["Authorization"] = f"Bearer {sent}"
+        elif self._basic is not None and origin in self._basic_origins:
+            request.headers["Authorization"] = self._basic
+
+        response = yield request
+        if response.status_code != 401:
+            return
+
+        challenges = parse_challenges(response.headers.get_list("www-authenticate"))
+        bearer = next((c for c in challenges if c.scheme == "bearer"), None)
+        if bearer is not None and bearer.params.get("realm"):
+            realm, service = bearer.params["realm"], bearer.params.get("service", "")
+            self._bearer_origins[origin] = (realm, service)
+            key = (realm, service, bearer.params.get("scope") or scope)
+            async with self._lock(key):
+                token = self._cached(key)
+                if token is None or token == sent:  # the token just refused is no good
+                    self._tokens.pop(key, None)
+                    token_response = yield self._token_request(key, request)
+                    token = await self._store_token(key, token_response)
+            request.headers["Authorization"] = f"Bearer {token}"
+            yield request  # once: a second 401 is the caller's UpstreamAuthError
+            return
+
+        if (
+            self._basic is not None
+            and any(c.scheme == "basic" for c in challenges)
+            and request.headers.get("Authorization") != self._basic
+        ):
+            self._basic_origins.add(origin)
+            request.headers["Authorization"] = self._basic
+            yield request
+
+    def _lock(self, key: TokenKey) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        return lock
+
+    def _cached(self, key: TokenKey) -> str | None:
+        token = self._tokens.get(key)
+        if token is None or self._clock() >= token.renew_at:
+            return None
+        return token.value
+
+    def _token_request(self, key: TokenKey, original: httpx.Request) -> httpx.Request:
+        realm, service, scope = key
+        url = httpx.URL(realm)
+        if url.scheme not in ("http", "https"):
+            raise UpstreamProtocolError(f"Bearer challenge with a bad realm {realm[:200]!r}")
+        params = {name: value for name, value in (("service", service), ("scope", scope)) if value}
+        headers = {"User-Agent": original.headers.get("User-Agent", USER_AGENT)}
+        if self._basic is not None:
+            headers["Authorization"] = self._basic
+        # a request yielded by a flow gets no client defaults: carry the timeouts over
+        return httpx.Request(
+            "GET",
+            url.copy_merge_params(params),
+            headers=headers,
+            extensions={"timeout": original.extensions.get("timeout", {})},
+        )
+
+    async def _store_token(self, key: TokenKey, response: httpx.Response) -> str:
+        realm = key[0]
+        status = response.status_code
+        if status in (401, 403):
+            raise UpstreamAuthError(
+                f"token service {realm} refused the credentials (HTTP {status})", status=status
+            )
+        if status == 429 or status >= 500:
+            raise UpstreamUnavailable(
+                f"token service {realm}: HTTP {status}",
+                status=status,
+                retry_after=_retry_after(response.headers),
+            )
+        if status != 200:
+            raise UpstreamProtocolError(f"token service {realm}: HTTP {status}", status=status)
+        body = await _read_limited(response, MAX_TOKEN_BODY, f"token from {realm}")
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            raise UpstreamProtocolError(f"token service {realm}: not JSON") from None
+        token = doc.get("token") or doc.get("access_token") if isinstance(doc, dict) else None
+        if not isinstance(token, str) or not token:
+            raise UpstreamProtocolError(f"token service {realm}: no token in the answer")
+        expires_in = doc.get("expires_in")
+        lifetime = (
+            float(expires_in)
+            if isinstance(expires_in, int | float)
+            and not isinstance(expires_in, bool)
+            and expires_in > 0
+            else DEFAULT_TOKEN_LIFETIME
+        )
+        now = self._clock()
+        for stale in [k for k, t in self._tokens.items() if now >= t.renew_at]:
+            del self._tokens[stale]
+        self._tokens[key] = _Token(token, now + lifetime - min(TOKEN_EXPIRY_MARGIN, lifetime / 2))
+        return token
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class _LimitedStream(httpx.AsyncByteStream):
+    """A response stream that refuses to deliver more than `limit` bytes."""
+
+    def __init__(self, inner: httpx.AsyncByteStream, limit: int, what: str) -> None:
+        self._inner = inner
+        self._limit = limit
+        self._what = what
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        total = 0
+        async for chunk in self._inner:
+            total += len(chunk)
+            if total > self._limit:
+                raise UpstreamProtocolError(f"{self._what}: more than {self._limit} bytes")
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+async def _read_limited(response: httpx.Response, limit: int, what: str) -> bytes:
+    """The (decoded) body, refused when it is over `limit` bytes. Read with ``aread`` so
+    that httpx, which reads every response of an auth flow again, finds it cached."""
+    length = response.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise UpstreamProtocolError(f"{what}: {length} bytes is over the {limit} byte limit")
+    if isinstance(response.stream, httpx.AsyncByteStream):
+        response.stream = _LimitedStream(response.stream, limit, what)
+    body = await response.aread()
+    if len(body) > limit:  # decoded: a small compressed body can grow
+        raise UpstreamProtocolError(f"{what}: more than {limit} bytes")
+    return body
+
+
+def _retry_after(headers: httpx.Headers) -> float | None:
+    """``Retry-After`` in seconds (the HTTP-date form is ignored: backoff applies)."""
+    value = headers.get("retry-after", "").strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None
+
+
+def _header_digest(headers: httpx.Headers) -> Digest | None:
+    value = headers.get("docker-content-digest")
+    if not value:
+        return None
+    try:
+        return Digest.parse(value.strip())
+    except RegistryError:
+        return None  # an algorithm we do not know: nothing to check against
+
+
+def _media_type(headers: httpx.Headers) -> str | None:
+    value = headers.get("content-type", "").split(";", 1)[0].strip()
+    return value if value in MANIFEST_TYPES else None
+
+
+def _body_media_type(body: bytes) -> str | None:
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    value = doc.get("mediaType") if isinstance(doc, dict) else None
+    return value if isinstance(value, str) and value in MANIFEST_TYPES else None
+
+
+def _int_header(headers: httpx.Headers, name: str) -> int | None:
+    value = headers.get(name, "").strip()
+    return int(value) if value.isdigit() else None
+
+
+_CONTENT_RANGE = re.compile(r"^bytes\s+(\d+)-(\d+)/(\d+|\*)$")
+
+
+@dataclass(frozen=True)
+class _Reply:
+    headers: httpx.Headers
+    body: bytes
+
+
+# --------------------------------------------------------------------------- client
+
+
+class UpstreamClient:
+    """One upstream registry: manifests, blobs and pings over one pooled connection set."""
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        ca_file: Path | None = None,
+        timeouts: Timeouts = Timeouts(),
+        retries: int = 3,
+        backoff: float = 0.2,
+        max_backoff: float = 5.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if retries < 0 or backoff < 0 or max_backoff < 0:
+            raise ValueError("retries, backoff and max_backoff must not be negative")
+        self.name = name
+        self.url = url.rstrip("/")
+        self.timeouts = timeouts
+        self.retries = retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.auth = RegistryAuth(username, password, clock=clock)
+        self._random = random.Random()
+        # the system's CAs (not certifi's), or only the configured CA
+        verify = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+        self._http = httpx.AsyncClient(
+            base_url=self.url,
+            auth=self.auth,
+            verify=verify,
+            http1=True,
+            http2=False,
+            timeout=httpx.Timeout(
+                connect=timeouts.connect,
+                read=timeouts.read,
+                write=timeouts.write,
+                pool=timeouts.pool,
+            ),
+            follow_redirects=True,
+            max_redirects=MAX_REDIRECTS,
+            trust_env=False,  # no proxy or CA settings picked up from the environment
+            headers={"User-Agent": USER_AGENT},
+            transport=transport,
+        )
+
+    async def __aenter__(self) -> UpstreamClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # ------------------------------------------------------------------ operations
+
+    async def get_manifest(
+        self,
+        repo: str,
+        reference: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (None: the default budget)
+    ) -> UpstreamManifest:
+        """The manifest as stored upstream, verified against a digest reference and
+        against the ``Docker-Content-Digest`` the upstream announces.
+
+        ``timeout`` bounds the whole lookup, retries included; by default a tag lookup
+        gets ``timeouts.manifest_total`` and a digest lookup only the per-phase timeouts.
+        """
+        ref = parse_reference(reference)
+        path = f"/v2/{validate_name(repo)}/manifests/{reference}"
+        async with self._deadline(self._budget(ref, timeout), f"GET {path}"):
+            return await self._get_manifest(path, ref)
+
+    async def head_manifest(
+        self,
+        repo: str,
+        reference: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (None: the default budget)
+    ) -> UpstreamHead:
+        """Digest, media type and size of a manifest; falls back to a GET when the HEAD
+        lacks ``Docker-Content-Digest``, ``Content-Length`` or a manifest media type."""
+        ref = parse_reference(reference)
+        path = f"/v2/{validate_name(repo)}/manifests/{reference}"
+        async with self._deadline(self._budget(ref, timeout), f"HEAD {path}"):
+            reply = await self._retrying(lambda: self._manifest_exchange("HEAD", path))
+            announced = _header_digest(reply.headers)
+            if isinstance(ref, Digest):
+                if announced is not None and announced != ref:
+                    raise UpstreamIntegrityError(
+                        f"{self.name}: HEAD {path}: upstream announced {announced}"
+                    )
+                announced = ref
+            media_type = _media_type(reply.headers)
+            size = _int_header(reply.headers, "content-length")
+            if announced is not None and media_type is not None and size is not None:
+                return UpstreamHead(announced, media_type, size)
+            manifest = await self._get_manifest(path, ref)
+            return UpstreamHead(manifest.digest, manifest.media_type, len(manifest.body))
+
+    @contextlib.asynccontextmanager
+    async def open_blob(
+        self, repo: str, digest: Digest, *, offset: int = 0
+    ) -> AsyncIterator[UpstreamBlob]:
+        """``GET /v2/<repo>/blobs/<digest>``, from ``offset`` on (``Range``) when > 0.
+
+        Retried until the response headers are in; once this yields, a cut connection
+        surfaces from ``chunks()`` as UpstreamUnavailable and resuming is the caller's.
+        """
+        if offset < 0:
+            raise ValueError("offset must not be negative")
+        path = f"/v2/{validate_name(repo)}/blobs/{digest}"
+        what = f"{self.name}: GET {path}"
+        # identity: the bytes on the wire must be the blob's bytes, to hash and to range
+        headers = {"Accept-Encoding": "identity"}
+        if offset > 0:
+            headers["Range"] = f"bytes={offset}-"
+
+        async def attempt() -> tuple[contextlib.AsyncExitStack, UpstreamBlob]:
+            stack = contextlib.AsyncExitStack()
+            try:
+                response = await stack.enter_async_context(self._exchange("GET", path, headers))
+                await self._raise_for_status(response, what)
+                blob = self._blob(response, what, offset)
+            except BaseException:
+                await stack.aclose()
+                raise
+            return stack, blob
+
+        stack, blob = await self._retrying(attempt)
+        async with stack:
+            yield blob
+
+    async def ping(
+        self,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (None: the default budget)
+    ) -> None:
+        """``GET /v2/``: returns when the upstream answers as a registry (401 counts).
+        A single attempt within ``timeout`` (default ``timeouts.manifest_total``)."""
+        what = f"{self.name}: GET /v2/"
+        budget = timeout if timeout is not None else self.timeouts.manifest_total
+        async with (
+            self._deadline(budget, "GET /v2/"),
+            self._exchange("GET", "/v2/", {}, auth=False) as response,
+        ):
+            status = response.status_code
+            if 200 <= status < 300 or status == 401:
+                return
+            if status == 404:
+                raise UpstreamProtocolError(f"{what}: HTTP 404: not a registry", status=status)
+            await self._raise_for_status(response, what)
+            raise UpstreamProtocolError(f"{what}: HTTP {status}", status=status)
+
+    # ------------------------------------------------------------------ the machinery
+
+    @contextlib.asynccontextmanager
+    async def _exchange(
+        self, method: str, path: str, headers: dict[str, str], *, auth: bool = True
+    ) -> AsyncIterator[httpx.Response]:
+        """One request/response (auth flow and redirects included), response streamed and
+        closed on exit; httpx errors inside the block come out translated."""
+        with _translated(f"{self.name}: {method} {path}"):
+            request = self._http.build_request(method, path, headers=headers)
+            response = await self._http.send(
+                request, stream=True, auth=httpx.USE_CLIENT_DEFAULT if auth else None
+            )
+            try:
+                yield response
+            finally:
+                await response.aclose()
+
+    async def _retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        for n in range(self.retries + 1):
+            try:
+                return await attempt()
+            except UpstreamUnavailable as exc:
+                if n >= self.retries:
+                    raise
+                delay = self._delay(n, exc.retry_after)
+                log.debug("upstream %s: %s; retry %d in %.2fs", self.name, exc, n + 1, delay)
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(self.max_backoff, retry_after)
+        ceiling = min(self.max_backoff, self.backoff * 2.0**attempt)
+        return ceiling / 2 + self._random.uniform(0, ceiling / 2)
+
+    def _budget(self, ref: str | Digest, timeout: float | None) -> float | None:
+        if timeout is not None:
+            return timeout
+        return None if isinstance(ref, Digest) else self.timeouts.manifest_total
+
+    @contextlib.asynccontextmanager
+    async def _deadline(self, seconds: float | None, what: str) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout(seconds):
+                yield
+        except TimeoutError:
+            raise UpstreamUnavailable(
+                f"{self.name}: {what}: no answer within {seconds:g}s"
+            ) from None
+
+    async def _raise_for_status(self, response: httpx.Response, what: str) -> None:
+        status = response.status_code
+        if 200 <= status < 300:
+            return
+        codes: set[str] = set()
+        messages: list[str] = []
+        if status >= 400 and response.request.method != "HEAD":
+            body = await self._error_body(response)
+            codes, messages = _error_codes(body)
+        text = f"{what}: HTTP {status}" + (f": {'; '.join(messages)[:500]}" if messages else "")
+        if status == 429 or status >= 500:
+            raise UpstreamUnavailable(
+                text, status=status, retry_after=_retry_after(response.headers)
+            )
+        if status == 404 or codes & NOT_FOUND_CODES:
+            raise UpstreamNotFound(text, status=status)
+        if status in (401, 403):
+            raise UpstreamAuthError(text, status=status)
+        raise UpstreamProtocolError(text, status=status)
+
+    @staticmethod
+    async def _error_body(response: httpx.Response) -> bytes:
+        parts: list[bytes] = []
+        total = 0
+        async for chunk in response.aiter_bytes():
+            parts.append(chunk)
+            total += len(chunk)
+            if total >= MAX_ERROR_BODY:
+                break
+        return b"".join(parts)[:MAX_ERROR_BODY]
+
+    async def _manifest_exchange(self, method: str, path: str) -> _Reply:
+        what = f"{self.name}: {method} {path}"
+        async with self._exchange(method, path, {"Accept": MANIFEST_ACCEPT}) as response:
+            await self._raise_for_status(response, what)
+            if response.status_code != 200:
+                raise UpstreamProtocolError(f"{what}: HTTP {response.status_code}")
+            body = b""
+            if method != "HEAD":
+                body = await _read_limited(response, MAX_MANIFEST_BYTES, what)
+            return _Reply(response.headers, body)
+
+    async def _get_manifest(self, path: str, ref: str | Digest) -> UpstreamManifest:
+        what = f"{self.name}: GET {path}"
+        reply = await self._retrying(lambda: self._manifest_exchange("GET", path))
+        body = reply.body
+        algorithm = ref.algorithm if isinstance(ref, Digest) else "sha256"
+        digest = Digest.of(body, algorithm)
+        if isinstance(ref, Digest) and digest != ref:
+            raise UpstreamIntegrityError(f"{what}: the body's digest is {digest}")
+        announced = _header_digest(reply.headers)
+        if announced is not None:
+            actual = (
+                digest if announced.algorithm == algorithm else Digest.of(body, announced.algorithm)
+            )
+            if announced != actual:
+                raise UpstreamIntegrityError(
+                    f"{what}: upstream announced {announced}, the body is {actual}"
+                )
+        media_type = _media_type(reply.headers) or _body_media_type(body)
+        if media_type is None:
+            content_type = reply.headers.get("content-type", "")[:200]
+            raise UpstreamProtocolError(f"{what}: not a manifest type ({content_type!r})")
+        return UpstreamManifest(body, media_type, digest)
+
+    def _blob(self, response: httpx.Response, what: str, offset: int) -> UpstreamBlob:
+        status = response.status_code
+        if status == 200:
+            return UpstreamBlob(response, what, 0, _int_header(response.headers, "content-length"))
+        if status == 206:
+            match = _CONTENT_RANGE.match(response.headers.get("content-range", "").strip())
+            if match is None or int(match.group(1)) != offset:
+                content_range = response.headers.get("content-range", "")[:100]
+                raise UpstreamProtocolError(
+                    f"{what}: 206 with Content-Range {content_range!r} for offset {offset}"
+                )
+            total = match.group(3)
+            return UpstreamBlob(response, what, offset, int(total) if total != "*" else None)
+        raise UpstreamProtocolError(f"{what}: HTTP {status}", status=status)
+
+
+def _error_codes(body: bytes) -> tuple[set[str], list[str]]:
+    """Codes and messages of an OCI error body ``{"errors": [{"code", "message"}]}``."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return set(), []
+    errors = doc.get("errors") if isinstance(doc, dict) else None
+    codes: set[str] = set()
+    messages: list[str] = []
+    for entry in errors if isinstance(errors, list) else []:
+        if isinstance(entry, dict):
+            code, message = entry.get("code"), entry.get("message")
+            if isinstance(code, str):
+                codes.add(code)
+                messages.append(f"{code} {message}" if isinstance(message, str) else code)
+    return codes, messages
