@@ -1,0 +1,183 @@
+"""Pull-through under a misbehaving link: a fault-injecting relay sits between the
+satellite and a real docker-registry, and cuts, corrupts, stalls and blackholes."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from tests.conftest import SatelliteFactory
+from tests.support.faultrelay import Fault, FaultRelay, blackhole, corrupt, cut_after, stall
+from tests.support.faultrelay import status as status_fault
+from tests.support.images import GeneratedLayout
+from tests.support.net import LOOPBACK
+from tests.support.satellite import SatelliteProcess, Upstream
+from tests.support.skopeo import Skopeo
+from tests.support.upstream import UpstreamRegistry
+
+MIB = 1024 * 1024
+UP = "upstream.test"
+SIZE = 50 * MIB
+ACCEPT = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json"
+
+
+@dataclass
+class Rig:
+    upstream: UpstreamRegistry
+    relay: FaultRelay
+    satellite: SatelliteProcess
+    data: bytes
+    digest: str
+
+    def blob_url(self) -> str:
+        return f"{self.satellite.url}/v2/library/big/blobs/{self.digest}"
+
+    def metric(self, name: str) -> float:
+        text = httpx.get(f"{self.satellite.url}/metrics").text
+        total = 0.0
+        for line in text.splitlines():
+            if re.match(rf"^{name}(\{{.*\}})? ", line):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+
+def _push_blob(upstream: UpstreamRegistry, repo: str, data: bytes) -> str:
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    with httpx.Client(base_url=upstream.url, timeout=60) as c:
+        location = c.post(f"/v2/{repo}/blobs/uploads/").headers["location"]
+        sep = "&" if "?" in location else "?"
+        r = c.put(f"{location}{sep}digest={digest}", content=data)
+        assert r.status_code == 201, r.text
+    return digest
+
+
+@pytest.fixture
+def rig(upstream_registry: UpstreamRegistry, satellite_factory: SatelliteFactory) -> Iterator[Rig]:
+    data = hashlib.shake_256(b"big blob").digest(SIZE)
+    digest = _push_blob(upstream_registry, "library/big", data)
+    with FaultRelay(LOOPBACK, upstream_registry.port) as relay:
+        sat = satellite_factory(
+            push=False,
+            registry={"tag_timeout": 1},
+            upstreams=[Upstream(UP, relay.url, default=True)],
+        )
+        yield Rig(upstream_registry, relay, sat, data, digest)
+
+
+def _get_all(url: str, clients: int) -> list[bytes]:
+    async def one(client: httpx.AsyncClient) -> bytes:
+        r = await client.get(url)
+        assert r.status_code == 200, r.text
+        return r.content
+
+    async def run() -> list[bytes]:
+        limits = httpx.Limits(max_connections=clients)
+        async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+            return await asyncio.gather(*(one(client) for _ in range(clients)))
+
+    return asyncio.run(run())
+
+
+def test_twenty_clients_one_upstream_transfer(rig: Rig) -> None:
+    bodies = _get_all(rig.blob_url(), 20)
+    assert all(hashlib.sha256(b).hexdigest() == rig.digest.split(":")[1] for b in bodies)
+    assert rig.relay.count(rig.digest, method="GET") == 1
+    assert rig.relay.bytes_relayed_for(rig.digest) == SIZE
+    assert rig.metric("satellite_upstream_bytes_total") == SIZE
+    assert rig.metric("satellite_coalesced_waiters_total") + 1 >= 1
+    # cached now: more clients cost the upstream nothing
+    _get_all(rig.blob_url(), 3)
+    assert rig.relay.count(rig.digest, method="GET") == 1
+
+
+def test_cut_transfer_resumes_with_range(rig: Rig) -> None:
+    rule = rig.relay.add_fault(Fault(rig.digest, cut_after(7 * MIB), method="GET", times=1))
+    r = httpx.get(rig.blob_url(), timeout=120)
+    assert r.status_code == 200
+    assert r.content == rig.data
+    assert rule.hits == 1
+    assert rig.relay.count(rig.digest, method="GET") == 2
+    # resumed, not restarted: upstream sent each byte once
+    assert rig.relay.bytes_relayed_for(rig.digest) == SIZE
+    assert rig.metric("satellite_upstream_resumes_total") == 1
+
+
+def test_corrupt_blob_is_never_committed_nor_completed(rig: Rig) -> None:
+    rig.relay.add_fault(Fault(rig.digest, corrupt(SIZE // 2), method="GET", times=1))
+    with pytest.raises(httpx.HTTPError):
+        # the response is aborted mid-body: the client must not see a complete download
+        r = httpx.get(rig.blob_url(), timeout=120)
+        assert r.content != rig.data  # pragma: no cover - reached only if not aborted
+    assert rig.metric("satellite_digest_mismatches_total") == 1
+    blobs = list((rig.satellite.data_dir / "blobs").rglob("*"))
+    assert not any(p.name == rig.digest.split(":")[1] for p in blobs)
+    # the next request fetches it again, and this time gets it right
+    r = httpx.get(rig.blob_url(), timeout=120)
+    assert r.status_code == 200
+    assert r.content == rig.data
+    assert rig.relay.count(rig.digest, method="GET") == 2
+
+
+def test_client_disconnect_does_not_abort_the_fill(rig: Rig) -> None:
+    rig.relay.add_fault(Fault(rig.digest, stall(1.0, after_bytes=10 * MIB), method="GET", times=1))
+    with httpx.stream("GET", rig.blob_url(), timeout=60) as r:
+        assert r.status_code == 200
+        received = 0
+        for chunk in r.iter_bytes():
+            received += len(chunk)
+            if received >= MIB:
+                break  # the client goes away mid-transfer
+    deadline = time.monotonic() + 60
+    while rig.relay.bytes_relayed_for(rig.digest) < SIZE and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert rig.relay.bytes_relayed_for(rig.digest) == SIZE
+    # the fill completed and committed: with the upstream gone, the blob is served
+    deadline = time.monotonic() + 30
+    path = rig.satellite.data_dir / "blobs" / "sha256" / rig.digest[7:9] / rig.digest.split(":")[1]
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    rig.relay.go_down()
+    r = httpx.get(rig.blob_url(), timeout=60)
+    assert r.status_code == 200
+    assert r.content == rig.data
+    assert rig.relay.count(rig.digest, method="GET") == 1
+
+
+def test_upstream_5xx_is_retried(rig: Rig, skopeo: Skopeo, image_layout: GeneratedLayout) -> None:
+    skopeo.copy(image_layout.oci("app:v1"), f"docker://{rig.upstream.host}/library/app:v1")
+    rule = rig.relay.add_fault(Fault("/manifests/", status_fault(503), times=2))
+    r = httpx.get(
+        f"{rig.satellite.url}/v2/library/app/manifests/v1", headers={"accept": ACCEPT}, timeout=30
+    )
+    assert r.status_code == 200
+    assert r.content == image_layout.app.manifest_bytes()
+    assert rule.hits == 2
+
+
+def test_blackholed_upstream_opens_the_breaker(
+    rig: Rig, skopeo: Skopeo, image_layout: GeneratedLayout
+) -> None:
+    skopeo.copy(image_layout.oci("app:v1"), f"docker://{rig.upstream.host}/library/app:v1")
+    url = f"{rig.satellite.url}/v2/library/app/manifests/v1"
+    assert httpx.get(url, headers={"accept": ACCEPT}, timeout=30).status_code == 200
+    rig.relay.add_fault(Fault("/v2/", blackhole()))
+    # the first pulls pay the short tag timeout, and still answer from the cache
+    for _ in range(2):
+        r = httpx.get(url, headers={"accept": ACCEPT}, timeout=30)
+        assert r.status_code == 200
+        assert r.content == image_layout.app.manifest_bytes()
+    assert rig.metric("satellite_upstream_online") == 0
+    # the breaker is open: pulls no longer go upstream at all
+    seen = rig.relay.count()
+    for _ in range(20):
+        r = httpx.get(url, headers={"accept": ACCEPT}, timeout=30)
+        assert r.status_code == 200
+        assert r.content == image_layout.app.manifest_bytes()
+    assert rig.relay.count() == seen
