@@ -88,3 +88,12 @@ def kill_process(proc: subprocess.Popen[bytes], *, grace: float = 10.0) -> int:
     if proc.poll() is None:
         proc.kill()
     return proc.wait(timeout=grace)
+
+
+def wait_for_path(path: Path, *, timeout: float = 20.0, interval: float = 0.05) -> None:
+    """Blocks until `path` exists (a socket a server creates when ready); bounded."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() >= deadline:
+            raise StartupError(f"{path} did not appear within {timeout}s")
+        time.sleep(interval)
