@@ -88,10 +88,11 @@ class BlobFill:
 
     async def _run(self) -> None:
         failure: BaseException | None = None
-        fd = await asyncio.to_thread(
-            os.open, self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600
-        )
+        fd = -1
         try:
+            fd = await asyncio.to_thread(
+                os.open, self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600
+            )
             hasher = self.digest.hasher()
             resumes = 0
             while True:
@@ -140,7 +141,8 @@ class BlobFill:
             if isinstance(exc, asyncio.CancelledError):
                 raise
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
             self.started.set()
             await self._notify()
             if self.on_result is not None:

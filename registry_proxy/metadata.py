@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -149,13 +150,22 @@ class Metadata:
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         assert self._writer is not None, "metadata not opened"
         async with self._lock:
-            await self._writer.execute("BEGIN IMMEDIATE")
             try:
-                yield self._writer
-            except BaseException:
-                await self._writer.execute("ROLLBACK")
+                await self._writer.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._writer
+                except BaseException:
+                    await self._writer.execute("ROLLBACK")
+                    raise
+                await self._writer.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                if "full" in str(exc):
+                    if self._writer.in_transaction:
+                        await self._writer.execute("ROLLBACK")
+                    raise RegistryError(
+                        "UNAVAILABLE", "no space left on the satellite's storage", status=507
+                    ) from exc
                 raise
-            await self._writer.execute("COMMIT")
 
     async def _one(self, sql: str, params: Iterable[object]) -> aiosqlite.Row | None:
         async with self.reader.execute(sql, tuple(params)) as cur:

@@ -222,9 +222,10 @@ class ContentStore:
         await self._drop_upload(upload_id)
 
     async def _drop_upload(self, upload_id: str) -> None:
+        # bytes first: on a full disk, freeing them is what lets the database write
         self._uploads.pop(upload_id, None)
-        await self.meta.delete_upload(upload_id)
         await asyncio.to_thread(self.layout.remove_upload, upload_id)
+        await self.meta.delete_upload(upload_id)
 
     async def mount_blob(self, repo: str, digest: Digest, from_repo: str | None) -> bool:
         """Links an existing blob into `repo`. Without `from_repo`, any repository's copy

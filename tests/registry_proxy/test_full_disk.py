@@ -1,0 +1,69 @@
+"""A full disk: a clear error, nothing half-written becomes visible, nothing is lost."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from registry_proxy.app import RegistrySettings, create_app
+from registry_proxy.store import ContentStore
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MiB tmpfs (the suite runs as root, as the bootstrap needs)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs for the full-disk test: {result.stderr}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
+async def disk_client(small_disk: Path) -> AsyncIterator[tuple[httpx.AsyncClient, ContentStore]]:
+    store = ContentStore(small_disk / "data")
+    await store.open()
+    app = create_app(store, RegistrySettings(push=True))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://r"
+    ) as client:
+        yield client, store
+    await store.close()
+
+
+async def test_upload_on_a_full_disk(disk_client: tuple[httpx.AsyncClient, ContentStore]) -> None:
+    client, store = disk_client
+    small = b"kept" * 1000
+    small_digest = "sha256:" + hashlib.sha256(small).hexdigest()
+    assert (
+        await client.post(f"/v2/r/blobs/uploads/?digest={small_digest}", content=small)
+    ).status_code == 201
+    big = b"\x01" * (4 * 1024 * 1024)
+    digest = "sha256:" + hashlib.sha256(big).hexdigest()
+    r = await client.post(f"/v2/r/blobs/uploads/?digest={digest}", content=big)
+    assert r.status_code == 507
+    assert r.json()["errors"][0]["message"] == "no space left on the satellite's storage"
+    assert (await client.head(f"/v2/r/blobs/{digest}")).status_code == 404
+    # the staging bytes were released and what was there before is intact
+    assert list(store.layout.uploads.iterdir()) == []
+    assert (await client.get(f"/v2/r/blobs/{small_digest}")).content == small
+    assert await store.verify() == []
+    # and once there is room again, the same push works
+    medium = b"\x02" * (512 * 1024)
+    r = await client.post(
+        f"/v2/r/blobs/uploads/?digest=sha256:{hashlib.sha256(medium).hexdigest()}",
+        content=medium,
+    )
+    assert r.status_code == 201
