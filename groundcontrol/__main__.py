@@ -1,0 +1,3 @@
+from groundcontrol.cli import main
+
+raise SystemExit(main())

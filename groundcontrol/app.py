@@ -1,0 +1,111 @@
+"""The Starlette application: routes from the endpoint table, errors turned into JSON here.
+
+Errors are raised deep (store, registration, publishing) as
+:class:`~groundcontrol.errors.GroundControlError` and become
+``{"error": {"code", "message"}}`` in :func:`_error_response`, the one place that knows
+about HTTP statuses. Anything unexpected is logged and answered with ``internal_error``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from groundcontrol import dashboard
+from groundcontrol.api import ENDPOINTS, Ctx, Endpoint, check_access, principal_of
+from groundcontrol.config import Config
+from groundcontrol.errors import GroundControlError, Unauthorized
+from groundcontrol.services import Services
+
+log = logging.getLogger("groundcontrol")
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+def _error_response(exc: GroundControlError, request: Request) -> Response:
+    headers = {}
+    if isinstance(exc, Unauthorized):
+        if request.url.path.startswith("/dashboard"):
+            headers["WWW-Authenticate"] = 'Basic realm="Ground Control", charset="UTF-8"'
+        else:
+            headers["WWW-Authenticate"] = 'Bearer realm="Ground Control"'
+    return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
+
+
+def _route(endpoint: Endpoint) -> Route:
+    async def run(request: Request) -> Response:
+        services: Services = request.app.state.services
+        now = services.now()
+        try:
+            principal = None
+            if endpoint.access not in ("public", "join"):
+                principal = await principal_of(services, request, now)
+            ctx = Ctx(request, services, principal, now)
+            await check_access(endpoint.access, ctx)
+            return await endpoint.handler(ctx)
+        except GroundControlError as exc:
+            return _error_response(exc, request)
+
+    return Route(endpoint.path, run, methods=[endpoint.method], name=endpoint.handler.__name__)
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    return JSONResponse(
+        {"error": {"code": code, "message": str(exc.detail)}},
+        status_code=exc.status_code,
+        headers=exc.headers,
+    )
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return JSONResponse(
+        {"error": {"code": "internal_error", "message": "internal error; see the server log"}},
+        status_code=500,
+    )
+
+
+def routes() -> list[BaseRoute]:
+    table: list[BaseRoute] = [_route(ep) for ep in ENDPOINTS]
+    table += [_route(ep) for ep in dashboard.ENDPOINTS]
+    return table
+
+
+def build_app(
+    services: Services | None = None,
+    lifespan: Callable[[Starlette], Any] | None = None,
+) -> Starlette:
+    app = Starlette(
+        routes=routes(),
+        exception_handlers={HTTPException: _http_exception, Exception: _unexpected},
+        lifespan=lifespan,
+    )
+    if services is not None:
+        app.state.services = services
+    return app
+
+
+def create_app(config: Config, **service_options: Any) -> Starlette:
+    """The app for ``groundcontrol serve``: services are opened (and migrations applied)
+    in the lifespan, closed at shutdown."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        services = await Services.open(config, **service_options)
+        app.state.services = services
+        try:
+            yield
+        finally:
+            await services.close()
+
+    return build_app(lifespan=lifespan)

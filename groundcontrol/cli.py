@@ -1,0 +1,532 @@
+"""``groundcontrol``: serve, migrate, local admin (tokens, keys), and the operator CLI.
+
+Local commands open the database and key directory named by the config directly:
+``serve``, ``migrate``, ``admin token …``, ``keys …``. Operator commands talk to a running
+Ground Control over the same API as everyone else: ``--url``/``GROUNDCONTROL_URL`` and
+``--token``/``GROUNDCONTROL_TOKEN``. Errors print ``error: <code>: <message>`` and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from groundcontrol.config import Config, ConfigError, load_config, parse_listen
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+class CliError(Exception):
+    pass
+
+
+# --- local commands --------------------------------------------------------------------
+
+
+def _config(args: argparse.Namespace) -> Config:
+    config = load_config(Path(args.config) if args.config else None)
+    overrides: dict[str, Any] = {}
+    if getattr(args, "listen", None):
+        try:
+            parse_listen(args.listen)
+        except ValueError as exc:
+            raise ConfigError(f"--listen: {exc}") from None
+        overrides["listen"] = args.listen
+    if getattr(args, "database", None):
+        overrides["database"] = args.database
+    if getattr(args, "data_dir", None):
+        overrides["data_dir"] = Path(args.data_dir)
+    return config.with_overrides(**overrides)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from groundcontrol.server import serve
+
+    config = _config(args)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("groundcontrol").info(
+        "Ground Control listening on %s, database %s", config.listen, _redact(config.database_url)
+    )
+    asyncio.run(serve(config))
+    return 0
+
+
+def _redact(url: str) -> str:
+    head, sep, tail = url.partition("@")
+    if sep and ":" in head.split("//", 1)[-1]:
+        return head.rsplit(":", 1)[0] + ":***@" + tail
+    return url
+
+
+async def _with_services(config: Config, init_keys: bool = False) -> Any:
+    from groundcontrol.services import Services
+
+    return await Services.open(config, init_keys=init_keys)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from groundcontrol.db import open_database
+    from groundcontrol.db.migrations import migrate
+
+    config = _config(args)
+
+    async def run() -> list[int]:
+        db = await open_database(config.database_url)
+        try:
+            return await migrate(db)
+        finally:
+            await db.close()
+
+    applied = asyncio.run(run())
+    print(f"applied migrations: {applied}" if applied else "schema is up to date")
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from groundcontrol.auth import hash_token, new_operator_token
+
+    config = _config(args)
+
+    async def run() -> Any:
+        services = await _with_services(config)
+        try:
+            now = int(time.time())
+            async with services.store.transaction() as q:
+                if args.token_cmd == "create":
+                    token_id, token = new_operator_token()
+                    await q.insert_api_token(token_id, args.name, hash_token(token), now)
+                    return {"id": token_id, "name": args.name, "token": token}
+                if args.token_cmd == "revoke":
+                    await q.revoke_api_token(args.id, now)
+                    return {"revoked": args.id}
+                return {"tokens": await q.list_api_tokens()}
+        finally:
+            await services.close()
+
+    result = asyncio.run(run())
+    if args.token_cmd == "create" and not args.json:
+        print(result["token"])
+        print(f"(token id {result['id']}; shown once, stored hashed)", file=sys.stderr)
+    else:
+        _print(result)
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from groundcontrol import keys as keymod
+
+    config = _config(args)
+
+    async def run() -> Any:
+        services = await _with_services(config)
+        try:
+            now = time.time()
+            if args.keys_cmd == "init":
+                trusted = await keymod.init_trust(
+                    services.store,
+                    services.keys,
+                    now,
+                    root_keys=args.root_keys,
+                    root_threshold=args.root_threshold,
+                    state_keys=args.state_keys,
+                    state_threshold=args.state_threshold,
+                )
+            elif args.keys_cmd == "rotate":
+                trusted = await keymod.rotate(
+                    services.store,
+                    services.keys,
+                    args.role,
+                    now,
+                    count=args.count,
+                    threshold=args.threshold,
+                )
+            else:
+                current = await keymod.current_root(services.store)
+                if current is None:
+                    raise CliError("no trust root yet: run `groundcontrol keys init`")
+                trusted = current
+            return trusted.root.to_dict()
+        finally:
+            await services.close()
+
+    _print(asyncio.run(run()))
+    return 0
+
+
+# --- operator commands over the API ----------------------------------------------------
+
+
+class Api:
+    def __init__(self, url: str, token: str | None) -> None:
+        if not token:
+            raise CliError("an operator token is needed: --token or GROUNDCONTROL_TOKEN")
+        self.client = httpx.Client(
+            base_url=url.rstrip("/"),
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=60,
+            trust_env=False,
+        )
+
+    def call(self, method: str, path: str, body: Any = None, params: Any = None) -> Any:
+        try:
+            response = self.client.request(method, f"/api/v1{path}", json=body, params=params)
+        except httpx.HTTPError as exc:
+            raise CliError(f"cannot reach Ground Control: {exc}") from None
+        if response.status_code == 204:
+            return None
+        try:
+            data = response.json()
+        except ValueError:
+            raise CliError(f"HTTP {response.status_code}: {response.text[:200]}") from None
+        if response.status_code >= 400:
+            err = data.get("error", {}) if isinstance(data, dict) else {}
+            raise CliError(f"{err.get('code', response.status_code)}: {err.get('message', '')}")
+        return data
+
+
+def _api(args: argparse.Namespace) -> Api:
+    return Api(
+        args.url or os.environ.get("GROUNDCONTROL_URL", DEFAULT_URL),
+        args.token or os.environ.get("GROUNDCONTROL_TOKEN"),
+    )
+
+
+def _images(values: Sequence[str]) -> list[dict[str, Any]]:
+    """``REF`` or ``REF=os/arch,os/arch``."""
+    out = []
+    for v in values:
+        ref, _, platforms = v.partition("=")
+        out.append({"reference": ref, "platforms": [p for p in platforms.split(",") if p]})
+    return out
+
+
+def _pairs(values: Sequence[str], what: str) -> dict[str, str]:
+    out = {}
+    for v in values:
+        key, sep, value = v.partition("=")
+        if not sep:
+            raise CliError(f"{what} must be KEY=VALUE, got {v!r}")
+        out[key] = value
+    return out
+
+
+def _config_values(values: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in _pairs(values, "--config-set").items():
+        if key == "upstreams":
+            out[key] = json.loads(value)
+        else:
+            out[key] = int(value) if value.isdigit() else (None if value == "" else value)
+    return out
+
+
+def cmd_group(args: argparse.Namespace) -> int:
+    api = _api(args)
+    if args.group_cmd == "list":
+        data = api.call("GET", "/groups")
+        _table(
+            [
+                (g["name"], len(g["images"]), len(g["members"]), g["description"])
+                for g in data["groups"]
+            ],
+            ("GROUP", "IMAGES", "MEMBERS", "DESCRIPTION"),
+            args,
+            data,
+        )
+        return 0
+    if args.group_cmd == "create":
+        body = {"name": args.name, "description": args.description, "images": _images(args.image)}
+        _print(api.call("POST", "/groups", body))
+    elif args.group_cmd == "set-images":
+        _print(api.call("PUT", f"/groups/{args.name}", {"images": _images(args.image)}))
+    elif args.group_cmd == "show":
+        _print(api.call("GET", f"/groups/{args.name}"))
+    elif args.group_cmd == "delete":
+        api.call("DELETE", f"/groups/{args.name}")
+    return 0
+
+
+def cmd_satellite(args: argparse.Namespace) -> int:
+    api = _api(args)
+    cmd = args.satellite_cmd
+    if cmd == "list":
+        params = {k: v for k, v in (("group", args.group), ("status", args.status)) if v}
+        data = api.call("GET", "/satellites", params=params)
+        _status_table(data["satellites"], args, data)
+    elif cmd == "create":
+        body: dict[str, Any] = {
+            "name": args.name,
+            "groups": args.group,
+            "labels": _pairs(args.label, "--label"),
+            "config": _config_values(args.config_set),
+        }
+        data = api.call("POST", "/satellites", body)
+        if args.json:
+            _print(data)
+        else:
+            print(data["join_token"]["token"])
+            expires = time.gmtime(data["join_token"]["expires_at"])
+            print(
+                f"(join token for {args.name}; single use, expires "
+                f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', expires)})",
+                file=sys.stderr,
+            )
+    elif cmd == "update":
+        body = {}
+        if args.group is not None:
+            body["groups"] = args.group
+        if args.label is not None:
+            body["labels"] = _pairs(args.label, "--label")
+        if args.config_set:
+            body["config"] = _config_values(args.config_set)
+        _print(api.call("PATCH", f"/satellites/{args.name}", body))
+    elif cmd == "show":
+        _print(api.call("GET", f"/satellites/{args.name}"))
+    elif cmd == "delete":
+        api.call("DELETE", f"/satellites/{args.name}")
+    elif cmd == "revoke":
+        _print(api.call("POST", f"/satellites/{args.name}/revoke"))
+    elif cmd == "publish":
+        _print(api.call("POST", f"/satellites/{args.name}/publish"))
+    elif cmd == "join-token":
+        body = {"ttl": args.ttl} if args.ttl else {}
+        data = api.call("POST", f"/satellites/{args.name}/join-tokens", body)
+        print(data["token"]) if not args.json else _print(data)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    data = _api(args).call("GET", "/status")
+    _status_table(data["satellites"], args, data)
+    if not args.json:
+        print(
+            "  ".join(f"{k}={v}" for k, v in sorted(data["counts"].items())) or "no satellites",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def cmd_credential(args: argparse.Namespace) -> int:
+    api = _api(args)
+    if args.credential_cmd == "list":
+        data = api.call("GET", "/upstream-credentials")
+        _table(
+            [
+                (c["registry"], c["kind"], c["username"], ",".join(c["groups"]) or "*")
+                for c in data["credentials"]
+            ],
+            ("REGISTRY", "KIND", "USERNAME", "GROUPS"),
+            args,
+            data,
+        )
+    elif args.credential_cmd == "set":
+        password = sys.stdin.readline().rstrip("\n")
+        body = {"username": args.username, "password": password, "groups": args.group}
+        _print(api.call("PUT", f"/upstream-credentials/{args.registry}", body))
+    elif args.credential_cmd == "delete":
+        api.call("DELETE", f"/upstream-credentials/{args.registry}")
+    return 0
+
+
+# --- output --------------------------------------------------------------------------------
+
+
+def _print(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def _table(
+    rows: Sequence[Sequence[Any]], header: Sequence[str], args: argparse.Namespace, raw: Any
+) -> None:
+    if args.json:
+        _print(raw)
+        return
+    cells = [list(map(str, header))] + [["—" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    for r in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _status_table(items: list[dict[str, Any]], args: argparse.Namespace, raw: Any) -> None:
+    _table(
+        [
+            (
+                s["name"],
+                s["status"],
+                s["last_seen"],
+                s["applied_version"],
+                s["published_version"],
+                len(s["failing_images"]),
+            )
+            for s in items
+        ],
+        ("SATELLITE", "STATUS", "LAST SEEN", "APPLIED", "PUBLISHED", "FAILING"),
+        args,
+        raw,
+    )
+
+
+# --- parser ----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="groundcontrol", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def local(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", help="TOML config file")
+        p.add_argument("--database", help="sqlite:///PATH or postgresql://USER@HOST/DB")
+        p.add_argument("--data-dir", help="data directory (keys, default SQLite database)")
+        p.add_argument("--json", action="store_true", help="print JSON")
+
+    def remote(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--url", help=f"Ground Control URL (GROUNDCONTROL_URL, {DEFAULT_URL})")
+        p.add_argument("--token", help="operator API token (GROUNDCONTROL_TOKEN)")
+        p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("serve", help="run the API server")
+    local(p)
+    p.add_argument("--listen", help="HOST:PORT (default 0.0.0.0:8080)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("migrate", help="apply database migrations")
+    local(p)
+    p.set_defaults(func=cmd_migrate)
+
+    admin = sub.add_parser("admin", help="local administration").add_subparsers(
+        dest="admin_cmd", required=True
+    )
+    tok = admin.add_parser("token", help="operator API tokens").add_subparsers(
+        dest="token_cmd", required=True
+    )
+    p = tok.add_parser("create", help="create a token (printed once)")
+    local(p)
+    p.add_argument("name")
+    p.set_defaults(func=cmd_token)
+    p = tok.add_parser("list")
+    local(p)
+    p.set_defaults(func=cmd_token)
+    p = tok.add_parser("revoke")
+    local(p)
+    p.add_argument("id")
+    p.set_defaults(func=cmd_token)
+
+    keys = sub.add_parser("keys", help="signing keys and the trust root").add_subparsers(
+        dest="keys_cmd", required=True
+    )
+    p = keys.add_parser("init", help="create root version 1 (no-op when one exists)")
+    local(p)
+    for role in ("root", "state"):
+        p.add_argument(f"--{role}-keys", type=int, default=1)
+        p.add_argument(f"--{role}-threshold", type=int, default=1)
+    p.set_defaults(func=cmd_keys)
+    p = keys.add_parser("rotate", help="publish root N+1 with fresh root or state keys")
+    local(p)
+    p.add_argument("role", choices=["root", "state"])
+    p.add_argument("--count", type=int)
+    p.add_argument("--threshold", type=int)
+    p.set_defaults(func=cmd_keys)
+    p = keys.add_parser("show", help="print the current trust root")
+    local(p)
+    p.set_defaults(func=cmd_keys)
+
+    group = sub.add_parser("group", help="groups").add_subparsers(dest="group_cmd", required=True)
+    for name in ("list", "show", "create", "set-images", "delete"):
+        p = group.add_parser(name)
+        remote(p)
+        p.set_defaults(func=cmd_group)
+        if name != "list":
+            p.add_argument("name")
+        if name in ("create", "set-images"):
+            p.add_argument(
+                "--image", action="append", default=[], help="REF or REF=os/arch,os/arch"
+            )
+        if name == "create":
+            p.add_argument("--description", default="")
+
+    sat = sub.add_parser("satellite", help="satellites and join tokens").add_subparsers(
+        dest="satellite_cmd", required=True
+    )
+    for name in (
+        "list",
+        "show",
+        "create",
+        "update",
+        "delete",
+        "revoke",
+        "publish",
+        "join-token",
+    ):
+        p = sat.add_parser(name)
+        remote(p)
+        p.set_defaults(func=cmd_satellite)
+        if name != "list":
+            p.add_argument("name")
+        if name == "list":
+            p.add_argument("--group")
+            p.add_argument("--status")
+        if name in ("create", "update"):
+            default: list[str] | None = [] if name == "create" else None
+            p.add_argument("--group", action="append", default=default)
+            p.add_argument("--label", action="append", default=default, help="KEY=VALUE")
+            p.add_argument(
+                "--config-set",
+                action="append",
+                default=[],
+                help="KEY=VALUE (state_interval, checkin_interval, cache_max_bytes, "
+                "bandwidth_bytes_per_second, upstreams as JSON)",
+            )
+        if name == "join-token":
+            p.add_argument("--ttl", type=int, help="seconds")
+
+    p = sub.add_parser("status", help="fleet status")
+    remote(p)
+    p.set_defaults(func=cmd_status)
+
+    cred = sub.add_parser("credential", help="upstream registry credentials").add_subparsers(
+        dest="credential_cmd", required=True
+    )
+    p = cred.add_parser("list")
+    remote(p)
+    p.set_defaults(func=cmd_credential)
+    p = cred.add_parser("set", help="password is read from stdin")
+    remote(p)
+    p.add_argument("registry")
+    p.add_argument("--username", required=True)
+    p.add_argument("--group", action="append", default=[])
+    p.set_defaults(func=cmd_credential)
+    p = cred.add_parser("delete")
+    remote(p)
+    p.add_argument("registry")
+    p.set_defaults(func=cmd_credential)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result: int = args.func(args)
+        return result
+    except ConfigError as exc:
+        print(f"error: config: {exc}", file=sys.stderr)
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        from groundcontrol.errors import GroundControlError
+
+        if not isinstance(exc, GroundControlError):
+            raise
+        print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
+    return 1

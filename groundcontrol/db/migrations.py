@@ -1,0 +1,180 @@
+"""Versioned schema migrations, the same SQL for SQLite and PostgreSQL.
+
+Applied in order inside one transaction that holds the backend's migration lock, so that
+several processes starting together apply each one exactly once. A migration is never
+edited once released: add a new one. A database newer than this code is refused.
+
+Conventions that keep the SQL portable: ``TEXT`` and ``BIGINT`` columns only (times are
+Unix seconds, JSON documents are ``TEXT``), no autoincrement (ids are random text),
+booleans as nullable timestamps (``revoked_at``, ``used_at``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from groundcontrol.db import Database, DatabaseError
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "initial schema",
+        (
+            """CREATE TABLE api_tokens (
+                id TEXT PRIMARY KEY,
+                name TEXT NOT NULL,
+                token_hash TEXT NOT NULL UNIQUE,
+                created_at BIGINT NOT NULL,
+                revoked_at BIGINT,
+                last_used_at BIGINT
+            )""",
+            """CREATE TABLE groups (
+                name TEXT PRIMARY KEY,
+                description TEXT NOT NULL,
+                images TEXT NOT NULL,
+                created_at BIGINT NOT NULL,
+                updated_at BIGINT NOT NULL
+            )""",
+            """CREATE TABLE satellites (
+                name TEXT PRIMARY KEY,
+                labels TEXT NOT NULL,
+                config TEXT NOT NULL,
+                created_at BIGINT NOT NULL,
+                updated_at BIGINT NOT NULL,
+                public_key TEXT,
+                keyid TEXT,
+                credential_hash TEXT UNIQUE,
+                registered_at BIGINT,
+                revoked_at BIGINT,
+                published_version BIGINT NOT NULL DEFAULT 0,
+                applied_version BIGINT,
+                last_seen BIGINT,
+                last_seq BIGINT NOT NULL DEFAULT 0,
+                seq_floor BIGINT NOT NULL DEFAULT 0,
+                last_report TEXT
+            )""",
+            """CREATE TABLE satellite_groups (
+                satellite TEXT NOT NULL REFERENCES satellites (name) ON DELETE CASCADE,
+                group_name TEXT NOT NULL REFERENCES groups (name),
+                PRIMARY KEY (satellite, group_name)
+            )""",
+            "CREATE INDEX satellite_groups_group ON satellite_groups (group_name)",
+            """CREATE TABLE join_tokens (
+                id TEXT PRIMARY KEY,
+                satellite TEXT NOT NULL REFERENCES satellites (name) ON DELETE CASCADE,
+                token_hash TEXT NOT NULL,
+                created_at BIGINT NOT NULL,
+                expires_at BIGINT NOT NULL,
+                used_at BIGINT,
+                failed_attempts BIGINT NOT NULL DEFAULT 0
+            )""",
+            "CREATE INDEX join_tokens_satellite ON join_tokens (satellite)",
+            """CREATE TABLE register_attempts (
+                source TEXT NOT NULL,
+                window_start BIGINT NOT NULL,
+                attempts BIGINT NOT NULL,
+                PRIMARY KEY (source, window_start)
+            )""",
+            """CREATE TABLE roots (
+                version BIGINT PRIMARY KEY,
+                envelope TEXT NOT NULL,
+                created_at BIGINT NOT NULL
+            )""",
+            """CREATE TABLE states (
+                satellite TEXT NOT NULL REFERENCES satellites (name) ON DELETE CASCADE,
+                version BIGINT NOT NULL,
+                envelope TEXT NOT NULL,
+                content_hash TEXT NOT NULL,
+                issued_at BIGINT NOT NULL,
+                expires_at BIGINT NOT NULL,
+                PRIMARY KEY (satellite, version)
+            )""",
+            """CREATE TABLE checkins (
+                satellite TEXT NOT NULL REFERENCES satellites (name) ON DELETE CASCADE,
+                seq BIGINT NOT NULL,
+                received_at BIGINT NOT NULL,
+                state_version BIGINT NOT NULL,
+                report TEXT NOT NULL,
+                envelope TEXT NOT NULL,
+                PRIMARY KEY (satellite, seq)
+            )""",
+            """CREATE TABLE upstream_credentials (
+                registry TEXT PRIMARY KEY,
+                kind TEXT NOT NULL,
+                username TEXT NOT NULL,
+                secret TEXT NOT NULL,
+                groups TEXT NOT NULL,
+                updated_at BIGINT NOT NULL
+            )""",
+            """CREATE TABLE robot_accounts (
+                satellite TEXT NOT NULL REFERENCES satellites (name) ON DELETE CASCADE,
+                registry TEXT NOT NULL,
+                robot_id BIGINT NOT NULL,
+                username TEXT NOT NULL,
+                secret TEXT NOT NULL,
+                projects TEXT NOT NULL,
+                expires_at BIGINT NOT NULL,
+                updated_at BIGINT NOT NULL,
+                PRIMARY KEY (satellite, registry)
+            )""",
+        ),
+    ),
+)
+
+LATEST = MIGRATIONS[-1].version
+
+
+class MigrationError(DatabaseError):
+    pass
+
+
+async def migrate(db: Database, *, now: float | None = None) -> list[int]:
+    """Bring the schema up to :data:`LATEST`; return the versions applied now."""
+    stamp = int(time.time() if now is None else now)
+    async with db.migration_lock() as tx:
+        await tx.execute(
+            """CREATE TABLE IF NOT EXISTS schema_migrations (
+                version BIGINT PRIMARY KEY,
+                name TEXT NOT NULL,
+                applied_at BIGINT NOT NULL
+            )"""
+        )
+        rows = await tx.fetchall("SELECT version FROM schema_migrations")
+        done = {int(r["version"]) for r in rows}
+        if done and max(done) > LATEST:
+            raise MigrationError(
+                f"database schema version {max(done)} is newer than this Ground Control "
+                f"({LATEST}); upgrade Ground Control"
+            )
+        applied = []
+        for m in MIGRATIONS:
+            if m.version in done:
+                continue
+            for statement in m.statements:
+                await tx.execute(statement)
+            await tx.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                m.version,
+                m.name,
+                stamp,
+            )
+            applied.append(m.version)
+        return applied
+
+
+async def schema_version(db: Database) -> int:
+    try:
+        async with db.transaction() as tx:
+            row = await tx.fetchone("SELECT MAX(version) AS v FROM schema_migrations")
+    except DatabaseError:  # no schema_migrations table yet
+        return 0
+    return int(row["v"]) if row and row["v"] is not None else 0

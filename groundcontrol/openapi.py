@@ -1,0 +1,83 @@
+"""The OpenAPI 3.1 document, generated from the endpoint table so it cannot drift."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from groundcontrol.api import Endpoint
+
+_PARAM = re.compile(r"{(\w+)}")
+
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+        }
+    },
+}
+
+_SECURITY: dict[str, list[dict[str, list[str]]]] = {
+    "public": [],
+    "join": [],
+    "operator": [{"operatorToken": []}],
+    "satellite": [{"satelliteCredential": []}, {"operatorToken": []}],
+    "self": [{"satelliteCredential": []}],
+    "any": [{"satelliteCredential": []}, {"operatorToken": []}],
+}
+
+
+def openapi_document(endpoints: Iterable[Endpoint]) -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for ep in endpoints:
+        op: dict[str, Any] = {
+            "summary": ep.summary,
+            "operationId": ep.handler.__name__,
+            "security": _SECURITY[ep.access],
+            "x-access": ep.access,
+            "responses": {
+                "default": {
+                    "description": "error",
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
+                    },
+                },
+                "200": {"description": "success"},
+            },
+        }
+        params = _PARAM.findall(ep.path)
+        if params:
+            op["parameters"] = [
+                {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+                for p in params
+            ]
+        if ep.method in ("POST", "PUT", "PATCH"):
+            op["requestBody"] = {"content": {"application/json": {"schema": {"type": "object"}}}}
+        paths.setdefault(ep.path, {})[ep.method.lower()] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Ground Control",
+            "version": "1",
+            "description": "Fleet controller for Satellite edge registries. "
+            'Errors are {"error": {"code", "message"}} with a stable code.',
+        },
+        "paths": paths,
+        "components": {
+            "schemas": {"Error": ERROR_SCHEMA},
+            "securitySchemes": {
+                "operatorToken": {"type": "http", "scheme": "bearer", "description": "gco_… token"},
+                "satelliteCredential": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "gcs_… credential issued at registration",
+                },
+            },
+        },
+    }

@@ -1,0 +1,100 @@
+"""Zero-touch registration: a one-time join token and a fresh device key in, identity out.
+
+1. the operator creates a satellite and a join token (shown once; stored as a hash;
+   expiring; single use);
+2. the satellite POSTs the token and its freshly generated Ed25519 public key;
+3. Ground Control checks, in order: the source's attempt rate, the token's form, its hash
+   (a wrong secret counts against the token, which locks after a few), that it is unused
+   and unexpired, that the satellite is not revoked; then atomically marks the token used
+   and records the key and a new credential;
+4. the answer carries the identity, the credential (shown once), the trust root, the
+   current signed state, and the upstream credentials the satellite needs.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from groundcontrol.auth import (
+    hash_token,
+    new_join_token,
+    new_satellite_credential,
+    same_hash,
+    split_join_token,
+)
+from groundcontrol.config import Config
+from groundcontrol.contract import ContractError, keyid, load_public_key_b64
+from groundcontrol.errors import BadRequest, Forbidden, TooManyRequests, Unauthorized
+from groundcontrol.store import Store
+
+RATE_WINDOW = 60
+
+
+def invalid_token() -> Unauthorized:
+    return Unauthorized("join token is invalid, used, expired or locked", code="invalid_join_token")
+
+
+async def create_join_token(
+    store: Store, config: Config, name: str, now: float, ttl: int | None = None
+) -> dict[str, Any]:
+    token_id, token = new_join_token()
+    expires = int(now) + (ttl or config.join_token_ttl)
+    async with store.transaction() as q:
+        sat = await q.satellite(name)
+        if sat.revoked_at is not None:
+            raise Forbidden(f"satellite {name} is revoked", code="satellite_revoked")
+        await q.insert_join_token(token_id, name, hash_token(token), int(now), expires)
+    return {"satellite": name, "token": token, "token_id": token_id, "expires_at": expires}
+
+
+async def register(
+    store: Store, config: Config, source: str, body: Any, now: float
+) -> tuple[str, str, str]:
+    """Check everything; return (satellite name, credential, device keyid)."""
+    stamp = int(now)
+    async with store.transaction() as q:
+        attempts = await q.count_register_attempt(source, stamp - stamp % RATE_WINDOW)
+    if attempts > config.register_rate_limit:
+        raise TooManyRequests("too many registration attempts from this address; wait a minute")
+    if not isinstance(body, dict):
+        raise BadRequest("expected an object with token and public_key")
+    token, public_key = body.get("token"), body.get("public_key")
+    if not isinstance(token, str):
+        raise BadRequest("token is required", code="invalid_join_token")
+    if not isinstance(public_key, str):
+        raise BadRequest("public_key (base64 raw Ed25519) is required", code="invalid_public_key")
+    token_id = split_join_token(token)
+    if token_id is None:
+        raise invalid_token()
+    async with store.transaction() as q:
+        row = await q.join_token(token_id)
+        if row is None:
+            raise invalid_token()
+        if not same_hash(row["token_hash"], hash_token(token)):
+            await q.count_join_token_failure(token_id)
+            wrong = True
+        else:
+            wrong = False
+    if wrong:
+        raise invalid_token()
+    try:
+        device_key = load_public_key_b64(public_key)
+    except ContractError:
+        raise BadRequest(
+            "public_key must be a base64 raw Ed25519 key", code="invalid_public_key"
+        ) from None
+    credential = new_satellite_credential()
+    kid = keyid(device_key)
+    async with store.transaction() as q:
+        sat = await q.satellite(row["satellite"])
+        if sat.revoked_at is not None:
+            raise Forbidden(f"satellite {sat.name} is revoked", code="satellite_revoked")
+        if not await q.use_join_token(token_id, stamp, config.join_token_max_failures):
+            raise invalid_token()
+        await q.register_satellite(sat.name, public_key, kid, hash_token(credential), stamp)
+    return sat.name, credential, kid
+
+
+def envelope_object(text: str) -> Any:
+    return json.loads(text)

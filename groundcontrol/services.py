@@ -1,0 +1,87 @@
+"""Everything a request handler needs, built once per process from the config."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+
+from groundcontrol.config import Config
+from groundcontrol.db import Database, open_database
+from groundcontrol.db.migrations import migrate
+from groundcontrol.harbor import HarborClient, HarborRobots
+from groundcontrol.keys import KeyStore, Signer, init_trust
+from groundcontrol.publish import Publisher
+from groundcontrol.resolver import RegistryAuth, Resolver
+from groundcontrol.sealing import Sealer
+from groundcontrol.store import Store
+
+Clock = Callable[[], float]
+
+
+@dataclass
+class Services:
+    config: Config
+    db: Database
+    store: Store
+    keys: KeyStore
+    signer: Signer
+    resolver: Resolver
+    publisher: Publisher
+    sealer: Sealer
+    clock: Clock
+    harbor: HarborRobots | None = None
+
+    def now(self) -> float:
+        return self.clock()
+
+    @classmethod
+    async def open(
+        cls,
+        config: Config,
+        *,
+        clock: Clock = time.time,
+        apply_migrations: bool = True,
+        init_keys: bool = True,
+        registry_transport: httpx.AsyncBaseTransport | None = None,
+        harbor_transport: httpx.AsyncBaseTransport | None = None,
+    ) -> Services:
+        db = await open_database(config.database_url)
+        try:
+            if apply_migrations:
+                await migrate(db, now=clock())
+            store = Store(db)
+            keys = KeyStore(config.keys_dir)
+            if init_keys:
+                await init_trust(store, keys, clock())
+        except BaseException:
+            await db.close()
+            raise
+        signer = Signer(keys)
+        resolver = Resolver(
+            config.registry_url,
+            RegistryAuth(config.registry_username, config.registry_password),
+            timeout=config.registry_timeout,
+            transport=registry_transport,
+        )
+        publisher = Publisher(store, signer, resolver, config)
+        sealer = Sealer(config.keys_dir / "secrets.key")
+        harbor = None
+        if config.harbor_url:
+            client = HarborClient(
+                config.harbor_url,
+                config.harbor_username,
+                config.harbor_password,
+                timeout=config.registry_timeout,
+                transport=harbor_transport,
+            )
+            harbor = HarborRobots(client, sealer, config.harbor_robot_ttl_days)
+        return cls(config, db, store, keys, signer, resolver, publisher, sealer, clock, harbor)
+
+    async def close(self) -> None:
+        if self.harbor is not None:
+            await self.harbor.client.aclose()
+        await self.resolver.aclose()
+        await self.db.close()

@@ -1,0 +1,568 @@
+"""Fleet storage, written once against :mod:`groundcontrol.db` for both backends.
+
+``Store.transaction()`` yields :class:`Queries`, the thin SQL for each operation; callers
+compose several of them into one transaction (a group change and the states it
+publishes commit together or not at all). Every read-modify-write that two Ground Control
+processes might race on is a single atomic statement (``UPDATE ... RETURNING``,
+``INSERT ... ON CONFLICT``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from groundcontrol.db import Database, IntegrityError, Row, Transaction
+from groundcontrol.errors import Conflict, NotFound
+from groundcontrol.models import Group, ImageRef, Satellite, parse_image
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _group(row: Row) -> Group:
+    images = tuple(parse_image(i) for i in json.loads(row["images"]))
+    return Group(row["name"], row["description"], images, row["created_at"], row["updated_at"])
+
+
+def _satellite(row: Row, groups: tuple[str, ...]) -> Satellite:
+    return Satellite(
+        name=row["name"],
+        groups=groups,
+        labels=json.loads(row["labels"]),
+        config=json.loads(row["config"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        public_key=row["public_key"],
+        keyid=row["keyid"],
+        registered_at=row["registered_at"],
+        revoked_at=row["revoked_at"],
+        published_version=row["published_version"],
+        applied_version=row["applied_version"],
+        last_seen=row["last_seen"],
+        last_seq=row["last_seq"],
+        last_report=json.loads(row["last_report"]) if row["last_report"] else None,
+    )
+
+
+class Store:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Queries]:
+        async with self.db.transaction() as tx:
+            yield Queries(tx)
+
+
+class Queries:
+    def __init__(self, tx: Transaction) -> None:
+        self.tx = tx
+
+    # --- operator API tokens ----------------------------------------------------------
+
+    async def insert_api_token(self, token_id: str, name: str, token_hash: str, now: int) -> None:
+        await self.tx.execute(
+            "INSERT INTO api_tokens (id, name, token_hash, created_at) VALUES (?, ?, ?, ?)",
+            token_id,
+            name,
+            token_hash,
+            now,
+        )
+
+    async def api_token_by_hash(self, token_hash: str) -> Row | None:
+        return await self.tx.fetchone(
+            "SELECT id, name FROM api_tokens WHERE token_hash = ? AND revoked_at IS NULL",
+            token_hash,
+        )
+
+    async def touch_api_token(self, token_id: str, now: int) -> None:
+        await self.tx.execute(
+            "UPDATE api_tokens SET last_used_at = ? WHERE id = ? "
+            "AND (last_used_at IS NULL OR last_used_at < ?)",
+            now,
+            token_id,
+            now - 60,
+        )
+
+    async def list_api_tokens(self) -> list[Row]:
+        return await self.tx.fetchall(
+            "SELECT id, name, created_at, revoked_at, last_used_at FROM api_tokens "
+            "ORDER BY created_at, id"
+        )
+
+    async def revoke_api_token(self, token_id: str, now: int) -> None:
+        n = await self.tx.execute(
+            "UPDATE api_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+            now,
+            token_id,
+        )
+        if n == 0:
+            row = await self.tx.fetchone("SELECT id FROM api_tokens WHERE id = ?", token_id)
+            if row is None:
+                raise NotFound(f"no API token {token_id}", code="token_not_found")
+
+    # --- groups -----------------------------------------------------------------------
+
+    async def insert_group(
+        self, name: str, description: str, images: tuple[ImageRef, ...], now: int
+    ) -> None:
+        try:
+            await self.tx.execute(
+                "INSERT INTO groups (name, description, images, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                name,
+                description,
+                _json([i.to_dict() for i in images]),
+                now,
+                now,
+            )
+        except IntegrityError:
+            raise Conflict(f"group {name} exists", code="group_exists") from None
+
+    async def group(self, name: str) -> Group:
+        row = await self.tx.fetchone("SELECT * FROM groups WHERE name = ?", name)
+        if row is None:
+            raise NotFound(f"no group {name}", code="group_not_found")
+        return _group(row)
+
+    async def groups(self, names: tuple[str, ...] | None = None) -> list[Group]:
+        rows = await self.tx.fetchall("SELECT * FROM groups ORDER BY name")
+        groups = [_group(r) for r in rows]
+        if names is not None:
+            groups = [g for g in groups if g.name in names]
+        return groups
+
+    async def update_group(
+        self, name: str, description: str, images: tuple[ImageRef, ...], now: int
+    ) -> None:
+        n = await self.tx.execute(
+            "UPDATE groups SET description = ?, images = ?, updated_at = ? WHERE name = ?",
+            description,
+            _json([i.to_dict() for i in images]),
+            now,
+            name,
+        )
+        if n == 0:
+            raise NotFound(f"no group {name}", code="group_not_found")
+
+    async def delete_group(self, name: str) -> None:
+        members = await self.group_members(name)
+        if members:
+            raise Conflict(
+                f"group {name} still has {len(members)} member(s); remove them first",
+                code="group_in_use",
+            )
+        n = await self.tx.execute("DELETE FROM groups WHERE name = ?", name)
+        if n == 0:
+            raise NotFound(f"no group {name}", code="group_not_found")
+
+    async def group_members(self, name: str) -> list[str]:
+        rows = await self.tx.fetchall(
+            "SELECT satellite FROM satellite_groups WHERE group_name = ? ORDER BY satellite",
+            name,
+        )
+        return [r["satellite"] for r in rows]
+
+    async def check_groups_exist(self, names: tuple[str, ...]) -> None:
+        existing = {g.name for g in await self.groups(names)}
+        missing = sorted(set(names) - existing)
+        if missing:
+            raise NotFound(f"no such group(s): {', '.join(missing)}", code="group_not_found")
+
+    # --- satellites -------------------------------------------------------------------
+
+    async def insert_satellite(
+        self,
+        name: str,
+        groups: tuple[str, ...],
+        labels: dict[str, str],
+        config: dict[str, Any],
+        now: int,
+    ) -> None:
+        await self.check_groups_exist(groups)
+        try:
+            await self.tx.execute(
+                "INSERT INTO satellites (name, labels, config, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                name,
+                _json(labels),
+                _json(config),
+                now,
+                now,
+            )
+        except IntegrityError:
+            raise Conflict(f"satellite {name} exists", code="satellite_exists") from None
+        await self._set_groups(name, groups)
+
+    async def _set_groups(self, name: str, groups: tuple[str, ...]) -> None:
+        await self.tx.execute("DELETE FROM satellite_groups WHERE satellite = ?", name)
+        for g in groups:
+            await self.tx.execute(
+                "INSERT INTO satellite_groups (satellite, group_name) VALUES (?, ?)", name, g
+            )
+
+    async def satellite(self, name: str) -> Satellite:
+        row = await self.tx.fetchone("SELECT * FROM satellites WHERE name = ?", name)
+        if row is None:
+            raise NotFound(f"no satellite {name}", code="satellite_not_found")
+        rows = await self.tx.fetchall(
+            "SELECT group_name FROM satellite_groups WHERE satellite = ? ORDER BY group_name",
+            name,
+        )
+        return _satellite(row, tuple(r["group_name"] for r in rows))
+
+    async def satellites(self, names: list[str] | None = None) -> list[Satellite]:
+        rows = await self.tx.fetchall("SELECT * FROM satellites ORDER BY name")
+        memberships = await self.tx.fetchall(
+            "SELECT satellite, group_name FROM satellite_groups ORDER BY group_name"
+        )
+        by_sat: dict[str, list[str]] = {}
+        for m in memberships:
+            by_sat.setdefault(m["satellite"], []).append(m["group_name"])
+        wanted = None if names is None else set(names)
+        return [
+            _satellite(r, tuple(by_sat.get(r["name"], ())))
+            for r in rows
+            if wanted is None or r["name"] in wanted
+        ]
+
+    async def update_satellite(
+        self,
+        name: str,
+        now: int,
+        *,
+        groups: tuple[str, ...] | None = None,
+        labels: dict[str, str] | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        current = await self.satellite(name)
+        if groups is not None:
+            await self.check_groups_exist(groups)
+            await self._set_groups(name, groups)
+        await self.tx.execute(
+            "UPDATE satellites SET labels = ?, config = ?, updated_at = ? WHERE name = ?",
+            _json(current.labels if labels is None else labels),
+            _json(current.config if config is None else config),
+            now,
+            name,
+        )
+
+    async def delete_satellite(self, name: str) -> None:
+        n = await self.tx.execute("DELETE FROM satellites WHERE name = ?", name)
+        if n == 0:
+            raise NotFound(f"no satellite {name}", code="satellite_not_found")
+
+    async def revoke_satellite(self, name: str, now: int) -> None:
+        await self.satellite(name)
+        await self.tx.execute(
+            "UPDATE satellites SET revoked_at = ?, credential_hash = NULL, updated_at = ? "
+            "WHERE name = ? AND revoked_at IS NULL",
+            now,
+            now,
+            name,
+        )
+        # outstanding join tokens die with it
+        await self.tx.execute(
+            "UPDATE join_tokens SET used_at = ? WHERE satellite = ? AND used_at IS NULL",
+            now,
+            name,
+        )
+
+    async def register_satellite(
+        self, name: str, public_key: str, keyid: str, credential_hash: str, now: int
+    ) -> None:
+        await self.tx.execute(
+            "UPDATE satellites SET public_key = ?, keyid = ?, credential_hash = ?, "
+            "registered_at = ?, updated_at = ?, last_seq = 0, seq_floor = 0 "
+            "WHERE name = ? AND revoked_at IS NULL",
+            public_key,
+            keyid,
+            credential_hash,
+            now,
+            now,
+            name,
+        )
+        # a new device key starts a new sequence of reports
+        await self.tx.execute("DELETE FROM checkins WHERE satellite = ?", name)
+
+    async def satellite_by_credential(self, credential_hash: str) -> Satellite | None:
+        row = await self.tx.fetchone(
+            "SELECT name FROM satellites WHERE credential_hash = ? AND revoked_at IS NULL",
+            credential_hash,
+        )
+        return None if row is None else await self.satellite(row["name"])
+
+    # --- join tokens ------------------------------------------------------------------
+
+    async def insert_join_token(
+        self, token_id: str, satellite: str, token_hash: str, now: int, expires_at: int
+    ) -> None:
+        await self.tx.execute(
+            "INSERT INTO join_tokens (id, satellite, token_hash, created_at, expires_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            token_id,
+            satellite,
+            token_hash,
+            now,
+            expires_at,
+        )
+
+    async def join_token(self, token_id: str) -> Row | None:
+        return await self.tx.fetchone("SELECT * FROM join_tokens WHERE id = ?", token_id)
+
+    async def count_join_token_failure(self, token_id: str) -> None:
+        await self.tx.execute(
+            "UPDATE join_tokens SET failed_attempts = failed_attempts + 1 WHERE id = ?", token_id
+        )
+
+    async def use_join_token(self, token_id: str, now: int, max_failures: int) -> bool:
+        """Mark the token used, atomically; False when it was used, expired or locked."""
+        n = await self.tx.execute(
+            "UPDATE join_tokens SET used_at = ? WHERE id = ? AND used_at IS NULL "
+            "AND expires_at > ? AND failed_attempts < ?",
+            now,
+            token_id,
+            now,
+            max_failures,
+        )
+        return n == 1
+
+    async def count_register_attempt(self, source: str, window_start: int) -> int:
+        row = await self.tx.fetchone(
+            "INSERT INTO register_attempts (source, window_start, attempts) VALUES (?, ?, 1) "
+            "ON CONFLICT (source, window_start) "
+            "DO UPDATE SET attempts = register_attempts.attempts + 1 RETURNING attempts",
+            source,
+            window_start,
+        )
+        await self.tx.execute(
+            "DELETE FROM register_attempts WHERE window_start < ?", window_start - 3600
+        )
+        return int(row["attempts"]) if row else 1
+
+    # --- trust roots ------------------------------------------------------------------
+
+    async def insert_root(self, version: int, envelope: str, now: int) -> None:
+        try:
+            await self.tx.execute(
+                "INSERT INTO roots (version, envelope, created_at) VALUES (?, ?, ?)",
+                version,
+                envelope,
+                now,
+            )
+        except IntegrityError:
+            raise Conflict(f"root version {version} exists", code="root_exists") from None
+
+    async def root(self, version: int | None = None) -> str | None:
+        if version is None:
+            row = await self.tx.fetchone("SELECT envelope FROM roots ORDER BY version DESC LIMIT 1")
+        else:
+            row = await self.tx.fetchone("SELECT envelope FROM roots WHERE version = ?", version)
+        return None if row is None else str(row["envelope"])
+
+    async def root_versions(self) -> list[int]:
+        rows = await self.tx.fetchall("SELECT version FROM roots ORDER BY version")
+        return [int(r["version"]) for r in rows]
+
+    # --- signed states ----------------------------------------------------------------
+
+    async def next_state_version(self, satellite: str) -> int:
+        row = await self.tx.fetchone(
+            "UPDATE satellites SET published_version = published_version + 1 "
+            "WHERE name = ? RETURNING published_version",
+            satellite,
+        )
+        if row is None:
+            raise NotFound(f"no satellite {satellite}", code="satellite_not_found")
+        return int(row["published_version"])
+
+    async def insert_state(
+        self,
+        satellite: str,
+        version: int,
+        envelope: str,
+        content_hash: str,
+        issued_at: int,
+        expires_at: int,
+        keep: int,
+    ) -> None:
+        await self.tx.execute(
+            "INSERT INTO states (satellite, version, envelope, content_hash, issued_at, "
+            "expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+            satellite,
+            version,
+            envelope,
+            content_hash,
+            issued_at,
+            expires_at,
+        )
+        await self.tx.execute(
+            "DELETE FROM states WHERE satellite = ? AND version <= ?", satellite, version - keep
+        )
+
+    async def latest_state(self, satellite: str) -> Row | None:
+        return await self.tx.fetchone(
+            "SELECT * FROM states WHERE satellite = ? ORDER BY version DESC LIMIT 1", satellite
+        )
+
+    # --- check-ins --------------------------------------------------------------------
+
+    async def insert_checkin(
+        self,
+        satellite: str,
+        seq: int,
+        state_version: int,
+        report: dict[str, Any],
+        envelope: str,
+        now: int,
+    ) -> bool:
+        """Store one report; False when (satellite, seq) was already ingested."""
+        n = await self.tx.execute(
+            "INSERT INTO checkins (satellite, seq, received_at, state_version, report, envelope) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (satellite, seq) DO NOTHING",
+            satellite,
+            seq,
+            now,
+            state_version,
+            _json(report),
+            envelope,
+        )
+        return n == 1
+
+    async def checkin_bounds(self, satellite: str) -> tuple[int, int]:
+        row = await self.tx.fetchone(
+            "SELECT last_seq, seq_floor FROM satellites WHERE name = ?", satellite
+        )
+        return (int(row["last_seq"]), int(row["seq_floor"])) if row else (0, 0)
+
+    async def record_checkin_summary(
+        self,
+        satellite: str,
+        now: int,
+        *,
+        last_seq: int | None,
+        applied_version: int | None,
+        last_report: dict[str, Any] | None,
+    ) -> None:
+        """Advance last_seen, and, when a newer report arrived, what it says."""
+        await self.tx.execute("UPDATE satellites SET last_seen = ? WHERE name = ?", now, satellite)
+        if last_seq is not None:
+            await self.tx.execute(
+                "UPDATE satellites SET last_seq = ?, applied_version = ?, last_report = ? "
+                "WHERE name = ? AND last_seq < ?",
+                last_seq,
+                applied_version,
+                _json(last_report),
+                satellite,
+                last_seq,
+            )
+
+    async def prune_checkins(self, satellite: str, keep: int) -> None:
+        row = await self.tx.fetchone(
+            "SELECT seq FROM checkins WHERE satellite = ? ORDER BY seq DESC LIMIT 1 OFFSET ?",
+            satellite,
+            keep,
+        )
+        if row is None:
+            return
+        floor = int(row["seq"])
+        await self.tx.execute(
+            "DELETE FROM checkins WHERE satellite = ? AND seq <= ?", satellite, floor
+        )
+        await self.tx.execute(
+            "UPDATE satellites SET seq_floor = ? WHERE name = ? AND seq_floor < ?",
+            floor,
+            satellite,
+            floor,
+        )
+
+    async def checkins(self, satellite: str, limit: int, before: int | None = None) -> list[Row]:
+        if before is None:
+            return await self.tx.fetchall(
+                "SELECT seq, received_at, state_version, report FROM checkins "
+                "WHERE satellite = ? ORDER BY seq DESC LIMIT ?",
+                satellite,
+                limit,
+            )
+        return await self.tx.fetchall(
+            "SELECT seq, received_at, state_version, report FROM checkins "
+            "WHERE satellite = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
+            satellite,
+            before,
+            limit,
+        )
+
+    # --- upstream credentials ---------------------------------------------------------
+
+    async def put_upstream_credential(
+        self, registry: str, kind: str, username: str, secret: str, groups: list[str], now: int
+    ) -> None:
+        await self.tx.execute(
+            "INSERT INTO upstream_credentials (registry, kind, username, secret, groups, "
+            "updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (registry) DO UPDATE SET "
+            "kind = excluded.kind, username = excluded.username, secret = excluded.secret, "
+            "groups = excluded.groups, updated_at = excluded.updated_at",
+            registry,
+            kind,
+            username,
+            secret,
+            _json(sorted(groups)),
+            now,
+        )
+
+    async def upstream_credentials(self) -> list[Row]:
+        rows = await self.tx.fetchall("SELECT * FROM upstream_credentials ORDER BY registry")
+        for r in rows:
+            r["groups"] = json.loads(r["groups"])
+        return rows
+
+    async def delete_upstream_credential(self, registry: str) -> None:
+        n = await self.tx.execute("DELETE FROM upstream_credentials WHERE registry = ?", registry)
+        if n == 0:
+            raise NotFound(f"no credential for {registry}", code="credential_not_found")
+
+    # --- Harbor robot accounts --------------------------------------------------------
+
+    async def robot_account(self, satellite: str, registry: str) -> Row | None:
+        return await self.tx.fetchone(
+            "SELECT * FROM robot_accounts WHERE satellite = ? AND registry = ?",
+            satellite,
+            registry,
+        )
+
+    async def put_robot_account(
+        self,
+        satellite: str,
+        registry: str,
+        robot_id: int,
+        username: str,
+        secret: str,
+        projects: list[str],
+        expires_at: int,
+        now: int,
+    ) -> None:
+        await self.tx.execute(
+            "INSERT INTO robot_accounts (satellite, registry, robot_id, username, secret, "
+            "projects, expires_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (satellite, registry) DO UPDATE SET robot_id = excluded.robot_id, "
+            "username = excluded.username, secret = excluded.secret, "
+            "projects = excluded.projects, expires_at = excluded.expires_at, "
+            "updated_at = excluded.updated_at",
+            satellite,
+            registry,
+            robot_id,
+            username,
+            secret,
+            _json(sorted(projects)),
+            expires_at,
+            now,
+        )
+
+    async def delete_robot_account(self, satellite: str, registry: str) -> None:
+        await self.tx.execute(
+            "DELETE FROM robot_accounts WHERE satellite = ? AND registry = ?", satellite, registry
+        )
