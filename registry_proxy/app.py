@@ -15,7 +15,6 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlencode
 
 from starlette.applications import Starlette
@@ -262,19 +261,8 @@ class Registry:
     async def referrers(self, request: Request, t: Target, arg: str | None) -> Response:
         subject = Digest.parse(arg or "")
         artifact_type = request.query_params.get("artifactType")
-        rows = await self.store.referrers(t.repo, subject, artifact_type)
-        manifests: list[dict[str, Any]] = []
-        for row in rows:
-            entry: dict[str, Any] = {
-                "mediaType": row.media_type,
-                "digest": str(row.digest),
-                "size": row.size,
-            }
-            if row.artifact_type:
-                entry["artifactType"] = row.artifact_type
-            if row.annotations:
-                entry["annotations"] = row.annotations
-            manifests.append(entry)
+        referrers = await self.store.referrers(t.repo, subject, artifact_type)
+        manifests = [d.to_dict() for d in referrers]
         body = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests})
         headers = {"content-type": OCI_INDEX}
         if artifact_type is not None:

@@ -14,7 +14,7 @@ import os
 import secrets
 from pathlib import Path
 
-from registry_proxy.digest import Digest
+from registry_proxy.digest import Digest, mismatch
 from registry_proxy.durable import publish
 from registry_proxy.errors import RegistryError
 from registry_proxy.layout import Layout
@@ -71,11 +71,7 @@ class BlobStore:
                     "SIZE_INVALID", f"expected {expected_size} bytes, received {size}"
                 )
             if digest != expected:
-                raise RegistryError(
-                    "DIGEST_INVALID",
-                    f"content digest {digest} does not match {expected}",
-                    {"expected": str(expected), "actual": str(digest)},
-                )
+                raise mismatch(expected, digest)
             fd = os.open(src, os.O_RDONLY)
             try:
                 os.fsync(fd)
@@ -91,11 +87,7 @@ class BlobStore:
         """Publishes small content (manifests) after verifying it."""
         actual = Digest.of(data, expected.algorithm)
         if actual != expected:
-            raise RegistryError(
-                "DIGEST_INVALID",
-                f"content digest {actual} does not match {expected}",
-                {"expected": str(expected), "actual": str(actual)},
-            )
+            raise mismatch(expected, actual)
         if self.size(expected) == len(data):
             return len(data)
         self.layout.uploads.mkdir(parents=True, exist_ok=True)

@@ -52,6 +52,15 @@ class Digest:
         return hashlib.new(self.algorithm)
 
 
+def mismatch(expected: Digest, actual: Digest, what: str = "content") -> RegistryError:
+    """The error for bytes whose digest is not the one they were announced under."""
+    return RegistryError(
+        "DIGEST_INVALID",
+        f"{what} digest {actual} does not match {expected}",
+        {"expected": str(expected), "actual": str(actual)},
+    )
+
+
 def is_digest(value: str) -> bool:
     """True when `value` has the shape of a digest (as opposed to a tag)."""
     return ":" in value

@@ -95,15 +95,6 @@ class ManifestRow:
     size: int
 
 
-@dataclass(frozen=True)
-class ReferrerRow:
-    digest: Digest
-    media_type: str
-    size: int
-    artifact_type: str | None
-    annotations: dict[str, str] | None
-
-
 class Metadata:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -235,7 +226,7 @@ class Metadata:
 
     async def referrers(
         self, repo: str, subject: Digest, artifact_type: str | None
-    ) -> list[ReferrerRow]:
+    ) -> list[Descriptor]:
         sql = (
             "SELECT digest, media_type, size, artifact_type, annotations FROM manifests"
             " WHERE repo = ? AND subject = ?"
@@ -246,8 +237,12 @@ class Metadata:
             params.append(artifact_type)
         sql += " ORDER BY created_at, digest"
         return [
-            ReferrerRow(
-                Digest.parse(r[0]), r[1], int(r[2]), r[3], json.loads(r[4]) if r[4] else None
+            Descriptor(
+                r[1],
+                Digest.parse(r[0]),
+                int(r[2]),
+                artifact_type=r[3],
+                annotations=json.loads(r[4]) if r[4] else None,
             )
             for r in await self._all(sql, params)
         ]

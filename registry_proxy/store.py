@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from registry_proxy.blobs import BlobStore
-from registry_proxy.digest import Digest
+from registry_proxy.digest import Digest, mismatch
 from registry_proxy.errors import RegistryError
 from registry_proxy.layout import Layout
-from registry_proxy.manifest import Manifest, parse_manifest
-from registry_proxy.metadata import ManifestRow, Metadata, ReferrerRow
+from registry_proxy.manifest import Descriptor, Manifest, parse_manifest
+from registry_proxy.metadata import ManifestRow, Metadata
 
 WRITE_BUFFER = 1024 * 1024
 UPLOAD_MAX_AGE = 24 * 3600.0
@@ -348,11 +348,7 @@ class ContentStore:
         if isinstance(reference, Digest):
             digest = Digest.of(body, reference.algorithm)
             if digest != reference:
-                raise RegistryError(
-                    "DIGEST_INVALID",
-                    f"manifest digest {digest} does not match {reference}",
-                    {"expected": str(reference), "actual": str(digest)},
-                )
+                raise mismatch(reference, digest, "manifest")
             tag = None
         else:
             digest, tag = Digest.of(body), reference
@@ -424,7 +420,7 @@ class ContentStore:
 
     async def referrers(
         self, repo: str, subject: Digest, artifact_type: str | None
-    ) -> list[ReferrerRow]:
+    ) -> list[Descriptor]:
         return await self.meta.referrers(repo, subject, artifact_type)
 
     # -- maintenance ---------------------------------------------------------------
