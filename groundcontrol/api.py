@@ -455,6 +455,10 @@ async def fleet_status(ctx: Ctx) -> Response:
                 }
                 for item in items
             ],
+            # pushes of signed state to the registry as OCI artifacts (null when off)
+            "state_registry": (
+                ctx.services.artifacts.stats.to_dict() if ctx.services.artifacts.enabled else None
+            ),
         }
     )
 

@@ -103,6 +103,7 @@ def create_app(config: Config, **service_options: Any) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         services = await Services.open(config, **service_options)
         app.state.services = services
+        services.artifacts.notify()  # push whatever an earlier run left unpushed
         try:
             yield
         finally:

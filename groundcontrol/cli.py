@@ -155,6 +155,14 @@ def cmd_keys(args: argparse.Namespace) -> int:
                 if current is None:
                     raise CliError("no trust root yet: run `groundcontrol keys init`")
                 trusted = current
+            if args.keys_cmd in ("init", "rotate") and services.artifacts.enabled:
+                # the new root chain to the registry too (best effort; `serve` retries)
+                stats = await services.artifacts.sync(states=False)
+                if stats.pending:
+                    print(
+                        f"warning: root chain not pushed to the registry: {stats.last_error}",
+                        file=sys.stderr,
+                    )
             return trusted.root.to_dict()
         finally:
             await services.close()

@@ -78,6 +78,26 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+_REPOSITORY_PREFIX = re.compile(
+    r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$"
+)
+_REGISTRY_URL = re.compile(r"^https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?/?$")
+
+
+def parse_registry_url(value: str) -> str:
+    """``http(s)://host[:port]``, no path; empty turns the feature off."""
+    if value and not _REGISTRY_URL.match(value):
+        raise ValueError(f"expected http(s)://HOST[:PORT] without a path, got {value!r}")
+    return value.rstrip("/")
+
+
+def parse_repository_prefix(value: str) -> str:
+    """A repository path such as ``satellite-state`` or ``fleet/satellite-state``."""
+    if not _REPOSITORY_PREFIX.match(value) or len(value) > 200:
+        raise ValueError(f"expected a repository path like satellite-state, got {value!r}")
+    return value
+
+
 def _str(value: object) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected a string, got {value!r}")
@@ -139,6 +159,10 @@ class Config:
     checkin_interval: int = 60
     cache_max_bytes: int = 50 * 2**30
     bandwidth_bytes_per_second: int = 0
+    # signed state also pushed as OCI artifacts to a registry (optional; off when no url)
+    state_registry_url: str = ""
+    state_registry_repository: str = "satellite-state"
+    state_registry_retry_interval: int = 60
     # Harbor robot accounts (optional)
     harbor_url: str = ""
     harbor_username: str = ""
@@ -180,6 +204,12 @@ _OPTIONS: dict[tuple[str, str], tuple[str, Callable[[object], Any]]] = {
     ("defaults", "checkin_interval"): ("checkin_interval", parse_duration),
     ("defaults", "cache_max_bytes"): ("cache_max_bytes", parse_size),
     ("defaults", "bandwidth_bytes_per_second"): ("bandwidth_bytes_per_second", parse_size),
+    ("state_registry", "url"): ("state_registry_url", lambda v: parse_registry_url(_str(v))),
+    ("state_registry", "repository"): (
+        "state_registry_repository",
+        lambda v: parse_repository_prefix(_str(v)),
+    ),
+    ("state_registry", "retry_interval"): ("state_registry_retry_interval", parse_duration),
     ("harbor", "url"): ("harbor_url", lambda v: _str(v).rstrip("/")),
     ("harbor", "username"): ("harbor_username", _str),
     ("harbor", "password"): ("harbor_password", _str),

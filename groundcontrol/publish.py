@@ -128,11 +128,22 @@ class Publisher:
     change again (bounded). A reference that cannot be resolved aborts the change.
     """
 
-    def __init__(self, store: Store, signer: Signer, resolver: Resolver, config: Config) -> None:
+    def __init__(
+        self,
+        store: Store,
+        signer: Signer,
+        resolver: Resolver,
+        config: Config,
+        *,
+        on_published: Callable[[], None] | None = None,
+    ) -> None:
         self.store = store
         self.signer = signer
         self.resolver = resolver
         self.config = config
+        # called after a transaction that published something has committed; must not
+        # block or raise (it schedules the registry push of groundcontrol.artifacts)
+        self.on_published = on_published
 
     async def run(
         self, mutate: Mutation[T], now: float, *, force: bool = False
@@ -143,7 +154,9 @@ class Publisher:
                 async with self.store.transaction() as q:
                     result, names = await mutate(q)
                     published = await self.publish(q, names, now, resolved, force=force)
-                    return result, published
+                if published and self.on_published is not None:
+                    self.on_published()
+                return result, published
             except StaleResolution as stale:
                 for ref in stale.missing:
                     resolved[ref_key(ref)] = await self.resolver.resolve(ref)

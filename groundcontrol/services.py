@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from groundcontrol.artifacts import ArtifactPusher
 from groundcontrol.config import Config
 from groundcontrol.db import Database, open_database
 from groundcontrol.db.migrations import migrate
@@ -32,6 +33,7 @@ class Services:
     publisher: Publisher
     sealer: Sealer
     clock: Clock
+    artifacts: ArtifactPusher
     harbor: HarborRobots | None = None
 
     def now(self) -> float:
@@ -66,8 +68,10 @@ class Services:
             timeout=config.registry_timeout,
             transport=registry_transport,
         )
-        publisher = Publisher(store, signer, resolver, config)
         sealer = Sealer(config.keys_dir / "secrets.key")
+        artifacts = ArtifactPusher(store, sealer, config, clock=clock)
+        # after each publish that committed: push to the registry in the background
+        publisher = Publisher(store, signer, resolver, config, on_published=artifacts.notify)
         harbor = None
         if config.harbor_url:
             client = HarborClient(
@@ -78,9 +82,12 @@ class Services:
                 transport=harbor_transport,
             )
             harbor = HarborRobots(client, sealer, config.harbor_robot_ttl_days)
-        return cls(config, db, store, keys, signer, resolver, publisher, sealer, clock, harbor)
+        return cls(
+            config, db, store, keys, signer, resolver, publisher, sealer, clock, artifacts, harbor
+        )
 
     async def close(self) -> None:
+        await self.artifacts.aclose()
         if self.harbor is not None:
             await self.harbor.client.aclose()
         await self.resolver.aclose()

@@ -128,6 +128,19 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        2,
+        "state artifacts pushed to the central registry",
+        (
+            # target: registry host and repository; version: the newest pushed there
+            """CREATE TABLE artifact_pushes (
+                target TEXT PRIMARY KEY,
+                version BIGINT NOT NULL,
+                digest TEXT NOT NULL,
+                pushed_at BIGINT NOT NULL
+            )""",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version
