@@ -171,7 +171,9 @@ class BlobFill:
                     chunk, skip = chunk[dropped:], skip - dropped
                     if not chunk:
                         continue
-                await asyncio.to_thread(_append, fd, chunk, hasher)
+                # inline: a page-cache write and a hash of 1 MiB cost less than the
+                # round trip to a worker thread (measured: a third of the fill's CPU)
+                _append(fd, chunk, hasher)
                 self.written += len(chunk)
                 self.metrics.upstream_bytes.labels(self.client.name).inc(len(chunk))
                 if self.size is not None and self.written > self.size:
@@ -223,7 +225,8 @@ class FillReader:
                 await fill.wait_beyond(offset, end)
                 continue
             n = min(READ_CHUNK, limit - offset)
-            chunk = await asyncio.to_thread(os.pread, self.fd, n, offset)
+            # just written by the fill, so in the page cache: read inline
+            chunk = os.pread(self.fd, n, offset)
             if not chunk:
                 raise FillFailed("staging file shorter than reported")
             offset += len(chunk)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from registry_proxy.breaker import CircuitBreaker
 from registry_proxy.digest import Digest
@@ -69,6 +69,7 @@ class Proxy:
         self.tag_timeout = tag_timeout
         self.fill_idle_timeout = fill_idle_timeout
         self._fills: dict[Digest, BlobFill] = {}
+        self._lookups: dict[tuple[str, str, str], asyncio.Task[ManifestRow]] = {}
         for name in upstreams:
             metrics.upstream_online.labels(name).set(1)
 
@@ -126,6 +127,20 @@ class Proxy:
 
     # -- manifests -----------------------------------------------------------------
 
+    async def _once(
+        self, key: tuple[str, str, str], make: Callable[[], Coroutine[Any, Any, ManifestRow]]
+    ) -> ManifestRow:
+        """Single flight for manifest lookups: concurrent asks for the same reference
+        share one upstream exchange, which a disconnecting client does not cancel."""
+        task = self._lookups.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(make())
+            self._lookups[key] = task
+            task.add_done_callback(lambda t: self._lookup_done(key, t))
+        else:
+            self.metrics.coalesced.inc()
+        return await asyncio.shield(task)
+
     async def manifest(self, target: Target, reference: str | Digest) -> ManifestRow:
         up = self._upstream(target)
         assert target.upstream_repo is not None
@@ -140,19 +155,19 @@ class Proxy:
             if not self._usable(target, up):
                 raise _offline(target, reference)
             try:
-                fetched = await self._call(
-                    target, up, up.client.get_manifest(target.upstream_repo, str(reference))
+                return await self._once(
+                    ("digest", target.repo, str(reference)),
+                    lambda: self._fetch_by_digest(target, up, reference),
                 )
             except UpstreamError as exc:
                 raise _translate(exc, "MANIFEST_UNKNOWN", reference) from exc
-            await self.store.put_manifest(
-                target.repo, reference, fetched.body, fetched.media_type, cached=True
-            )
-            return await self.store.resolve(target.repo, reference)
 
         if self._usable(target, up):
             try:
-                return await self._tag_online(target, up, reference)
+                return await self._once(
+                    ("tag", target.repo, reference),
+                    lambda: self._tag_online(target, up, reference),
+                )
             except UpstreamNotFound as exc:
                 raise RegistryError(
                     "MANIFEST_UNKNOWN", f"{target.name}:{reference} is not known upstream"
@@ -171,6 +186,21 @@ class Proxy:
             raise _offline(target, reference) from None
         self.metrics.cache_hits.labels("manifest").inc()
         return row
+
+    def _lookup_done(self, key: tuple[str, str, str], task: asyncio.Task[ManifestRow]) -> None:
+        self._lookups.pop(key, None)
+        if not task.cancelled():
+            task.exception()  # retrieved: every waiter may have gone away
+
+    async def _fetch_by_digest(self, target: Target, up: Upstream, digest: Digest) -> ManifestRow:
+        assert target.upstream_repo is not None
+        fetched = await self._call(
+            target, up, up.client.get_manifest(target.upstream_repo, str(digest))
+        )
+        await self.store.put_manifest(
+            target.repo, digest, fetched.body, fetched.media_type, cached=True
+        )
+        return await self.store.resolve(target.repo, digest)
 
     async def _tag_online(self, target: Target, up: Upstream, tag: str) -> ManifestRow:
         assert target.upstream_repo is not None

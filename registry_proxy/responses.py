@@ -13,8 +13,20 @@ from starlette.types import Receive, Scope, Send
 from registry_proxy.errors import RegistryError
 
 # 1 MiB reads: with Starlette's default 64 KiB the per-chunk overhead of the event
-# loop and the worker thread dominates and throughput falls to a fifth of sendfile
+# loop and the worker thread dominates and throughput falls to a fifth of sendfile.
+# Each stream holds about one chunk in memory, so with many concurrent streams the
+# chunk shrinks to keep the total near READ_BUDGET (never below MIN_CHUNK).
 CHUNK = 1024 * 1024
+MIN_CHUNK = 256 * 1024
+READ_BUDGET = 32 * 1024 * 1024
+_active_streams = 0
+
+
+def chunk_size() -> int:
+    share = READ_BUDGET // max(_active_streams, 1)
+    return max(MIN_CHUNK, min(CHUNK, share))
+
+
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -124,14 +136,19 @@ class BlobResponse(Response):
             raise RuntimeError("blob ended before its recorded size")
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        global _active_streams
         offset = self.start
-        while offset < self.end:
-            n = min(CHUNK, self.end - offset)
-            chunk = await anyio.to_thread.run_sync(os.pread, self.fd, n, offset)
-            if not chunk:
-                return
-            offset += len(chunk)
-            yield chunk
+        _active_streams += 1
+        try:
+            while offset < self.end:
+                n = min(chunk_size(), self.end - offset)
+                chunk = await anyio.to_thread.run_sync(os.pread, self.fd, n, offset)
+                if not chunk:
+                    return
+                offset += len(chunk)
+                yield chunk
+        finally:
+            _active_streams -= 1
 
 
 class StreamResponse(BlobResponse):

@@ -158,6 +158,9 @@ class UpstreamHead:
     size: int
 
 
+BLOB_CHUNK = 1024 * 1024
+
+
 class UpstreamBlob:
     """An open blob response. ``offset`` is where its bytes start in the blob (0 when the
     server ignored our ``Range``); ``size`` is the whole blob's size when the server said.
@@ -172,10 +175,12 @@ class UpstreamBlob:
         self.offset = offset
         self.size = size
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """The raw bytes as they arrive; a cut connection raises UpstreamUnavailable."""
+    async def chunks(self, size: int = BLOB_CHUNK) -> AsyncIterator[bytes]:
+        """The raw bytes in pieces of `size` (the last one shorter); a cut connection
+        raises UpstreamUnavailable. Large pieces keep the caller's per-chunk work (hash,
+        write, wake the readers) from dominating a fast link."""
         with _translated(self._what):
-            async for chunk in self._response.aiter_raw():
+            async for chunk in self._response.aiter_raw(chunk_size=size):
                 yield chunk
 
 

@@ -181,3 +181,26 @@ def test_blackholed_upstream_opens_the_breaker(
         assert r.status_code == 200
         assert r.content == image_layout.app.manifest_bytes()
     assert rig.relay.count() == seen
+
+
+def test_concurrent_tag_lookups_share_one_upstream_exchange(
+    rig: Rig, skopeo: Skopeo, image_layout: GeneratedLayout
+) -> None:
+    skopeo.copy(image_layout.oci("app:v1"), f"docker://{rig.upstream.host}/library/app:v1")
+    rig.relay.reset_counters()
+    url = f"{rig.satellite.url}/v2/library/app/manifests/v1"
+
+    async def one(client: httpx.AsyncClient) -> bytes:
+        r = await client.get(url, headers={"accept": ACCEPT})
+        assert r.status_code == 200
+        return r.content
+
+    async def run() -> list[bytes]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            return await asyncio.gather(*(one(client) for _ in range(20)))
+
+    bodies = asyncio.run(run())
+    assert set(bodies) == {image_layout.app.manifest_bytes()}
+    # one HEAD for the tag, one GET of the manifest by digest, whoever asked
+    assert rig.relay.count("/manifests/", method="HEAD") == 1
+    assert rig.relay.count("/manifests/", method="GET") == 1
