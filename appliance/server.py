@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import signal
 
@@ -12,23 +11,6 @@ from hypercorn.config import Config as HypercornConfig
 from starlette.types import ASGIApp
 
 log = logging.getLogger("satellite")
-
-
-def tune_allocator() -> None:
-    """Keeps the RSS proportional to the blob chunks actually in flight.
-
-    Blob chunks are ~1 MiB bytes objects allocated in worker threads. glibc's dynamic
-    mmap threshold rises to that size after the first free, after which such chunks come
-    from per-thread arenas that are rarely given back. A fixed threshold keeps them in
-    mmap (returned to the kernel on free), and two arenas are plenty for one event loop.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return  # not glibc: nothing to tune
-    m_mmap_threshold, m_arena_max = -3, -8
-    libc.mallopt(m_mmap_threshold, 128 * 1024)
-    libc.mallopt(m_arena_max, 2)
 
 
 def hypercorn_config(host: str, port: int) -> HypercornConfig:
@@ -47,7 +29,6 @@ def hypercorn_config(host: str, port: int) -> HypercornConfig:
 
 async def serve_until_signalled(app: ASGIApp, host: str, port: int) -> None:
     """Runs until SIGTERM or SIGINT, then stops accepting and drains in-flight requests."""
-    tune_allocator()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
