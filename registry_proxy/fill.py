@@ -225,8 +225,7 @@ class FillReader:
                 await fill.wait_beyond(offset, end)
                 continue
             n = min(READ_CHUNK, limit - offset)
-            # just written by the fill, so in the page cache: read inline
-            chunk = os.pread(self.fd, n, offset)
+            chunk = await asyncio.to_thread(os.pread, self.fd, n, offset)
             if not chunk:
                 raise FillFailed("staging file shorter than reported")
             offset += len(chunk)
