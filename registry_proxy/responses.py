@@ -7,6 +7,7 @@ import re
 from collections.abc import AsyncIterator, Callable, Mapping
 
 import anyio
+import anyio.lowlevel
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -28,6 +29,30 @@ def chunk_size() -> int:
 
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+_NOWAIT = getattr(os, "RWF_NOWAIT", None)
+
+
+def read_cached(fd: int, n: int, offset: int) -> bytes | None:
+    """Up to `n` bytes at `offset` if they are in the page cache, else None.
+
+    preadv2(RWF_NOWAIT) returns at once with what the page cache holds, so the event
+    loop never waits on the disk; a worker thread (a costly hop: measured at a quarter
+    of a stream's CPU) is needed only for what is not cached.
+    """
+    if _NOWAIT is None:
+        return None
+    buf = bytearray(n)
+    try:
+        got = os.preadv(fd, [buf], offset, _NOWAIT)
+    except OSError:
+        # EAGAIN: not cached; EOPNOTSUPP: a filesystem without RWF_NOWAIT
+        return None
+    if got == 0 and n > 0:
+        return None  # nothing cached here (or end of file: the thread read will say)
+    del buf[got:]
+    return bytes(buf)
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -142,7 +167,12 @@ class BlobResponse(Response):
         try:
             while offset < self.end:
                 n = min(chunk_size(), self.end - offset)
-                chunk = await anyio.to_thread.run_sync(os.pread, self.fd, n, offset)
+                # yield to the loop between chunks: transports must get to run their
+                # flow control, or a fast reader fills their buffers with whole blobs
+                await anyio.lowlevel.checkpoint()
+                chunk = read_cached(self.fd, n, offset)
+                if chunk is None:  # not in the page cache: read without blocking the loop
+                    chunk = await anyio.to_thread.run_sync(os.pread, self.fd, n, offset)
                 if not chunk:
                     return
                 offset += len(chunk)
