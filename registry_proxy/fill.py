@@ -26,6 +26,7 @@ from pathlib import Path
 from registry_proxy.digest import Digest
 from registry_proxy.errors import RegistryError
 from registry_proxy.metrics import Metrics
+from registry_proxy.responses import read_cached
 from registry_proxy.store import ContentStore
 from registry_proxy.upstream import (
     UpstreamAuthError,
@@ -69,7 +70,8 @@ class BlobFill:
         self.path: Path = store.layout.uploads / f"fill-{secrets.token_hex(8)}"
         self.size: int | None = None
         self.written = 0
-        self.done = False
+        self.done = False  # verified and published in the store
+        self.verified = False  # the bytes matched the digest (readers may finish)
         self.error: RegistryError | None = None
         self.started = asyncio.Event()
         self._progress = asyncio.Condition()
@@ -128,6 +130,10 @@ class BlobFill:
                     f"upstream content for {self.digest} failed verification; nothing cached",
                     status=502,
                 )
+            # verified: the clients may have their last byte now; making the cache
+            # durable (fsync, publish, database) need not hold their pulls up
+            self.verified = True
+            await self._notify()
             await asyncio.to_thread(os.fsync, fd)
             await self.store.adopt_blob(self.repos, self.path, self.digest, (actual, self.written))
             self.done = True
@@ -184,7 +190,7 @@ class BlobFill:
 
     def readable(self, end: int) -> int:
         """How far readers may go: all of it once verified, else all but the last byte."""
-        if self.done:
+        if self.verified:
             return end
         if self.size is None:
             return 0
@@ -218,14 +224,18 @@ class FillReader:
         fill = self.fill
         offset = start
         while offset < end:
-            if fill.error is not None:
+            if fill.error is not None and not fill.verified:
                 raise FillFailed(fill.error.message)
             limit = fill.readable(end)
             if offset >= limit:
                 await fill.wait_beyond(offset, end)
                 continue
             n = min(READ_CHUNK, limit - offset)
-            chunk = await asyncio.to_thread(os.pread, self.fd, n, offset)
+            # just written by the fill, so normally still in the page cache
+            await asyncio.sleep(0)
+            chunk = read_cached(self.fd, n, offset)
+            if chunk is None:
+                chunk = await asyncio.to_thread(os.pread, self.fd, n, offset)
             if not chunk:
                 raise FillFailed("staging file shorter than reported")
             offset += len(chunk)
