@@ -74,7 +74,7 @@ async def _run(config: Config) -> int:
         tag_timeout=config.tag_timeout,
     )
     host, port = config.host_port
-    await serve_until_signalled(app, host, port)
+    await serve_until_signalled(app, host, port, zero_copy=config.zero_copy)
     return 0
 
 

@@ -53,6 +53,7 @@ class Upstream:
 @dataclass(frozen=True)
 class Config:
     listen: str = DEFAULT_LISTEN
+    zero_copy: bool = True
     data_dir: Path = DEFAULT_DATA_DIR
     max_bytes: int = DEFAULT_MAX_BYTES
     push: bool = False
@@ -151,7 +152,7 @@ def from_mapping(doc: Mapping[str, Any]) -> Config:
     for name in doc:
         if name not in known:
             raise ConfigError(f"{name}: unknown section (known: {', '.join(sorted(known))})")
-    server = _table(doc, "server", {"listen"})
+    server = _table(doc, "server", {"listen", "zero_copy"})
     storage = _table(doc, "storage", {"path", "max_bytes"})
     registry = _table(doc, "registry", {"push", "tag_timeout"})
     gc = _table(doc, "groundcontrol", {"url"})
@@ -160,6 +161,8 @@ def from_mapping(doc: Mapping[str, Any]) -> Config:
     if "listen" in server:
         parse_listen(server["listen"], "server.listen")
         config = replace(config, listen=server["listen"])
+    if "zero_copy" in server:
+        config = replace(config, zero_copy=parse_bool(server["zero_copy"], "server.zero_copy"))
     if "path" in storage:
         config = replace(config, data_dir=Path(_str(storage["path"], "storage.path")))
     if "max_bytes" in storage:
@@ -188,6 +191,7 @@ def from_mapping(doc: Mapping[str, Any]) -> Config:
 
 _ENV_KEYS = {
     "SATELLITE_SERVER_LISTEN": ("server", "listen"),
+    "SATELLITE_SERVER_ZERO_COPY": ("server", "zero_copy"),
     "SATELLITE_STORAGE_PATH": ("storage", "path"),
     "SATELLITE_STORAGE_MAX_BYTES": ("storage", "max_bytes"),
     "SATELLITE_REGISTRY_PUSH": ("registry", "push"),

@@ -10,6 +10,8 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 from starlette.types import ASGIApp
 
+from appliance import zerocopy
+
 log = logging.getLogger("satellite")
 
 
@@ -27,8 +29,12 @@ def hypercorn_config(host: str, port: int) -> HypercornConfig:
     return cfg
 
 
-async def serve_until_signalled(app: ASGIApp, host: str, port: int) -> None:
+async def serve_until_signalled(
+    app: ASGIApp, host: str, port: int, *, zero_copy: bool = True
+) -> None:
     """Runs until SIGTERM or SIGINT, then stops accepting and drains in-flight requests."""
+    if zero_copy:
+        zerocopy.install()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

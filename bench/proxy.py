@@ -226,8 +226,8 @@ def _crowd_subprocess(host: str, clients: int) -> JSON:
     if done.returncode != 0:
         raise RuntimeError(f"client failed: {done.stderr.decode()[-2000:]}")
     out: JSON = json.loads(done.stdout)
-    if out["errors"]:
-        raise RuntimeError(f"client errors: {out['errors']}")
+    # client errors are results too (docker-registry's proxy answers some with 500):
+    # they show as "clients ok" below 20 in the table, with the errors in the JSON
     return out
 
 
