@@ -47,14 +47,16 @@ import hmac
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar, Final, Literal, NoReturn, cast, get_args
+from typing import Any, ClassVar, Final, Literal, NoReturn, TypeVar, cast, get_args
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+_T = TypeVar("_T")
 
 __all__ = [
     "CHECKIN_PAYLOAD_TYPE",
@@ -595,6 +597,16 @@ class _Fields:
             _fail(f"{self._where}.{name}", f"expected a list, got {_typename(value)}")
         return value
 
+    def required_items(self, name: str, parse: Callable[[object], _T]) -> tuple[_T, ...]:
+        """A required list whose every item is parsed; errors name the item's index."""
+        items = []
+        for i, raw in enumerate(self.required_list(name)):
+            try:
+                items.append(parse(raw))
+            except MalformedDocument as exc:
+                raise MalformedDocument(f"{self._where}.{name}[{i}]: {exc}") from exc
+        return tuple(items)
+
     def required_time(self, name: str) -> datetime:
         return _parse_time(f"{self._where}.{name}", self.required(name))
 
@@ -801,18 +813,13 @@ class StateDocument:
     @classmethod
     def from_dict(cls, data: object) -> "StateDocument":
         f = _Fields(data, "state")
-        images = []
-        for i, raw in enumerate(f.required_list("images")):
-            try:
-                images.append(ImageDescriptor.from_dict(raw))
-            except MalformedDocument as exc:
-                raise MalformedDocument(f"state.images[{i}]: {exc}") from exc
+        images = f.required_items("images", ImageDescriptor.from_dict)
         return cls(
             satellite=f.required("satellite"),
             version=f.required("version"),
             issued_at=f.required_time("issued_at"),
             expires=f.required_time("expires"),
-            images=tuple(images),
+            images=images,
             config=f.required("config"),
             unrecognized=f.rest(),
         )
@@ -943,18 +950,13 @@ class CheckIn:
     @classmethod
     def from_dict(cls, data: object) -> "CheckIn":
         f = _Fields(data, "checkin")
-        images = []
-        for i, raw in enumerate(f.required_list("images")):
-            try:
-                images.append(ImageStatus.from_dict(raw))
-            except MalformedDocument as exc:
-                raise MalformedDocument(f"checkin.images[{i}]: {exc}") from exc
+        images = f.required_items("images", ImageStatus.from_dict)
         return cls(
             satellite=f.required("satellite"),
             seq=f.required("seq"),
             sent_at=f.required_time("sent_at"),
             state_version=f.required("state_version"),
-            images=tuple(images),
+            images=images,
             cache_bytes_used=f.required("cache_bytes_used"),
             cache_bytes_max=f.required("cache_bytes_max"),
             errors=tuple(f.required_list("errors")),
