@@ -142,7 +142,7 @@ class Registry:
                 reader.close()
                 raise
             return StreamResponse(
-                reader.stream, source.size, headers, byte_range, head, reader.close, count
+                reader, source.size, headers, byte_range, head, reader.close, count
             )
         try:
             byte_range = parse_range(request.headers.get("range"), source.size)

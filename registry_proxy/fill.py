@@ -219,8 +219,9 @@ class FillReader:
             os.close(self.fd)
             self.fd = -1
 
-    async def stream(self, start: int, end: int) -> AsyncIterator[bytes]:
-        """Bytes [start, end) as they arrive; the final byte only once verified."""
+    async def spans(self, start: int, end: int) -> AsyncIterator[tuple[int, int]]:
+        """(offset, count) pieces of [start, end) as the fill makes them readable; the
+        final byte only once verified. Raises FillFailed when the fill fails."""
         fill = self.fill
         offset = start
         while offset < end:
@@ -230,16 +231,27 @@ class FillReader:
             if offset >= limit:
                 await fill.wait_beyond(offset, end)
                 continue
-            n = min(READ_CHUNK, limit - offset)
-            # just written by the fill, so normally still in the page cache
-            await asyncio.sleep(0)
-            chunk = read_cached(self.fd, n, offset)
-            if chunk is None:
-                chunk = await asyncio.to_thread(os.pread, self.fd, n, offset)
-            if not chunk:
-                raise FillFailed("staging file shorter than reported")
-            offset += len(chunk)
-            yield chunk
+            yield offset, limit - offset
+            offset = limit
+
+    async def stream(self, start: int, end: int) -> AsyncIterator[bytes]:
+        """The bytes of `spans`, read back from the staging file."""
+        async for span_start, count in self.spans(start, end):
+            offset, span_end = span_start, span_start + count
+            while offset < span_end:
+                chunk = await self._read(offset, min(READ_CHUNK, span_end - offset))
+                offset += len(chunk)
+                yield chunk
+
+    async def _read(self, offset: int, n: int) -> bytes:
+        # just written by the fill, so normally still in the page cache
+        await asyncio.sleep(0)
+        chunk = read_cached(self.fd, n, offset)
+        if chunk is None:
+            chunk = await asyncio.to_thread(os.pread, self.fd, n, offset)
+        if not chunk:
+            raise FillFailed("staging file shorter than reported")
+        return chunk
 
 
 def _append(fd: int, data: bytes, hasher: hashlib._Hash) -> None:

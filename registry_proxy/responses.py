@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Protocol
 
 import anyio
 import anyio.lowlevel
@@ -203,12 +204,24 @@ class BlobResponse(Response):
             _active_streams -= 1
 
 
+class GrowingFile(Protocol):
+    """A file still being written (a cache fill): its fd, the pieces of a range as they
+    become readable, and those pieces' bytes."""
+
+    fd: int
+
+    def spans(self, start: int, end: int) -> AsyncIterator[tuple[int, int]]: ...
+
+    def stream(self, start: int, end: int) -> AsyncIterator[bytes]: ...
+
+
 class StreamResponse(BlobResponse):
-    """A blob whose bytes come from an async source (a cache fill) instead of a file."""
+    """A blob served while it is being written: each piece goes out as soon as it is
+    readable, with sendfile where the server offers zero-copy sends."""
 
     def __init__(
         self,
-        source: Callable[[int, int], AsyncIterator[bytes]],
+        source: GrowingFile,
         size: int,
         headers: Mapping[str, str],
         byte_range: tuple[int, int] | None,
@@ -216,8 +229,23 @@ class StreamResponse(BlobResponse):
         on_close: Callable[[], None],
         on_bytes: Callable[[int], None] | None = None,
     ) -> None:
-        super().__init__(-1, size, headers, byte_range, head, on_close, on_bytes)
+        super().__init__(source.fd, size, headers, byte_range, head, on_close, on_bytes)
         self.source = source
 
     def chunks(self) -> AsyncIterator[bytes]:
-        return self.source(self.start, self.end)
+        return self.source.stream(self.start, self.end)
+
+    async def _send_file(self, send: Send) -> None:
+        with os.fdopen(os.dup(self.fd), "rb") as file:
+            async for offset, count in self.source.spans(self.start, self.end):
+                await send(
+                    {
+                        "type": ZERO_COPY,
+                        "file": file,
+                        "offset": offset,
+                        "count": count,
+                        "more_body": offset + count < self.end,
+                    }
+                )
+                if self.on_bytes is not None:
+                    self.on_bytes(count)
