@@ -93,10 +93,16 @@ class UpstreamUnavailable(UpstreamError):
     """The link is down (or the upstream is overloaded); the circuit breaker counts these."""
 
     def __init__(
-        self, message: str, *, status: int | None = None, retry_after: float | None = None
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        refused: bool = False,
     ) -> None:
         super().__init__(message, status=status)
         self.retry_after = retry_after
+        self.refused = refused  # nothing listens there: retrying soon rarely helps
 
 
 class UpstreamNotFound(UpstreamError):
@@ -124,10 +130,23 @@ def _translated(what: str) -> Iterator[None]:
         raise UpstreamUnavailable(f"{what}: timed out ({type(exc).__name__})") from exc
     except (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError) as exc:
         # refused, reset, cut mid-body, TLS handshake failed: the link is down for us
-        raise UpstreamUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
+        raise UpstreamUnavailable(
+            f"{what}: {type(exc).__name__}: {exc}", refused=_is_refused(exc)
+        ) from exc
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         # too many redirects, undecodable body, unsupported scheme, bad URL
         raise UpstreamProtocolError(f"{what}: {type(exc).__name__}: {exc}") from exc
+
+
+def _is_refused(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    for _ in range(8):  # the cause chain through httpcore and anyio is short
+        if seen is None:
+            return False
+        if isinstance(seen, ConnectionRefusedError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 # --------------------------------------------------------------------------- values
@@ -576,7 +595,10 @@ class UpstreamClient:
         ref = parse_reference(reference)
         path = f"/v2/{validate_name(repo)}/manifests/{reference}"
         async with self._deadline(self._budget(ref, timeout), f"HEAD {path}"):
-            reply = await self._retrying(lambda: self._manifest_exchange("HEAD", path))
+            reply = await self._retrying(
+                lambda: self._manifest_exchange("HEAD", path),
+                retry_refused=isinstance(ref, Digest),
+            )
             announced = _header_digest(reply.headers)
             if isinstance(ref, Digest):
                 if announced is not None and announced != ref:
@@ -663,12 +685,17 @@ class UpstreamClient:
             finally:
                 await response.aclose()
 
-    async def _retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
+    async def _retrying(
+        self, attempt: Callable[[], Awaitable[T]], *, retry_refused: bool = True
+    ) -> T:
+        """Retries unavailability with backoff. A refused connection on a tag lookup is
+        not retried: the caller has a local answer, and an offline site should get it
+        at once rather than after the whole lookup budget."""
         for n in range(self.retries + 1):
             try:
                 return await attempt()
             except UpstreamUnavailable as exc:
-                if n >= self.retries:
+                if n >= self.retries or (exc.refused and not retry_refused):
                     raise
                 delay = self._delay(n, exc.retry_after)
                 log.debug("upstream %s: %s; retry %d in %.2fs", self.name, exc, n + 1, delay)
@@ -740,7 +767,9 @@ class UpstreamClient:
 
     async def _get_manifest(self, path: str, ref: str | Digest) -> UpstreamManifest:
         what = f"{self.name}: GET {path}"
-        reply = await self._retrying(lambda: self._manifest_exchange("GET", path))
+        reply = await self._retrying(
+            lambda: self._manifest_exchange("GET", path), retry_refused=isinstance(ref, Digest)
+        )
         body = reply.body
         algorithm = ref.algorithm if isinstance(ref, Digest) else "sha256"
         digest = Digest.of(body, algorithm)

@@ -445,6 +445,30 @@ async def test_connection_refused_is_unavailable() -> None:
                 pass
 
 
+async def test_refused_tag_lookup_is_not_retried_but_a_digest_lookup_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A tag lookup has a local fallback: a closed port answers it at once."""
+    from registry_proxy import upstream as upstream_module
+
+    sleeps: list[float] = []
+
+    async def no_sleep(delay: float) -> None:
+        sleeps.append(delay)
+
+    monkeypatch.setattr(upstream_module.asyncio, "sleep", no_sleep)
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    async with client_for(url, retries=3) as client:
+        for call in (client.head_manifest, client.get_manifest):
+            with pytest.raises(UpstreamUnavailable) as exc:
+                await call("team/a", "v1")
+            assert exc.value.refused
+        assert sleeps == []
+        with pytest.raises(UpstreamUnavailable):
+            await client.get_manifest("team/a", str(MISSING))
+        assert len(sleeps) == 3  # by digest there is no fallback: worth retrying
+
+
 async def test_connection_cut_mid_blob_raises_unavailable_from_chunks() -> None:
     async def cut(request: Request) -> Response:
         async def body() -> AsyncIterator[bytes]:
