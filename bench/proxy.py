@@ -618,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if "pull" in parts:
             pulls: JSON = {
-                "skopeo": {k: [] for k in (DIRECT, SATELLITE, DOCKER_REGISTRY)},
+                "skopeo": {k: [] for k in (DIRECT, DIRECT_RELAY, SATELLITE, DOCKER_REGISTRY)},
                 "httpx": {k: [] for k in (DIRECT, DIRECT_RELAY, SATELLITE, DOCKER_REGISTRY)},
             }
             for i in range(p.pull_runs):

@@ -282,9 +282,17 @@ def _parse_head(raw: bytes) -> _Head:
 async def _read_head(reader: asyncio.StreamReader) -> bytes | None:
     """One head up to and including the blank line; None on a clean EOF before it."""
     try:
-        raw = await reader.readuntil(b"\r\n\r\n")
+        first = await reader.readexactly(1)
+    except asyncio.IncompleteReadError:
+        return None
+    if first == b"\x16":
+        # a TLS ClientHello (skopeo tries https first): refuse at once, like a plain
+        # HTTP server does, so that the client falls back to http without a timeout
+        raise _ProtocolError("TLS handshake on a plain HTTP port")
+    try:
+        raw = first + await reader.readuntil(b"\r\n\r\n")
     except asyncio.IncompleteReadError as exc:
-        if exc.partial.strip(b"\r\n"):
+        if (first + exc.partial).strip(b"\r\n"):
             raise
         return None
     return raw.lstrip(b"\r\n")  # a client may send stray CRLFs between requests
