@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import json
 import os
-import pwd
 import shutil
 import subprocess
 import sys
@@ -54,9 +53,9 @@ from groundcontrol.contract import (
 )
 from groundcontrol.db import open_database
 from tests.support.net import free_port, stop_process, wait_http
+from tests.support.postgres import postgres_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
 IMAGES = tuple(
     ImageStatus(repository=f"library/app{i}", digest="sha256:" + f"{i:x}" * 64, status="present")
     for i in range(1, 4)
@@ -66,66 +65,12 @@ IMAGES = tuple(
 # --- PostgreSQL ------------------------------------------------------------------------
 
 
-def _as_postgres(*args: str) -> None:
-    subprocess.run(
-        ["runuser", "-u", "postgres", "--", *args],
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        timeout=120,
-    )
-
-
 @contextlib.contextmanager
 def postgres(unsafe: bool) -> Iterator[str]:
-    """A throwaway cluster; yields the URL of a fresh database."""
-    directory = Path(tempfile.mkdtemp(prefix="gc-bench-pg-"))
-    pg = pwd.getpwnam("postgres")
-    os.chown(directory, pg.pw_uid, pg.pw_gid)
-    data, port = directory / "data", free_port()
-    started = False
-    try:
-        _as_postgres(str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
-        options = f"-k {directory} -p {port} -c listen_addresses=127.0.0.1 -c max_connections=200"
-        if unsafe:
-            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        _as_postgres(
-            str(PG_BIN / "pg_ctl"),
-            "-D",
-            str(data),
-            "-o",
-            options,
-            "-l",
-            str(directory / "log"),
-            "-w",
-            "-t",
-            "60",
-            "start",
-        )
-        started = True
-        subprocess.run(
-            [
-                "psql",
-                "-q",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "-U",
-                "postgres",
-                "-c",
-                "CREATE DATABASE gcbench",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-        yield f"postgresql://postgres@127.0.0.1:{port}/gcbench"
-    finally:
-        if started:
-            with contextlib.suppress(subprocess.SubprocessError):
-                _as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
-        shutil.rmtree(directory, ignore_errors=True)
+    """A throwaway cluster (tests.support.postgres, fsync on unless `unsafe`); yields the
+    URL of a fresh database."""
+    with postgres_cluster(durable=not unsafe) as cluster:
+        yield asyncio.run(cluster.create_database("gcbench"))
 
 
 # --- Ground Control processes ------------------------------------------------------------

@@ -77,8 +77,10 @@ def _run_as_postgres(*args: str) -> None:
 
 
 @contextlib.contextmanager
-def postgres_cluster() -> Iterator[PostgresCluster]:
-    """Start a cluster; stop it and remove its files afterwards."""
+def postgres_cluster(*, durable: bool = False) -> Iterator[PostgresCluster]:
+    """Start a cluster; stop it and remove its files afterwards. Tests run it without
+    fsync (faster, and a crash of a test cluster loses nothing of value); benchmarks
+    pass `durable=True` to measure what a real deployment pays."""
     directory = Path(tempfile.mkdtemp(prefix="gc-pg-"))
     pg = pwd.getpwnam("postgres")
     os.chown(directory, pg.pw_uid, pg.pw_gid)
@@ -87,11 +89,9 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
     started = False
     try:
         _run_as_postgres(str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
-        options = (
-            f"-k {directory} -p {port} -c listen_addresses=127.0.0.1 "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-            "-c max_connections=200"
-        )
+        options = f"-k {directory} -p {port} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        if not durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         _run_as_postgres(
             str(PG_BIN / "pg_ctl"),
             "-D",
