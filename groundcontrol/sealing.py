@@ -6,8 +6,6 @@ robot secrets) are sealed at rest with AES-256-GCM under a key kept beside the s
 from __future__ import annotations
 
 import base64
-import contextlib
-import os
 import secrets
 from pathlib import Path
 
@@ -15,7 +13,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from groundcontrol.errors import Unavailable
-from registry_proxy.durable import fsync_dir
+from registry_proxy.durable import create_once
 
 PREFIX = "v1:"
 
@@ -25,17 +23,8 @@ def _load_or_create_key(path: Path) -> bytes:
         key = path.read_bytes()
     except FileNotFoundError:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, AESGCM.generate_key(bit_length=256))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        with contextlib.suppress(FileExistsError):
-            os.link(tmp, path)  # never replaces a key another process created first
-        tmp.unlink()
-        fsync_dir(path.parent)
+        # never replaces a key another process created first
+        create_once(path, AESGCM.generate_key(bit_length=256), mode=0o600)
         key = path.read_bytes()
     if len(key) != 32:
         raise Unavailable(f"{path}: not a 256-bit key", code="bad_secrets_key")

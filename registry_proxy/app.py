@@ -134,21 +134,15 @@ class Registry:
             source = await self.proxy.blob(t, digest)
         else:
             source = await self.store.open_blob(t.repo, digest)
-        if isinstance(source, FillSource):
-            reader = source.reader
-            try:
-                byte_range = parse_range(request.headers.get("range"), source.size)
-            except BaseException:
-                reader.close()
-                raise
-            return StreamResponse(
-                reader, source.size, headers, byte_range, head, reader.close, count
-            )
         try:
             byte_range = parse_range(request.headers.get("range"), source.size)
         except BaseException:
             source.close()
             raise
+        if isinstance(source, FillSource):
+            return StreamResponse(
+                source.reader, source.size, headers, byte_range, head, source.close, count
+            )
         return BlobResponse(source.fd, source.size, headers, byte_range, head, source.close, count)
 
     async def delete_blob(self, request: Request, t: Target, arg: str | None) -> Response:

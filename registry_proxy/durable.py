@@ -15,8 +15,8 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replaces `path` with `data` so that a crash leaves either the old or the new file."""
+def _write_temp(path: Path, data: bytes, mode: int) -> Path:
+    """`data` in a fsynced temp file beside `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
@@ -31,8 +31,20 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
         tmp.unlink(missing_ok=True)
         raise
     os.close(fd)
+    return tmp
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replaces `path` with `data` so that a crash leaves either the old or the new file."""
+    tmp = _write_temp(path, data, mode)
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def create_once(path: Path, data: bytes, mode: int = 0o644) -> bool:
+    """Writes `path` durably unless it exists; of several concurrent writers the first
+    wins and the others' data is dropped. True when this call created it."""
+    return publish(_write_temp(path, data, mode), path)
 
 
 def publish(tmp: Path, final: Path) -> bool:

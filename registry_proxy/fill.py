@@ -29,11 +29,9 @@ from registry_proxy.metrics import Metrics
 from registry_proxy.responses import read_cached
 from registry_proxy.store import ContentStore
 from registry_proxy.upstream import (
-    UpstreamAuthError,
     UpstreamClient,
-    UpstreamError,
-    UpstreamNotFound,
     UpstreamUnavailable,
+    as_registry_error,
 )
 
 log = logging.getLogger("satellite.fill")
@@ -139,11 +137,9 @@ class BlobFill:
             self.done = True
         except BaseException as exc:  # every failure ends the fill, and is recorded
             failure = exc
-            self.error = _as_registry_error(exc, self.digest)
+            self.error = as_registry_error(exc, "BLOB_UNKNOWN", str(self.digest))
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
-            if isinstance(exc, UpstreamError | TimeoutError):
-                self.metrics.upstream_errors.labels(self.client.name, type(exc).__name__).inc()
             if isinstance(exc, asyncio.CancelledError):
                 raise
         finally:
@@ -259,17 +255,3 @@ def _append(fd: int, data: bytes, hasher: hashlib._Hash) -> None:
     while view:
         view = view[os.write(fd, view) :]
     hasher.update(data)
-
-
-def _as_registry_error(exc: BaseException, digest: Digest) -> RegistryError:
-    if isinstance(exc, RegistryError):
-        return exc
-    if isinstance(exc, UpstreamNotFound):
-        return RegistryError("BLOB_UNKNOWN", f"blob {digest} is not known upstream")
-    if isinstance(exc, UpstreamAuthError):
-        return RegistryError("DENIED", f"upstream refused access to {digest}: {exc}")
-    if isinstance(exc, UpstreamError | TimeoutError):
-        return RegistryError("UNAVAILABLE", f"upstream unavailable for {digest}: {exc}")
-    if isinstance(exc, asyncio.CancelledError):
-        return RegistryError("UNAVAILABLE", "the satellite is shutting down")
-    return RegistryError("UNAVAILABLE", f"cache fill of {digest} failed: {exc}")

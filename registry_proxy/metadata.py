@@ -259,22 +259,6 @@ class Metadata:
         row = await self._one("SELECT COALESCE(SUM(size), 0) FROM blobs", ())
         return 0 if row is None else int(row[0])
 
-    async def is_pinned(self, digest: Digest) -> bool:
-        return await self._one("SELECT 1 FROM pins WHERE digest = ?", (str(digest),)) is not None
-
-    async def referenced_anywhere(self, digest: Digest) -> bool:
-        """True while any repository link or manifest still needs the blob's file."""
-        d = str(digest)
-        for sql in (
-            "SELECT 1 FROM repo_blobs WHERE digest = ? LIMIT 1",
-            "SELECT 1 FROM manifests WHERE digest = ? LIMIT 1",
-            "SELECT 1 FROM manifest_refs WHERE child = ? LIMIT 1",
-            "SELECT 1 FROM pins WHERE digest = ? LIMIT 1",
-        ):
-            if await self._one(sql, (d,)) is not None:
-                return True
-        return False
-
     # -- writes --------------------------------------------------------------------
 
     @staticmethod

@@ -6,8 +6,6 @@ never collide on the global one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -72,7 +70,5 @@ class Metrics:
             "satellite_evictions", "Blobs evicted to stay within the cache budget", registry=r
         )
 
-    def render(self, refresh: Callable[[], None] | None = None) -> bytes:
-        if refresh is not None:
-            refresh()
+    def render(self) -> bytes:
         return generate_latest(self.registry)

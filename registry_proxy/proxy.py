@@ -31,6 +31,7 @@ from registry_proxy.upstream import (
     UpstreamIntegrityError,
     UpstreamNotFound,
     UpstreamUnavailable,
+    as_registry_error,
 )
 
 log = logging.getLogger("satellite.proxy")
@@ -51,6 +52,9 @@ class FillSource:
 
     reader: FillReader
     size: int
+
+    def close(self) -> None:
+        self.reader.close()
 
 
 class Proxy:
@@ -88,7 +92,8 @@ class Proxy:
         assert target.upstream is not None
         return self.upstreams[target.upstream]
 
-    def _observe(self, name: str, up: Upstream, exc: BaseException | None) -> None:
+    def _observe(self, up: Upstream, exc: BaseException | None) -> None:
+        name = up.client.name
         if exc is None or isinstance(exc, UpstreamNotFound | UpstreamAuthError):
             up.breaker.success()
         elif isinstance(exc, UpstreamUnavailable | TimeoutError):
@@ -99,31 +104,31 @@ class Proxy:
             self.metrics.digest_mismatches.labels(name).inc()
         self.metrics.upstream_online.labels(name).set(1 if up.breaker.online else 0)
 
-    async def _call(self, target: Target, up: Upstream, call: Awaitable[T]) -> T:
+    async def _call(self, up: Upstream, call: Awaitable[T]) -> T:
         try:
             result = await call
         except BaseException as exc:
-            self._observe(target.upstream or "", up, exc)
+            self._observe(up, exc)
             raise
-        self._observe(target.upstream or "", up, None)
+        self._observe(up, None)
         return result
 
-    def _usable(self, target: Target, up: Upstream) -> bool:
+    def _usable(self, up: Upstream) -> bool:
         """May a request go upstream now? If not, start a background probe when due."""
         if up.breaker.allow_request():
             return True
         if up.breaker.needs_probe() and (up.probe is None or up.probe.done()):
-            up.probe = asyncio.get_running_loop().create_task(self._probe(target, up))
+            up.probe = asyncio.get_running_loop().create_task(self._probe(up))
         return False
 
-    async def _probe(self, target: Target, up: Upstream) -> None:
+    async def _probe(self, up: Upstream) -> None:
         try:
             await up.client.ping(timeout=self.tag_timeout)
         except UpstreamError as exc:
-            self._observe(target.upstream or "", up, UpstreamUnavailable(str(exc)))
+            self._observe(up, UpstreamUnavailable(str(exc)))
         else:
-            log.info("upstream %s is reachable again", target.upstream)
-            self._observe(target.upstream or "", up, None)
+            log.info("upstream %s is reachable again", up.client.name)
+            self._observe(up, None)
 
     # -- manifests -----------------------------------------------------------------
 
@@ -152,7 +157,7 @@ class Proxy:
             except RegistryError:
                 pass
             self.metrics.cache_misses.labels("manifest").inc()
-            if not self._usable(target, up):
+            if not self._usable(up):
                 raise _offline(target, reference)
             try:
                 return await self._once(
@@ -160,9 +165,9 @@ class Proxy:
                     lambda: self._fetch_by_digest(target, up, reference),
                 )
             except UpstreamError as exc:
-                raise _translate(exc, "MANIFEST_UNKNOWN", reference) from exc
+                raise as_registry_error(exc, "MANIFEST_UNKNOWN", str(reference)) from exc
 
-        if self._usable(target, up):
+        if self._usable(up):
             try:
                 return await self._once(
                     ("tag", target.repo, reference),
@@ -194,9 +199,7 @@ class Proxy:
 
     async def _fetch_by_digest(self, target: Target, up: Upstream, digest: Digest) -> ManifestRow:
         assert target.upstream_repo is not None
-        fetched = await self._call(
-            target, up, up.client.get_manifest(target.upstream_repo, str(digest))
-        )
+        fetched = await self._call(up, up.client.get_manifest(target.upstream_repo, str(digest)))
         await self.store.put_manifest(
             target.repo, digest, fetched.body, fetched.media_type, cached=True
         )
@@ -205,12 +208,7 @@ class Proxy:
     async def _tag_online(self, target: Target, up: Upstream, tag: str) -> ManifestRow:
         assert target.upstream_repo is not None
         head = await self._call(
-            target,
-            up,
-            asyncio.wait_for(
-                up.client.head_manifest(target.upstream_repo, tag, timeout=self.tag_timeout),
-                self.tag_timeout,
-            ),
+            up, up.client.head_manifest(target.upstream_repo, tag, timeout=self.tag_timeout)
         )
         local = await self.store.meta.manifest_by_digest(target.repo, head.digest)
         if local is not None:
@@ -220,14 +218,9 @@ class Proxy:
                 await self.store.set_tag(target.repo, tag, head.digest)
             return local
         self.metrics.cache_misses.labels("manifest").inc()
-        fetched = await self._call(
-            target, up, up.client.get_manifest(target.upstream_repo, str(head.digest))
-        )
-        await self.store.put_manifest(
-            target.repo, fetched.digest, fetched.body, fetched.media_type, cached=True
-        )
-        await self.store.set_tag(target.repo, tag, fetched.digest)
-        return await self.store.resolve(target.repo, fetched.digest)
+        row = await self._fetch_by_digest(target, up, head.digest)
+        await self.store.set_tag(target.repo, tag, head.digest)
+        return row
 
     # -- blobs ---------------------------------------------------------------------
 
@@ -250,7 +243,7 @@ class Proxy:
                 fill.repos.append(target.repo)
         else:
             self.metrics.cache_misses.labels("blob").inc()
-            if not self._usable(target, up):
+            if not self._usable(up):
                 raise _offline(target, digest)
             assert target.upstream_repo is not None
             fill = BlobFill(
@@ -284,9 +277,7 @@ class Proxy:
         if self._fills.get(fill.digest) is fill:
             del self._fills[fill.digest]
         if not isinstance(exc, asyncio.CancelledError):
-            self._observe(
-                target.upstream or "", up, exc if isinstance(exc, UpstreamError) else None
-            )
+            self._observe(up, exc if isinstance(exc, UpstreamError) else None)
 
 
 def _offline(target: Target, reference: str | Digest) -> RegistryError:
@@ -295,11 +286,3 @@ def _offline(target: Target, reference: str | Digest) -> RegistryError:
         f"{target.name}@{reference} is not cached and upstream {target.upstream} is unreachable",
         status=503,
     )
-
-
-def _translate(exc: UpstreamError, unknown_code: str, reference: str | Digest) -> RegistryError:
-    if isinstance(exc, UpstreamNotFound):
-        return RegistryError(unknown_code, f"{reference} is not known upstream")
-    if isinstance(exc, UpstreamAuthError):
-        return RegistryError("DENIED", f"upstream refused access: {exc}")
-    return RegistryError("UNAVAILABLE", f"upstream failed: {exc}", status=503)

@@ -275,12 +275,6 @@ class ContentStore:
         await self.enforce_budget()
         return size
 
-    async def has_blob_anywhere(self, digest: Digest) -> int | None:
-        size = await self.meta.any_blob_size(digest)
-        if size is None or self.blobs.size(digest) != size:
-            return None
-        return size
-
     # -- cache budget --------------------------------------------------------------
 
     async def pin(self, digest: Digest, owner: str) -> None:

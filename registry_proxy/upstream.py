@@ -149,6 +149,20 @@ def _is_refused(exc: BaseException) -> bool:
     return False
 
 
+def as_registry_error(exc: BaseException, unknown_code: str, reference: str) -> RegistryError:
+    """What a client of the satellite is told when going upstream for `reference` failed:
+    the protocol's error for each kind of upstream failure (RegistryErrors pass as they are)."""
+    if isinstance(exc, RegistryError):
+        return exc
+    if isinstance(exc, UpstreamNotFound):
+        return RegistryError(unknown_code, f"{reference} is not known upstream")
+    if isinstance(exc, UpstreamAuthError):
+        return RegistryError("DENIED", f"upstream refused access to {reference}: {exc}")
+    if isinstance(exc, asyncio.CancelledError):
+        return RegistryError("UNAVAILABLE", "the satellite is shutting down")
+    return RegistryError("UNAVAILABLE", f"upstream failed for {reference}: {exc}")
+
+
 # --------------------------------------------------------------------------- values
 
 
