@@ -51,6 +51,7 @@ from typing import TypeVar
 
 import httpx
 
+from registry_proxy.blob_transport import BLOB_BODY, BlobTransport
 from registry_proxy.digest import Digest
 from registry_proxy.errors import RegistryError
 from registry_proxy.manifest import (
@@ -191,9 +192,6 @@ class UpstreamHead:
     size: int
 
 
-BLOB_CHUNK = 1024 * 1024
-
-
 class UpstreamBlob:
     """An open blob response. ``offset`` is where its bytes start in the blob (0 when the
     server ignored our ``Range``); ``size`` is the whole blob's size when the server said.
@@ -208,12 +206,12 @@ class UpstreamBlob:
         self.offset = offset
         self.size = size
 
-    async def chunks(self, size: int = BLOB_CHUNK) -> AsyncIterator[bytes]:
-        """The raw bytes in pieces of `size` (the last one shorter); a cut connection
-        raises UpstreamUnavailable. Large pieces keep the caller's per-chunk work (hash,
-        write, wake the readers) from dominating a fast link."""
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The raw bytes as they arrive (BlobTransport hands out up to 1 MiB at a time,
+        so the caller's per-chunk work does not dominate a fast link); a cut connection
+        raises UpstreamUnavailable."""
         with _translated(self._what):
-            async for chunk in self._response.aiter_raw(chunk_size=size):
+            async for chunk in self._response.aiter_raw():
                 yield chunk
 
 
@@ -549,6 +547,12 @@ class UpstreamClient:
         self._random = random.Random()
         # the system's CAs (not certifi's), or only the configured CA
         verify = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+        if transport is None:
+            # blob bodies over BlobTransport's lean connections, the rest over httpcore
+            inner = httpx.AsyncHTTPTransport(
+                verify=verify, http1=True, http2=False, trust_env=False
+            )
+            transport = BlobTransport(inner, verify)
         self._http = httpx.AsyncClient(
             base_url=self.url,
             auth=self.auth,
@@ -648,7 +652,9 @@ class UpstreamClient:
         async def attempt() -> tuple[contextlib.AsyncExitStack, UpstreamBlob]:
             stack = contextlib.AsyncExitStack()
             try:
-                response = await stack.enter_async_context(self._exchange("GET", path, headers))
+                response = await stack.enter_async_context(
+                    self._exchange("GET", path, headers, extensions={BLOB_BODY: True})
+                )
                 await self._raise_for_status(response, what)
                 blob = self._blob(response, what, offset)
             except BaseException:
@@ -685,12 +691,18 @@ class UpstreamClient:
 
     @contextlib.asynccontextmanager
     async def _exchange(
-        self, method: str, path: str, headers: dict[str, str], *, auth: bool = True
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        *,
+        auth: bool = True,
+        extensions: dict[str, object] | None = None,
     ) -> AsyncIterator[httpx.Response]:
         """One request/response (auth flow and redirects included), response streamed and
         closed on exit; httpx errors inside the block come out translated."""
         with _translated(f"{self.name}: {method} {path}"):
-            request = self._http.build_request(method, path, headers=headers)
+            request = self._http.build_request(method, path, headers=headers, extensions=extensions)
             response = await self._http.send(
                 request, stream=True, auth=httpx.USE_CLIENT_DEFAULT if auth else None
             )
