@@ -421,6 +421,8 @@ def create_app(
         metrics.cache_max.set(store.max_bytes or 0)
         metrics.evictions.inc(len(await store.enforce_budget()))
         task = asyncio.get_running_loop().create_task(maintain())
+        if proxy is not None:
+            proxy.start()
         registry.ready = True
         try:
             yield

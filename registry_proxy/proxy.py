@@ -6,6 +6,11 @@ upstream is asked with a short budget (a HEAD: the manifest is fetched only when
 digest is not cached yet), and the last known local mapping answers when the upstream
 is unreachable or failing. A circuit breaker per upstream keeps an offline site from
 waiting on timeouts: while it is open, requests are answered from the store at once.
+
+A manifest fetched from upstream is answered as soon as it is verified and parsed; it
+is stored (file, fsync, database, tag) in the background, as blob fills are published
+after their last byte is released. The next manifest request for the same repository
+waits for those writes, so it reads a store that has them.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from registry_proxy.breaker import CircuitBreaker
 from registry_proxy.digest import Digest
 from registry_proxy.errors import RegistryError
 from registry_proxy.fill import BlobFill, FillReader
+from registry_proxy.manifest import parse_manifest
 from registry_proxy.metadata import ManifestRow
 from registry_proxy.metrics import Metrics
 from registry_proxy.routing import Target
@@ -29,6 +35,7 @@ from registry_proxy.upstream import (
     UpstreamClient,
     UpstreamError,
     UpstreamIntegrityError,
+    UpstreamManifest,
     UpstreamNotFound,
     UpstreamUnavailable,
     as_registry_error,
@@ -74,10 +81,21 @@ class Proxy:
         self.fill_idle_timeout = fill_idle_timeout
         self._fills: dict[Digest, BlobFill] = {}
         self._lookups: dict[tuple[str, str, str], asyncio.Task[ManifestRow]] = {}
+        self._storing: dict[str, set[asyncio.Task[None]]] = {}  # by repository
         for name in upstreams:
             metrics.upstream_online.labels(name).set(1)
 
+    def start(self) -> None:
+        """Probes every upstream in the background: the online state is known from the
+        start, and the first pull does not pay for the HTTP client's first use."""
+        loop = asyncio.get_running_loop()
+        for up in self.upstreams.values():
+            up.probe = loop.create_task(self._probe(up))
+
     async def close(self) -> None:
+        # manifests already answered are stored before the store closes
+        storing = [task for tasks in self._storing.values() for task in tasks]
+        await asyncio.gather(*storing, return_exceptions=True)
         tasks = [f.task for f in self._fills.values() if f.task is not None]
         tasks += [u.probe for u in self.upstreams.values() if u.probe is not None]
         for task in tasks:
@@ -127,7 +145,7 @@ class Proxy:
         except UpstreamError as exc:
             self._observe(up, UpstreamUnavailable(str(exc)))
         else:
-            log.info("upstream %s is reachable again", up.client.name)
+            log.info("upstream %s is reachable", up.client.name)
             self._observe(up, None)
 
     # -- manifests -----------------------------------------------------------------
@@ -149,6 +167,7 @@ class Proxy:
     async def manifest(self, target: Target, reference: str | Digest) -> ManifestRow:
         up = self._upstream(target)
         assert target.upstream_repo is not None
+        await self._stored(target.repo)
         if isinstance(reference, Digest):
             try:
                 row = await self.store.resolve(target.repo, reference)
@@ -197,13 +216,44 @@ class Proxy:
         if not task.cancelled():
             task.exception()  # retrieved: every waiter may have gone away
 
-    async def _fetch_by_digest(self, target: Target, up: Upstream, digest: Digest) -> ManifestRow:
+    async def _fetch_by_digest(
+        self, target: Target, up: Upstream, digest: Digest, tag: str | None = None
+    ) -> ManifestRow:
+        """Fetches, verifies and parses a manifest; answers with it while it is stored
+        (and `tag` pointed at it) in the background."""
         assert target.upstream_repo is not None
         fetched = await self._call(up, up.client.get_manifest(target.upstream_repo, str(digest)))
-        await self.store.put_manifest(
-            target.repo, digest, fetched.body, fetched.media_type, cached=True
+        parse_manifest(fetched.body, fetched.media_type)  # refused before anyone gets it
+        self.store.remember_manifest_bytes(digest, fetched.body)
+        task = asyncio.get_running_loop().create_task(
+            self._store_manifest(target.repo, digest, fetched, tag)
         )
-        return await self.store.resolve(target.repo, digest)
+        pending = self._storing.setdefault(target.repo, set())
+        pending.add(task)
+        task.add_done_callback(lambda t: self._manifest_stored(target.repo, t))
+        return ManifestRow(digest, fetched.media_type, len(fetched.body))
+
+    async def _store_manifest(
+        self, repo: str, digest: Digest, fetched: UpstreamManifest, tag: str | None
+    ) -> None:
+        await self.store.put_manifest(repo, digest, fetched.body, fetched.media_type, cached=True)
+        if tag is not None:
+            await self.store.set_tag(repo, tag, digest)
+
+    def _manifest_stored(self, repo: str, task: asyncio.Task[None]) -> None:
+        pending = self._storing.get(repo)
+        if pending is not None:
+            pending.discard(task)
+            if not pending:
+                del self._storing[repo]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("could not cache a manifest of %s: %s", repo, task.exception())
+
+    async def _stored(self, repo: str) -> None:
+        """Waits until the manifests of `repo` answered before being stored are stored."""
+        pending = self._storing.get(repo)
+        if pending:
+            await asyncio.gather(*(asyncio.shield(t) for t in pending), return_exceptions=True)
 
     async def _tag_online(self, target: Target, up: Upstream, tag: str) -> ManifestRow:
         assert target.upstream_repo is not None
@@ -218,9 +268,7 @@ class Proxy:
                 await self.store.set_tag(target.repo, tag, head.digest)
             return local
         self.metrics.cache_misses.labels("manifest").inc()
-        row = await self._fetch_by_digest(target, up, head.digest)
-        await self.store.set_tag(target.repo, tag, head.digest)
-        return row
+        return await self._fetch_by_digest(target, up, head.digest, tag)
 
     # -- blobs ---------------------------------------------------------------------
 

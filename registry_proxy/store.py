@@ -379,17 +379,20 @@ class ContentStore:
             raise RegistryError("MANIFEST_UNKNOWN", f"manifest {reference} is not in {repo}")
         return row
 
+    def remember_manifest_bytes(self, digest: Digest, body: bytes) -> None:
+        """Keeps a verified manifest's bytes at hand (it may not be stored yet)."""
+        self._manifest_bytes[digest] = body
+        self._manifest_bytes.move_to_end(digest)
+        if len(self._manifest_bytes) > MANIFEST_CACHE_ENTRIES:
+            self._manifest_bytes.popitem(last=False)
+
     async def manifest_bytes(self, row: ManifestRow) -> bytes:
         data = self._manifest_bytes.get(row.digest)
         if data is None:
             data = await asyncio.to_thread(self.blobs.read_bytes, row.digest)
             if data is None:
                 raise RegistryError("MANIFEST_UNKNOWN", f"manifest {row.digest} bytes are gone")
-            self._manifest_bytes[row.digest] = data
-            if len(self._manifest_bytes) > MANIFEST_CACHE_ENTRIES:
-                self._manifest_bytes.popitem(last=False)
-        else:
-            self._manifest_bytes.move_to_end(row.digest)
+        self.remember_manifest_bytes(row.digest, data)
         self.meta.touch(row.digest)
         return data
 

@@ -10,6 +10,7 @@ It lacks the referrers API and sha512 (see TESTBED.md).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -39,6 +40,10 @@ def _yaml_str(value: str) -> str:
     return json.dumps(value)
 
 
+# an access log line (combined format): "GET /v2/<repo>/blobs/<digest> HTTP/1.1" 200 <bytes>
+_BLOB_GET = re.compile(r'"GET /v2/\S+/blobs/\S+ HTTP/[\d.]+" 20[06] (\d+) ')
+
+
 class UpstreamRegistry:
     """One docker-registry process with filesystem storage under `root`."""
 
@@ -51,8 +56,14 @@ class UpstreamRegistry:
         proxy_auth: tuple[str, str] | None = None,
         port: int | None = None,
         startup_timeout: float = 20.0,
+        address: str = LOOPBACK,
+        netns: str | None = None,
     ) -> None:
+        """`address` and `netns`: listen there, inside that network namespace (benchmarks
+        put the upstream behind a shaped link; the caller creates the namespace)."""
         self.root = root
+        self.address = address
+        self.netns = netns
         self.auth = auth
         self.proxy_remote = proxy_remote
         self.proxy_auth = proxy_auth
@@ -66,7 +77,7 @@ class UpstreamRegistry:
 
     @property
     def host(self) -> str:
-        return f"{LOOPBACK}:{self.port}"
+        return f"{self.address}:{self.port}"
 
     @property
     def url(self) -> str:
@@ -134,8 +145,9 @@ class UpstreamRegistry:
         self.storage.mkdir(exist_ok=True)
         self.config_path.write_text(self._config_text())
         self._log = self.log_path.open("ab")
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
         self._proc = subprocess.Popen(
-            [binary, "serve", str(self.config_path)],
+            [*prefix, binary, "serve", str(self.config_path)],
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -155,6 +167,16 @@ class UpstreamRegistry:
                 f"docker-registry: {exc}\n--- log tail ---\n{log_tail(self.log_path)}"
             ) from None
         return self
+
+    def blobs_served(self) -> tuple[int, int]:
+        """(bytes, requests) of the blob GETs answered so far (200 and 206), from the
+        access log: what a proxy in front of this registry fetched, counted without a relay."""
+        total = requests = 0
+        if self.log_path.exists():
+            for match in _BLOB_GET.finditer(self.log_path.read_text(errors="replace")):
+                total += int(match.group(1))
+                requests += 1
+        return total, requests
 
     def stop(self) -> None:
         """SIGTERM, bounded wait, then SIGKILL. Idempotent; storage is kept."""
