@@ -86,8 +86,8 @@ class Proxy:
             metrics.upstream_online.labels(name).set(1)
 
     def start(self) -> None:
-        """Probes every upstream in the background: the online state is known from the
-        start, and the first pull does not pay for the HTTP client's first use."""
+        """Probes every upstream in the background: a link down at boot counts as a
+        first failure, and the first pull does not pay for the HTTP client's first use."""
         loop = asyncio.get_running_loop()
         for up in self.upstreams.values():
             up.probe = loop.create_task(self._probe(up))

@@ -1,0 +1,120 @@
+"""Upstream manifests are answered once verified, and stored in the background.
+
+The proxy runs in-process against Debian's docker-registry; the store's manifest write
+is held back (or made to fail like a full disk) to show what clients see meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from registry_proxy.errors import RegistryError
+from registry_proxy.metrics import Metrics
+from registry_proxy.proxy import Proxy, Upstream
+from registry_proxy.routing import Target
+from registry_proxy.store import ContentStore
+from registry_proxy.upstream import UpstreamClient
+from tests.support.images import GeneratedLayout
+from tests.support.skopeo import Skopeo
+from tests.support.upstream import UpstreamRegistry
+
+TARGET = Target(name="team/app", repo="up/team/app", upstream="up", upstream_repo="team/app")
+
+
+@pytest.fixture
+async def rig(
+    tmp_path: Path,
+    upstream_registry: UpstreamRegistry,
+    skopeo: Skopeo,
+    image_layout: GeneratedLayout,
+) -> AsyncIterator[tuple[Proxy, ContentStore]]:
+    skopeo.copy(image_layout.oci("app:v1"), f"docker://{upstream_registry.host}/team/app:v1")
+    store = ContentStore(tmp_path / "data")
+    await store.open()
+    client = UpstreamClient("up", upstream_registry.url, backoff=0.01, max_backoff=0.05)
+    proxy = Proxy(store, {"up": Upstream(client, default=True)}, Metrics(), tag_timeout=2.0)
+    try:
+        yield proxy, store
+    finally:
+        await proxy.close()
+        await store.close()
+
+
+def hold_writes(
+    store: ContentStore, monkeypatch: pytest.MonkeyPatch, before: Callable[[], Awaitable[None]]
+) -> None:
+    real = store.put_manifest
+
+    async def put_manifest(*args: Any, **kwargs: Any) -> Any:
+        await before()
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "put_manifest", put_manifest)
+
+
+async def test_a_manifest_is_answered_before_it_is_stored_and_then_read_back(
+    rig: tuple[Proxy, ContentStore],
+    image_layout: GeneratedLayout,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    proxy, store = rig
+    release = asyncio.Event()
+    hold_writes(store, monkeypatch, release.wait)
+
+    row = await asyncio.wait_for(proxy.manifest(TARGET, "v1"), 10)  # not held up
+    assert str(row.digest) == image_layout.app.digest
+    assert await store.manifest_bytes(row) == image_layout.app.manifest_bytes()
+    assert await store.meta.manifest_by_tag(TARGET.repo, "v1") is None  # not stored yet
+
+    # the next manifest request of the repository waits for the write
+    follower = asyncio.create_task(proxy.manifest(TARGET, row.digest))
+    await asyncio.sleep(0.2)
+    assert not follower.done()
+    release.set()
+    assert await asyncio.wait_for(follower, 10) == row
+    assert await store.resolve(TARGET.repo, "v1") == row  # tag and manifest are stored
+    assert store.blobs.path(row.digest).exists()
+
+
+async def test_a_failed_write_still_answers_and_caches_nothing(
+    rig: tuple[Proxy, ContentStore],
+    image_layout: GeneratedLayout,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    proxy, store = rig
+
+    async def disk_full() -> None:
+        raise RegistryError("UNAVAILABLE", "no space left on the cache disk", status=507)
+
+    hold_writes(store, monkeypatch, disk_full)
+    with caplog.at_level(logging.ERROR, logger="satellite.proxy"):
+        row = await proxy.manifest(TARGET, "v1")
+        assert str(row.digest) == image_layout.app.digest
+        again = await proxy.manifest(TARGET, "v1")  # waits for the failed write first
+    assert again == row
+    assert "could not cache a manifest of up/team/app" in caplog.text
+    with pytest.raises(RegistryError) as caught:
+        await store.resolve(TARGET.repo, "v1")
+    assert caught.value.code == "MANIFEST_UNKNOWN"
+    assert not store.blobs.path(row.digest).exists()
+
+
+async def test_close_finishes_the_writes_already_answered(
+    tmp_path: Path, rig: tuple[Proxy, ContentStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proxy, store = rig
+
+    async def slow() -> None:
+        await asyncio.sleep(0.3)
+
+    hold_writes(store, monkeypatch, slow)
+    row = await proxy.manifest(TARGET, "v1")
+    await proxy.close()  # a shutdown right after the answer
+    assert await store.resolve(TARGET.repo, "v1") == row
