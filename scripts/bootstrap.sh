@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEB_PACKAGES=(skopeo docker-registry nginx-light wrk containerd postgresql chromium chromium-driver
-              apache2-utils ca-certificates tar gzip)
+              apache2-utils ca-certificates tar gzip iproute2)
 want=${SATELLITE_BOOTSTRAP:-full}   # "run" installs only what the daemon needs
 
 missing=()
