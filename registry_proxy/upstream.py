@@ -2,10 +2,10 @@
 
 One ``UpstreamClient`` per configured upstream holds one pooled ``httpx.AsyncClient``
 (HTTP/1.1), whose transport sends blob GETs over ``BlobTransport``'s lean connections
-(blob_transport.py) and everything else over httpcore. It fetches manifests (verified against the digest asked for and the digest
-the upstream announces), answers HEADs, streams blobs (with ``Range`` to resume), and
-pings. Repository names are passed through as given: the Docker Hub ``library/`` rule
-belongs to the router.
+(blob_transport.py) and everything else over httpcore. It fetches manifests (verified
+against the digest asked for and the digest the upstream announces), answers HEADs,
+streams blobs (with ``Range`` to resume), and pings. Repository names are passed through
+as given: the Docker Hub ``library/`` rule belongs to the router.
 
 Exceptions::
 
