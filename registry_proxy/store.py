@@ -135,18 +135,30 @@ class ContentStore:
         """Appends a chunk. `start` (from Content-Range) must equal the current offset."""
         state = await self._upload(repo, upload_id)
         async with state.lock:
-            if start is not None and start != state.offset:
-                raise RegistryError(
-                    "RANGE_INVALID",
-                    f"chunk starts at {start}, upload is at {state.offset}",
-                    headers=_range_header(upload_id, repo, state.offset),
-                )
-            written = await self._write(upload_id, state, chunks)
-            if length is not None and written != length:
-                raise RegistryError(
-                    "SIZE_INVALID", f"Content-Length {length} but received {written} bytes"
-                )
+            await self._append(repo, upload_id, state, chunks, start, length)
             return state.offset
+
+    async def _append(
+        self,
+        repo: str,
+        upload_id: str,
+        state: _Upload,
+        chunks: AsyncIterable[bytes],
+        start: int | None,
+        length: int | None,
+    ) -> None:
+        """append_upload's work, with the upload's lock held."""
+        if start is not None and start != state.offset:
+            raise RegistryError(
+                "RANGE_INVALID",
+                f"chunk starts at {start}, upload is at {state.offset}",
+                headers=_range_header(upload_id, repo, state.offset),
+            )
+        written = await self._write(upload_id, state, chunks)
+        if length is not None and written != length:
+            raise RegistryError(
+                "SIZE_INVALID", f"Content-Length {length} but received {written} bytes"
+            )
 
     async def _write(self, upload_id: str, state: _Upload, chunks: AsyncIterable[bytes]) -> int:
         path = self.layout.upload_data(upload_id)
@@ -200,11 +212,12 @@ class ContentStore:
         start: int | None = None,
         length: int | None = None,
     ) -> int:
-        """Appends the final chunk, verifies, publishes and links the blob."""
+        """Appends the final chunk, verifies, publishes and links the blob (holding the
+        upload's lock throughout, so no other chunk can land in between)."""
         state = await self._upload(repo, upload_id)
-        if chunks is not None:
-            await self.append_upload(repo, upload_id, chunks, start, length)
         async with state.lock:
+            if chunks is not None:
+                await self._append(repo, upload_id, state, chunks, start, length)
             computed = None
             if state.sha256 is not None and digest.algorithm == "sha256":
                 computed = (Digest("sha256", state.sha256.hexdigest()), state.offset)
