@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import IO
 
-from tests.support.net import LOOPBACK, StartupError, free_port, log_tail, stop_process, wait_http
+from tests.support.net import LOOPBACK, free_port
+from tests.support.process import ServerProcess
 from tests.support.upstream import UpstreamRegistry, require_tool
 
 
@@ -31,30 +30,22 @@ class QuietRegistry(UpstreamRegistry):
         text = text.replace("  level: info", "  level: error")
         return text.replace("    disabled: false", "    disabled: true")
 
-    @property
-    def pid(self) -> int | None:
-        return None if self._proc is None else self._proc.pid
 
-
-class NginxProcess:
+class NginxProcess(ServerProcess):
     """nginx serving `root` (static files) on a free loopback port, one worker process."""
 
+    name = "nginx"
+
     def __init__(self, workdir: Path, root: Path, *, port: int | None = None) -> None:
+        super().__init__(workdir / "error.log")
         self.workdir = workdir
         self.root = root
         self.port = port or free_port()
         self.conf = workdir / "nginx.conf"
-        self.log_path = workdir / "error.log"
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"http://{LOOPBACK}:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return None if self._proc is None else self._proc.pid
 
     def worker_pids(self) -> list[int]:
         return _children(self.pid) if self.pid else []
@@ -95,27 +86,12 @@ http {{
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
             (self.workdir / "tmp" / kind).mkdir(parents=True, exist_ok=True)
         self.conf.write_text(self._conf_text())
-        self._log = (self.workdir / "stderr.log").open("ab")
-        self._proc = subprocess.Popen(
+        self._launch(
             [binary, "-c", str(self.conf), "-p", str(self.workdir), "-g", "daemon off;"],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
+            output=self.workdir / "stderr.log",
         )
-        try:
-            wait_http(f"{self.url}/empty", ready=lambda r: r.status_code == 200, proc=self._proc)
-        except StartupError as exc:
-            self.stop()
-            raise StartupError(f"nginx: {exc}\n{log_tail(self.log_path)}") from None
+        self._await_ready(f"{self.url}/empty", lambda r: r.status_code == 200)
         return self
-
-    def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            stop_process(proc)
-        log, self._log = self._log, None
-        if log is not None:
-            log.close()
 
 
 # --------------------------------------------------------------------------- processes

@@ -11,22 +11,16 @@ The process's stdout and stderr go to `root/satellite.log` (appended across rest
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 from tests.support.net import (
     LOOPBACK,
-    StartupError,
     free_port,
-    kill_process,
-    log_tail,
-    stop_process,
-    wait_http,
 )
+from tests.support.process import ServerProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -89,8 +83,10 @@ def render_config(
     return text
 
 
-class SatelliteProcess:
+class SatelliteProcess(ServerProcess):
     """`satellite run --listen 127.0.0.1:PORT --data-dir DIR --config CONFIG.toml`."""
+
+    name = "satellite"
 
     def __init__(
         self,
@@ -105,19 +101,16 @@ class SatelliteProcess:
         port: int | None = None,
         startup_timeout: float = 20.0,
     ) -> None:
+        super().__init__(root / "satellite.log", startup_timeout)
         self.root = root
         self.port = port or free_port()
         self.data_dir = root / "data"
         self.config_path = root / "satellite.toml"
-        self.log_path = root / "satellite.log"
         self.config_text = render_config(
             push=push, registry=registry, upstreams=upstreams, extra_config=extra_config
         )
         self.extra_args = tuple(extra_args)
         self.extra_env = dict(env or {})
-        self.startup_timeout = startup_timeout
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
 
     @property
     def host(self) -> str:
@@ -126,14 +119,6 @@ class SatelliteProcess:
     @property
     def url(self) -> str:
         return f"http://{self.host}"
-
-    @property
-    def pid(self) -> int | None:
-        return None if self._proc is None else self._proc.pid
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def command(self) -> list[str]:
         return [
@@ -159,9 +144,6 @@ class SatelliteProcess:
         env.update(self.extra_env)
         return env
 
-    def log_tail(self, max_bytes: int = 4000) -> str:
-        return log_tail(self.log_path, max_bytes)
-
     def start(self) -> SatelliteProcess:
         """Start on the fixed port and data dir; returns once GET /v2/ answers 200."""
         if self.running:
@@ -169,49 +151,13 @@ class SatelliteProcess:
         self.root.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(exist_ok=True)
         self.config_path.write_text(self.config_text)
-        self._log = self.log_path.open("ab")
-        self._proc = subprocess.Popen(
-            self.command(),
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=self.root,
-            env=self._env(),
+        self._launch(self.command(), env=self._env(), cwd=self.root)
+        self._await_ready(
+            f"{self.url}/v2/",
+            lambda r: r.status_code == 200,
+            detail=f"command: {' '.join(self.command())}\n",
         )
-        try:
-            wait_http(
-                f"{self.url}/v2/",
-                ready=lambda r: r.status_code == 200,
-                proc=self._proc,
-                timeout=self.startup_timeout,
-            )
-        except StartupError as exc:
-            self.stop()
-            raise StartupError(
-                f"satellite: {exc}\ncommand: {' '.join(self.command())}\n"
-                f"--- {self.log_path} tail ---\n{self.log_tail()}"
-            ) from None
         return self
-
-    def _forget(self) -> None:
-        self._proc = None
-        log, self._log = self._log, None
-        if log is not None:
-            log.close()
-
-    def stop(self, grace: float = 10.0) -> int | None:
-        """SIGTERM, wait up to `grace` s, then SIGKILL. Returns the exit code (None if idle)."""
-        proc = self._proc
-        code = None if proc is None else stop_process(proc, grace=grace)
-        self._forget()
-        return code
-
-    def kill9(self) -> int | None:
-        """SIGKILL now, as a crash would; the data dir is left as the kill found it."""
-        proc = self._proc
-        code = None if proc is None else kill_process(proc)
-        self._forget()
-        return code
 
     def restart(self) -> SatelliteProcess:
         """Graceful stop, then start on the same port with the same data dir."""

@@ -14,9 +14,9 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
-from typing import IO
 
-from tests.support.net import LOOPBACK, StartupError, free_port, log_tail, stop_process, wait_http
+from tests.support.net import LOOPBACK, free_port
+from tests.support.process import ServerProcess
 
 BINARY = "docker-registry"
 
@@ -44,8 +44,10 @@ def _yaml_str(value: str) -> str:
 _BLOB_GET = re.compile(r'"GET /v2/\S+/blobs/\S+ HTTP/[\d.]+" 20[06] (\d+) ')
 
 
-class UpstreamRegistry:
-    """One docker-registry process with filesystem storage under `root`."""
+class UpstreamRegistry(ServerProcess):
+    """One docker-registry process with filesystem storage under `root` (stop keeps it)."""
+
+    name = "docker-registry"
 
     def __init__(
         self,
@@ -61,6 +63,7 @@ class UpstreamRegistry:
     ) -> None:
         """`address` and `netns`: listen there, inside that network namespace (benchmarks
         put the upstream behind a shaped link; the caller creates the namespace)."""
+        super().__init__(root / "registry.log", startup_timeout)
         self.root = root
         self.address = address
         self.netns = netns
@@ -68,12 +71,8 @@ class UpstreamRegistry:
         self.proxy_remote = proxy_remote
         self.proxy_auth = proxy_auth
         self.port = port or free_port()
-        self.startup_timeout = startup_timeout
         self.storage = root / "storage"
         self.config_path = root / "config.yml"
-        self.log_path = root / "registry.log"
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
 
     @property
     def host(self) -> str:
@@ -82,10 +81,6 @@ class UpstreamRegistry:
     @property
     def url(self) -> str:
         return f"http://{self.host}"
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def _config_text(self) -> str:
         lines = [
@@ -144,28 +139,13 @@ class UpstreamRegistry:
         self.root.mkdir(parents=True, exist_ok=True)
         self.storage.mkdir(exist_ok=True)
         self.config_path.write_text(self._config_text())
-        self._log = self.log_path.open("ab")
         prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
-        self._proc = subprocess.Popen(
+        self._launch(
             [*prefix, binary, "serve", str(self.config_path)],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
             env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(self.root)},
         )
-        try:
-            # 401 is an answer too (htpasswd mode)
-            wait_http(
-                f"{self.url}/v2/",
-                ready=lambda r: r.status_code in (200, 401),
-                proc=self._proc,
-                timeout=self.startup_timeout,
-            )
-        except StartupError as exc:
-            self.stop()
-            raise StartupError(
-                f"docker-registry: {exc}\n--- log tail ---\n{log_tail(self.log_path)}"
-            ) from None
+        # 401 is an answer too (htpasswd mode)
+        self._await_ready(f"{self.url}/v2/", lambda r: r.status_code in (200, 401))
         return self
 
     def blobs_served(self) -> tuple[int, int]:
@@ -177,15 +157,6 @@ class UpstreamRegistry:
                 total += int(match.group(1))
                 requests += 1
         return total, requests
-
-    def stop(self) -> None:
-        """SIGTERM, bounded wait, then SIGKILL. Idempotent; storage is kept."""
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            stop_process(proc)
-        log, self._log = self._log, None
-        if log is not None:
-            log.close()
 
     def __enter__(self) -> UpstreamRegistry:
         return self.start()

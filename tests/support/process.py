@@ -1,0 +1,89 @@
+"""The shape every server wrapper of the tests and benchmarks shares: a child process
+whose output goes to a log file, started and then awaited over HTTP, stopped with a
+bounded SIGTERM (or killed), with the log's tail in every startup error."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+from tests.support.net import StartupError, kill_process, log_tail, stop_process, wait_http
+
+
+class ServerProcess:
+    """Subclasses set `name` and call `_launch` then `_await_ready` from their `start`."""
+
+    name = "server"
+
+    def __init__(self, log_path: Path, startup_timeout: float = 20.0) -> None:
+        self.log_path = log_path  # what the startup error shows the tail of
+        self.startup_timeout = startup_timeout
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def log_tail(self, max_bytes: int = 4000) -> str:
+        return log_tail(self.log_path, max_bytes)
+
+    def _launch(
+        self,
+        argv: Sequence[str],
+        *,
+        output: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        """Starts `argv` with stdout and stderr appended to `output` (the log by default)."""
+        self._log = (output or self.log_path).open("ab")
+        self._proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=None if env is None else dict(env),
+            cwd=cwd,
+        )
+
+    def _await_ready(
+        self, url: str, ready: Callable[[httpx.Response], bool], detail: str = ""
+    ) -> None:
+        """Returns once `url` answers as `ready` says; else stops the process and raises
+        StartupError with the log's tail."""
+        try:
+            wait_http(url, ready=ready, proc=self._proc, timeout=self.startup_timeout)
+        except StartupError as exc:
+            self.stop()
+            raise StartupError(
+                f"{self.name}: {exc}\n{detail}--- {self.log_path} tail ---\n{self.log_tail()}"
+            ) from None
+
+    def _forget(self) -> None:
+        self._proc = None
+        log, self._log = self._log, None
+        if log is not None:
+            log.close()
+
+    def stop(self, grace: float = 10.0) -> int | None:
+        """SIGTERM, wait up to `grace` s, then SIGKILL. Returns the exit code (None if idle)."""
+        proc = self._proc
+        code = None if proc is None else stop_process(proc, grace=grace)
+        self._forget()
+        return code
+
+    def kill9(self) -> int | None:
+        """SIGKILL now, as a crash would; files are left as the kill found them."""
+        proc = self._proc
+        code = None if proc is None else kill_process(proc)
+        self._forget()
+        return code
