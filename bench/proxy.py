@@ -53,6 +53,7 @@ from typing import Any
 
 import httpx
 
+from bench.registry import log
 from tests.support.faultrelay import Fault, FaultRelay, blackhole
 from tests.support.images import MEDIA_OCI_MANIFEST, ImageRef, build_image
 from tests.support.net import LOOPBACK
@@ -119,10 +120,6 @@ QUICK = Params(
     dr_client_timeout=10.0,
     refused_requests=20,
 )
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def loadavg() -> float:
