@@ -11,7 +11,12 @@ exactly this; hypercorn does not implement it, so this module adds it:
   headers) around a placeholder of the right length, and forwards the file part as a
   ``RawFile`` event;
 - ``ZeroCopyTCPServer`` writes a ``RawFile`` with ``loop.sendfile`` (os.sendfile on a
-  plain socket; asyncio falls back to reads for TLS).
+  plain socket; asyncio falls back to reads for TLS), at most ``SENDFILE_MAX_CHUNK`` bytes
+  per call with a turn of the event loop in between. Against a fast reader one call can
+  otherwise move a whole GiB in one system call, holding every other connection up for
+  its duration (nginx bounds its calls for the same reason: ``sendfile_max_chunk``, 2 MiB).
+  On this machine 16 MiB pieces were as fast as unbounded calls or faster, and 2 MiB
+  pieces a little slower (docs/benchmarks.md).
 
 ``install()`` puts the three in place of hypercorn's classes. It checks the hypercorn
 version it was written against and does nothing on any other, so an upgrade degrades
@@ -20,6 +25,7 @@ to ordinary (copying) sends instead of breaking.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from dataclasses import dataclass
@@ -41,6 +47,7 @@ log = logging.getLogger("satellite.zerocopy")
 
 EXTENSION = "http.response.zerocopysend"
 SUPPORTED = ("0.17.", "0.18.")
+SENDFILE_MAX_CHUNK = 16 * 1024 * 1024  # bytes per sendfile call
 
 
 @dataclass(frozen=True)
@@ -133,9 +140,13 @@ class ZeroCopyTCPServer(TCPServer):
         async with self.send_lock:
             try:
                 await self.writer.drain()
-                await self.loop.sendfile(
-                    self.writer.transport, event.file, event.offset, event.count
-                )
+                offset, end = event.offset, event.offset + event.count
+                while offset < end:
+                    count = min(SENDFILE_MAX_CHUNK, end - offset)
+                    await self.loop.sendfile(self.writer.transport, event.file, offset, count)
+                    offset += count
+                    if offset < end:
+                        await asyncio.sleep(0)  # the other connections' turn
             except (ConnectionError, RuntimeError):
                 await self.protocol.handle(Closed())
 

@@ -20,7 +20,8 @@ MIB = 1024 * 1024
 
 @pytest.fixture
 def blob(satellite: SatelliteProcess) -> tuple[bytes, str]:
-    data = os.urandom(8 * MIB + 123)
+    # larger than zerocopy.SENDFILE_MAX_CHUNK, so a blob goes out in several calls
+    data = os.urandom(2 * zerocopy.SENDFILE_MAX_CHUNK + 5 * MIB + 123)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     r = httpx.post(
         f"{satellite.url}/v2/zc/blobs/uploads/?digest={digest}", content=data, timeout=60
@@ -46,6 +47,11 @@ def test_keep_alive_connection_serves_many_zero_copy_responses(
         r = conn.getresponse()
         assert r.status == 206
         assert r.read() == data[1000000:3000001]
+        edge = zerocopy.SENDFILE_MAX_CHUNK  # a range across the first call's end
+        conn.request("GET", path, headers={"Range": f"bytes={edge - 7}-{2 * edge + 9}"})
+        r = conn.getresponse()
+        assert r.status == 206
+        assert r.read() == data[edge - 7 : 2 * edge + 10]
         conn.request("HEAD", path)
         r = conn.getresponse()
         assert r.status == 200
