@@ -418,6 +418,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await store.open()
+        await store.sweep_uploads()  # what a crash left behind
         metrics.cache_max.set(store.max_bytes or 0)
         metrics.evictions.inc(len(await store.enforce_budget()))
         task = asyncio.get_running_loop().create_task(maintain())

@@ -277,30 +277,44 @@ class BlobTransport(httpx.AsyncBaseTransport):
         wire: _Wire,
         timeout: float | None,  # noqa: ASYNC109
     ) -> h11.Response:
-        received = False
+        first = True
         while True:
-            try:
-                event = conn.next_event()
-            except h11.RemoteProtocolError as exc:
-                raise httpx.RemoteProtocolError(str(exc)) from exc
-            if event is h11.NEED_DATA:
-                try:
-                    view = await wire.receive(1, timeout)
-                except httpx.ReadError as exc:
-                    if not received:
-                        raise _StaleConnection() from exc
-                    raise
-                if not view and not received:
-                    raise _StaleConnection()
-                received = True
-                conn.receive_data(bytes(view))  # b"" is EOF: h11 says what it means here
-                wire.drop()
-                continue
+            event = await _next_event(conn, wire, timeout, first=first)
+            first = False
             if isinstance(event, h11.InformationalResponse):
                 continue
             if isinstance(event, h11.Response):
                 return event
             raise httpx.RemoteProtocolError(f"unexpected {type(event).__name__} before a response")
+
+
+async def _next_event(
+    conn: h11.Connection,
+    wire: _Wire,
+    timeout: float | None,  # noqa: ASYNC109
+    *,
+    first: bool = False,
+) -> object:
+    """h11's next event, reading from the connection as h11 needs (EOF included). With
+    `first`, a connection that closes before any byte arrives raises _StaleConnection."""
+    while True:
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise httpx.RemoteProtocolError(str(exc)) from exc
+        if event is not h11.NEED_DATA:
+            return event
+        try:
+            view = await wire.receive(1, timeout)
+        except httpx.ReadError as exc:
+            if first:
+                raise _StaleConnection() from exc
+            raise
+        if first and not view:
+            raise _StaleConnection()
+        first = False
+        conn.receive_data(bytes(view))  # b"" is EOF: h11 says what it means here
+        wire.drop()
 
 
 class _StaleConnection(Exception):
@@ -374,18 +388,8 @@ class _H11Body(httpx.AsyncByteStream):
         self._timeout = timeout
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        conn, wire = self._conn, self._wire
         while True:
-            try:
-                event = conn.next_event()
-            except h11.RemoteProtocolError as exc:
-                raise httpx.RemoteProtocolError(str(exc)) from exc
-            if event is h11.NEED_DATA:
-                view = await wire.receive(1, self._timeout)
-                data = bytes(view)
-                wire.drop()
-                conn.receive_data(data)  # b"" is EOF
-                continue
+            event = await _next_event(self._conn, self._wire, self._timeout)
             if isinstance(event, h11.Data):
                 yield bytes(event.data)
             elif isinstance(event, h11.EndOfMessage):

@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from registry_proxy.digest import Digest
+from registry_proxy.durable import write_all
 from registry_proxy.errors import RegistryError
 from registry_proxy.metrics import Metrics
 from registry_proxy.responses import read_cached
@@ -129,10 +130,9 @@ class BlobFill:
                     status=502,
                 )
             # verified: the clients may have their last byte now; making the cache
-            # durable (fsync, publish, database) need not hold their pulls up
+            # durable (adopt_blob: fsync, publish, database) need not hold their pulls up
             self.verified = True
             await self._notify()
-            await asyncio.to_thread(os.fsync, fd)
             await self.store.adopt_blob(self.repos, self.path, self.digest, (actual, self.written))
             self.done = True
         except BaseException as exc:  # every failure ends the fill, and is recorded
@@ -251,7 +251,5 @@ class FillReader:
 
 
 def _append(fd: int, data: bytes, hasher: hashlib._Hash) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+    write_all(fd, data)
     hasher.update(data)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from registry_proxy.blobs import BlobStore
 from registry_proxy.digest import Digest, mismatch
+from registry_proxy.durable import write_all
 from registry_proxy.errors import RegistryError
 from registry_proxy.layout import Layout
 from registry_proxy.manifest import Descriptor, Manifest, parse_manifest
@@ -75,9 +76,11 @@ class ContentStore:
         self._manifest_bytes: OrderedDict[Digest, bytes] = OrderedDict()
 
     async def open(self) -> None:
+        """Opens the store. A server calls `sweep_uploads` next; a second process on the
+        same data dir (`satellite verify`) must not, or it removes the files of uploads
+        and fills that the server has under way."""
         self.layout.create()
         await self.meta.open()
-        await self.sweep_uploads()
 
     async def close(self) -> None:
         await self.meta.close()
@@ -170,9 +173,7 @@ class ContentStore:
         buffer = bytearray()
 
         def flush(data: bytes) -> None:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, data)
             if state.sha256 is not None:
                 state.sha256.update(data)
 
