@@ -41,7 +41,6 @@ import math
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -53,7 +52,7 @@ from typing import Any
 
 import httpx
 
-from bench.registry import log
+from bench.registry import log, median
 from tests.support.faultrelay import Fault, FaultRelay, blackhole
 from tests.support.images import MEDIA_OCI_MANIFEST, ImageRef, build_image
 from tests.support.net import LOOPBACK
@@ -251,7 +250,10 @@ def cold_pull(kind: str, tool: str, root: Path, upstream: UpstreamRegistry, skop
             skopeo.copy(f"docker://{target.host}/{REPO}:{TAG}", f"dir:{dest}", timeout=600)
             elapsed = time.perf_counter() - t0
         else:
-            elapsed = _crowd_subprocess(target.host, 1)["seconds"]
+            pulled = _crowd_subprocess(target.host, 1)
+            if pulled["ok_clients"] != 1:  # a failed pull is no time to compare
+                raise RuntimeError(f"httpx cold pull from {kind} failed: {pulled['errors']}")
+            elapsed = pulled["seconds"]
         out: JSON = {"seconds": elapsed, "load1": load}
         if target.proc is not None:
             settle(lambda: upstream.blobs_served()[0])
@@ -438,10 +440,6 @@ def offline_tags(kind: str, root: Path, upstream: UpstreamRegistry, p: Params) -
 # --------------------------------------------------------------------------- report
 
 
-def med(values: Sequence[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
 def fmt_s(x: float) -> str:
     return f"{x:.2f}"
 
@@ -465,9 +463,9 @@ def render(results: JSON) -> str:
         ("httpx", "httpx, blobs in parallel, hashed"),
     ):
         pulls = results["cold_pull"][tool]
-        d = med([r["seconds"] for r in pulls[DIRECT]])
+        d = median([r["seconds"] for r in pulls[DIRECT]])
         for kind, runs in pulls.items():
-            m = med([r["seconds"] for r in runs])
+            m = median([r["seconds"] for r in runs])
             ups = [r.get("upstream_blob_bytes") for r in runs]
             upx = (
                 "–"
@@ -527,8 +525,8 @@ def goals(results: JSON) -> list[str]:
     out = []
     for tool in ("skopeo", "httpx"):
         pulls = results["cold_pull"][tool]
-        d = med([r["seconds"] for r in pulls[DIRECT]])
-        sat = med([r["seconds"] for r in pulls[SATELLITE]])
+        d = median([r["seconds"] for r in pulls[DIRECT]])
+        sat = median([r["seconds"] for r in pulls[SATELLITE]])
         line = (
             f"cold pull ≤ 1.1× direct ({tool}): satellite {sat / d:.2f}× direct "
             f"({'MET' if sat / d <= 1.1 else 'MISSED'})"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -429,13 +430,16 @@ def _int_param(request: Request, name: str, default: int | None, lo: int, hi: in
     return int(raw)
 
 
-async def fleet_status(ctx: Ctx) -> Response:
+async def fleet_items(ctx: Ctx) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Every satellite as the API shows it, and how many there are of each status."""
     async with ctx.services.store.transaction() as q:
         sats = await q.satellites()
     items = [satellite_json(ctx.services, s, ctx.now) for s in sats]
-    counts: dict[str, int] = {}
-    for item in items:
-        counts[item["status"]] = counts.get(item["status"], 0) + 1
+    return items, dict(Counter(item["status"] for item in items))
+
+
+async def fleet_status(ctx: Ctx) -> Response:
+    items, counts = await fleet_items(ctx)
     return ok(
         {
             "counts": counts,
@@ -601,8 +605,22 @@ async def register(ctx: Ctx) -> Response:
         ctx.services.store, ctx.services.config, source, body, ctx.now
     )
     root = await _root_envelope(ctx)
-    state = await _current_state(ctx, name)
-    creds = await satellite_credentials(ctx.services, name, ctx.now)
+    # the join token is spent and the credential exists only in this answer: what fails
+    # from here on (the registry, Harbor) is a warning, not an error that would lose it;
+    # the satellite fetches its state and credentials again with the credential
+    warnings: list[str] = []
+    state: dict[str, Any] | None = None
+    creds: list[dict[str, Any]] = []
+    try:
+        state = await _current_state(ctx, name)
+    except GroundControlError as exc:
+        warnings.append(f"state: {exc.code}: {exc.message}")
+    try:
+        creds = await satellite_credentials(ctx.services, name, ctx.now)
+    except GroundControlError as exc:
+        warnings.append(f"upstream_credentials: {exc.code}: {exc.message}")
+    for warning in warnings:
+        log.warning("registration of %s: %s", name, warning)
     async with ctx.services.store.transaction() as q:
         sat = await q.satellite(name)
     return ok(
@@ -614,6 +632,7 @@ async def register(ctx: Ctx) -> Response:
             "state": json.loads(state["envelope"]) if state else None,
             "upstream_credentials": creds,
             "config": effective_config(ctx.services.config, sat.config).to_dict(),
+            "warnings": warnings,
         },
         201,
     )
@@ -635,7 +654,14 @@ async def _current_state(ctx: Ctx, name: str) -> dict[str, Any] | None:
     if sat.revoked_at is None and (
         latest is None or latest["expires_at"] - ctx.now < ctx.services.config.state_refresh_before
     ):
-        await ctx.services.publisher.publish_now([name], ctx.now, force=True)
+        try:
+            await ctx.services.publisher.publish_now([name], ctx.now, force=True)
+        except GroundControlError as exc:
+            if latest is None or latest["expires_at"] <= ctx.now:
+                raise
+            # the early refresh exists for outages like this one: the state still holds
+            log.warning("state of %s not re-signed yet: %s", name, exc.message)
+            return latest
         async with ctx.services.store.transaction() as q:
             latest = await q.latest_state(name)
     return latest

@@ -113,23 +113,6 @@ def _int(value: object) -> int:
         raise ValueError(f"expected an integer, got {value!r}") from None
 
 
-def _bool(value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in (
-        "1",
-        "true",
-        "yes",
-        "on",
-        "0",
-        "false",
-        "no",
-        "off",
-    ):
-        return value.lower() in ("1", "true", "yes", "on")
-    raise ValueError(f"expected true or false, got {value!r}")
-
-
 @dataclass(frozen=True)
 class Config:
     listen: str = DEFAULT_LISTEN

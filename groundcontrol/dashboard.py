@@ -13,7 +13,7 @@ from typing import Any
 
 from starlette.responses import HTMLResponse, Response
 
-from groundcontrol.api import Ctx, Endpoint, iso, satellite_json
+from groundcontrol.api import Ctx, Endpoint, fleet_items, iso, satellite_json
 from groundcontrol.contract import Envelope, StateDocument
 
 STYLE = """
@@ -50,12 +50,7 @@ def _opt(value: Any) -> str:
 
 
 async def fleet(ctx: Ctx) -> Response:
-    async with ctx.services.store.transaction() as q:
-        sats = await q.satellites()
-    items = [satellite_json(ctx.services, s, ctx.now) for s in sats]
-    counts: dict[str, int] = {}
-    for item in items:
-        counts[item["status"]] = counts.get(item["status"], 0) + 1
+    items, counts = await fleet_items(ctx)
     summary = " ".join(
         f'<li data-status="{escape(k)}">{_status(k)} <span class="count">{v}</span></li>'
         for k, v in sorted(counts.items())

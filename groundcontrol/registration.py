@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from groundcontrol.auth import (
@@ -94,7 +93,3 @@ async def register(
             raise invalid_token()
         await q.register_satellite(sat.name, public_key, kid, hash_token(credential), stamp)
     return sat.name, credential, kid
-
-
-def envelope_object(text: str) -> Any:
-    return json.loads(text)

@@ -5,29 +5,31 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEB_PACKAGES=(skopeo docker-registry nginx-light wrk containerd postgresql chromium chromium-driver
-              apache2-utils ca-certificates tar gzip iproute2)
+RUN_PACKAGES=(python3 python3-venv ca-certificates)   # what the daemon itself needs
+TEST_PACKAGES=(skopeo docker-registry nginx-light wrk containerd postgresql chromium
+               apache2-utils tar gzip iproute2)
 want=${SATELLITE_BOOTSTRAP:-full}   # "run" installs only what the daemon needs
+packages=("${RUN_PACKAGES[@]}")
+[ "$want" = full ] && packages+=("${TEST_PACKAGES[@]}")
 
 missing=()
-if [ "$want" = full ]; then
-  for p in "${DEB_PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-  done
-fi
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
 if [ ${#missing[@]} -gt 0 ]; then
   sudo_cmd=()
   [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
   echo "bootstrap: installing Debian packages: ${missing[*]}"
   "${sudo_cmd[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # the postgresql package starts a system cluster we do not use; tests start their own
   "${sudo_cmd[@]}" systemctl disable --now postgresql >/dev/null 2>&1 || true
 fi
 
 PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv
+# a venv that an earlier run left without pip (python3-venv was missing) is made again
+if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
+  "$PY" -m venv --clear .venv
 fi
 stamp=.venv/.satellite-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
