@@ -14,7 +14,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,6 @@ class Config:
     upstreams: tuple[Upstream, ...] = ()
     groundcontrol_url: str | None = None
     log_level: str = "info"
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -77,6 +76,17 @@ def parse_size(value: object, key: str) -> int:
             unit = (match[2] or "B").lower()
             return int(float(match[1]) * _UNITS[unit])
     raise ConfigError(f"{key}: expected a size such as 50GiB or 1000000, got {value!r}")
+
+
+def _ca_file(value: object, key: str) -> Path | None:
+    """A CA bundle path that must exist now: found missing at the first upstream TLS
+    handshake it would be a traceback naming neither the file nor the key."""
+    if not value:
+        return None
+    path = Path(_str(value, key))
+    if not path.is_file():
+        raise ConfigError(f"{key}: {path} is not a readable file")
+    return path
 
 
 def parse_bool(value: object, key: str) -> bool:
@@ -136,7 +146,7 @@ def _upstreams(raw: object) -> tuple[Upstream, ...]:
                 default=parse_bool(entry.get("default", False), f"{key}.default"),
                 username=entry.get("username"),
                 password=entry.get("password"),
-                ca_file=Path(entry["ca_file"]) if entry.get("ca_file") else None,
+                ca_file=_ca_file(entry.get("ca_file"), f"{key}.ca_file"),
             )
         )
     names = [u.name for u in result]

@@ -88,6 +88,13 @@ CREATE TABLE IF NOT EXISTS pins(
 """
 
 
+SET_TAG = (
+    "INSERT INTO tags(repo, tag, digest, updated_at) VALUES (?,?,?,?)"
+    " ON CONFLICT(repo, tag) DO UPDATE SET digest = excluded.digest,"
+    " updated_at = excluded.updated_at"
+)
+
+
 @dataclass(frozen=True)
 class ManifestRow:
     digest: Digest
@@ -352,21 +359,11 @@ class Metadata:
                 [(repo, d, str(r.digest), kind) for r, kind in refs],
             )
             if tag is not None:
-                await db.execute(
-                    "INSERT INTO tags(repo, tag, digest, updated_at) VALUES (?,?,?,?)"
-                    " ON CONFLICT(repo, tag) DO UPDATE SET digest = excluded.digest,"
-                    " updated_at = excluded.updated_at",
-                    (repo, tag, d, now),
-                )
+                await db.execute(SET_TAG, (repo, tag, d, now))
 
     async def set_tag(self, repo: str, tag: str, digest: Digest) -> None:
         async with self.transaction() as db:
-            await db.execute(
-                "INSERT INTO tags(repo, tag, digest, updated_at) VALUES (?,?,?,?)"
-                " ON CONFLICT(repo, tag) DO UPDATE SET digest = excluded.digest,"
-                " updated_at = excluded.updated_at",
-                (repo, tag, str(digest), time.time()),
-            )
+            await db.execute(SET_TAG, (repo, tag, str(digest), time.time()))
 
     async def delete_manifest(self, repo: str, digest: Digest) -> bool:
         async with self.transaction() as db:

@@ -82,6 +82,8 @@ class Proxy:
         self._fills: dict[Digest, BlobFill] = {}
         self._lookups: dict[tuple[str, str, str], asyncio.Task[ManifestRow]] = {}
         self._storing: dict[str, set[asyncio.Task[None]]] = {}  # by repository
+        self._budget: asyncio.Task[None] | None = None
+        self._budget_again = False
         for name in upstreams:
             metrics.upstream_online.labels(name).set(1)
 
@@ -97,6 +99,8 @@ class Proxy:
         storing = [task for tasks in self._storing.values() for task in tasks]
         await asyncio.gather(*storing, return_exceptions=True)
         tasks = [f.task for f in self._fills.values() if f.task is not None]
+        if self._budget is not None:
+            tasks.append(self._budget)
         tasks += [u.probe for u in self.upstreams.values() if u.probe is not None]
         for task in tasks:
             task.cancel()
@@ -326,6 +330,26 @@ class Proxy:
             del self._fills[fill.digest]
         if not isinstance(exc, asyncio.CancelledError):
             self._observe(up, exc if isinstance(exc, UpstreamError) else None)
+        if fill.done and self.store.max_bytes:
+            self._keep_budget()
+
+    def _keep_budget(self) -> None:
+        """Evicts down to the budget after a fill, in the background: a fill that was
+        published has succeeded, whatever eviction then runs into."""
+        if self._budget is not None and not self._budget.done():
+            self._budget_again = True  # the running pass may have missed this fill
+            return
+        self._budget = asyncio.get_running_loop().create_task(self._enforce_budget())
+
+    async def _enforce_budget(self) -> None:
+        while True:
+            self._budget_again = False
+            try:
+                self.metrics.evictions.inc(len(await self.store.enforce_budget()))
+            except Exception:
+                log.exception("keeping the cache budget after a fill failed")
+            if not self._budget_again:
+                return
 
 
 def _offline(target: Target, reference: str | Digest) -> RegistryError:

@@ -286,7 +286,6 @@ class ContentStore:
             raise _disk_error(exc) from exc
         for repo in repos:
             await self.meta.link_blob(repo, digest, size)
-        await self.enforce_budget()
         return size
 
     # -- cache budget --------------------------------------------------------------

@@ -43,6 +43,10 @@ def test_file_then_environment(tmp_path: Path) -> None:
         ("[[upstream]]\nname = 'a'\nurl = 'ftp://x'\n", "upstream[0].url"),
         ("[[upstream]]\nurl = 'http://x'\n", "upstream[0].name"),
         ("[log]\nlevel = 'loud'\n", "log.level"),
+        (
+            "[[upstream]]\nname = 'a'\nurl = 'https://x'\nca_file = '/nonexistent/ca.pem'\n",
+            "upstream[0].ca_file",
+        ),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, text: str, key: str) -> None:

@@ -1,7 +1,6 @@
-"""Upstream manifests are answered once verified, and stored in the background.
-
-The proxy runs in-process against Debian's docker-registry; the store's manifest write
-is held back (or made to fail like a full disk) to show what clients see meanwhile.
+"""The proxy in-process against Debian's docker-registry: upstream manifests are answered
+once verified and stored in the background (the store's write held back, or failing
+like a full disk), and the cache budget is kept after fills without failing them.
 """
 
 from __future__ import annotations
@@ -14,9 +13,10 @@ from typing import Any
 
 import pytest
 
+from registry_proxy.digest import Digest
 from registry_proxy.errors import RegistryError
 from registry_proxy.metrics import Metrics
-from registry_proxy.proxy import Proxy, Upstream
+from registry_proxy.proxy import FillSource, Proxy, Upstream
 from registry_proxy.routing import Target
 from registry_proxy.store import ContentStore
 from registry_proxy.upstream import UpstreamClient
@@ -29,13 +29,14 @@ TARGET = Target(name="team/app", repo="up/team/app", upstream="up", upstream_rep
 
 @pytest.fixture
 async def rig(
+    request: pytest.FixtureRequest,
     tmp_path: Path,
     upstream_registry: UpstreamRegistry,
     skopeo: Skopeo,
     image_layout: GeneratedLayout,
 ) -> AsyncIterator[tuple[Proxy, ContentStore]]:
     skopeo.copy(image_layout.oci("app:v1"), f"docker://{upstream_registry.host}/team/app:v1")
-    store = ContentStore(tmp_path / "data")
+    store = ContentStore(tmp_path / "data", max_bytes=getattr(request, "param", None))
     await store.open()
     client = UpstreamClient("up", upstream_registry.url, backoff=0.01, max_backoff=0.05)
     proxy = Proxy(store, {"up": Upstream(client, default=True)}, Metrics(), tag_timeout=2.0)
@@ -118,3 +119,44 @@ async def test_close_finishes_the_writes_already_answered(
     row = await proxy.manifest(TARGET, "v1")
     await proxy.close()  # a shutdown right after the answer
     assert await store.resolve(TARGET.repo, "v1") == row
+
+
+async def fill(proxy: Proxy, digest: Digest) -> None:
+    """One blob through the proxy, read to its end like a client would."""
+    source = await proxy.blob(TARGET, digest)
+    if isinstance(source, FillSource):
+        async for _ in source.reader.spans(0, source.size):
+            pass
+    source.close()
+
+
+async def bounded(condition: Callable[[], bool]) -> None:
+    for _ in range(200):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the condition did not come true within 2 s")
+
+
+@pytest.mark.parametrize("rig", [1], indirect=True)  # a 1-byte budget: evict all it can
+async def test_fills_keep_the_budget_and_eviction_cannot_fail_them(
+    rig: tuple[Proxy, ContentStore],
+    image_layout: GeneratedLayout,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    proxy, store = rig
+    config, *layers = (Digest.parse(d) for d in image_layout.app.blob_digests)
+    await fill(proxy, config)
+    await bounded(lambda: proxy.metrics.evictions._value.get() >= 1)
+    assert not store.blobs.path(config).exists()  # fetched, served, then evicted
+
+    async def broken() -> list[Digest]:
+        raise RegistryError("UNAVAILABLE", "the database is unwell", status=503)
+
+    monkeypatch.setattr(store, "enforce_budget", broken)
+    with caplog.at_level(logging.ERROR, logger="satellite.proxy"):
+        await fill(proxy, layers[0])  # succeeds: eviction is not part of the fill
+        await bounded(lambda: "keeping the cache budget" in caplog.text)
+    await bounded(lambda: store.blobs.path(layers[0]).exists())  # published, kept
+    (await store.open_blob(TARGET.repo, layers[0])).close()
