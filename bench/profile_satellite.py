@@ -8,7 +8,7 @@ Starts one satellite (pinned to CPU 0), pushes the benchmark images into it, run
 `py-spy record --format raw --threads` (py-spy also runs on CPU 1). Prints, per scenario:
 the share of busy samples per thread (event loop vs worker threads), the top functions by
 self time, the event loop's inclusive time per function, and keeps the collapsed stacks
-(flamegraph input) in the work dir. `--resummarize DIR` reprints an earlier run. The server's own CPU use (utime+stime from /proc) is
+(flamegraph input) in the work dir, removing the images and the satellite's data. `--resummarize DIR` reprints an earlier run. The server's own CPU use (utime+stime from /proc) is
 printed next to the load's result, so a profile can be tied to a throughput figure.
 """
 
@@ -163,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
                 print("py-spy produced nothing:", err.decode()[-1000:])
     finally:
         sat.stop()
+        # the images and the satellite's copies are ~2.3 GB: only the stacks are kept
+        shutil.rmtree(layout, ignore_errors=True)
+        shutil.rmtree(work / "satellite", ignore_errors=True)
     print(f"collapsed stacks in {work}")
     return 0
 

@@ -47,9 +47,6 @@ class NginxProcess(ServerProcess):
     def url(self) -> str:
         return f"http://{LOOPBACK}:{self.port}"
 
-    def worker_pids(self) -> list[int]:
-        return _children(self.pid) if self.pid else []
-
     def _conf_text(self) -> str:
         d = self.workdir
         # workers of a root master drop to `nobody` unless told otherwise; the temp dirs

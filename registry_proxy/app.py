@@ -9,10 +9,11 @@ the spec's error body by one handler at the edge.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from urllib.parse import urlencode
@@ -178,7 +179,10 @@ class Registry:
     async def patch_upload(self, request: Request, t: Target, arg: str | None) -> Response:
         upload_id = arg or ""
         start, length = _content_range(request)
-        offset = await self.store.append_upload(t.repo, upload_id, request.stream(), start, length)
+        with _upload_position(t.name, upload_id):
+            offset = await self.store.append_upload(
+                t.repo, upload_id, request.stream(), start, length
+            )
         return Response(status_code=202, headers=_upload_headers(t.name, upload_id, offset))
 
     async def put_upload(self, request: Request, t: Target, arg: str | None) -> Response:
@@ -187,7 +191,10 @@ class Registry:
             raise RegistryError("DIGEST_INVALID", "the digest query parameter is required")
         digest = Digest.parse(request.query_params["digest"])
         start, length = _content_range(request)
-        await self.store.finish_upload(t.repo, upload_id, digest, request.stream(), start, length)
+        with _upload_position(t.name, upload_id):
+            await self.store.finish_upload(
+                t.repo, upload_id, digest, request.stream(), start, length
+            )
         return _created(t.name, digest)
 
     async def get_upload(self, request: Request, t: Target, arg: str | None) -> Response:
@@ -287,6 +294,18 @@ def _created(name: str, digest: Digest) -> Response:
         status_code=201,
         headers={"location": f"/v2/{name}/blobs/{digest}", "docker-content-digest": str(digest)},
     )
+
+
+@contextlib.contextmanager
+def _upload_position(name: str, upload_id: str) -> Iterator[None]:
+    """A chunk out of order (416) tells the client where the upload is, as every
+    upload response does."""
+    try:
+        yield
+    except RegistryError as exc:
+        if exc.code == "RANGE_INVALID" and isinstance(exc.detail, dict) and "offset" in exc.detail:
+            exc.headers = _upload_headers(name, upload_id, exc.detail["offset"])
+        raise
 
 
 def _upload_headers(name: str, upload_id: str, offset: int) -> dict[str, str]:

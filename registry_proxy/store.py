@@ -152,10 +152,10 @@ class ContentStore:
     ) -> None:
         """append_upload's work, with the upload's lock held."""
         if start is not None and start != state.offset:
-            raise RegistryError(
+            raise RegistryError(  # the app adds Location and Range for `offset`
                 "RANGE_INVALID",
                 f"chunk starts at {start}, upload is at {state.offset}",
-                headers=_range_header(upload_id, repo, state.offset),
+                {"offset": state.offset},
             )
         written = await self._write(upload_id, state, chunks)
         if length is not None and written != length:
@@ -438,11 +438,3 @@ class ContentStore:
     async def verify(self) -> list[Digest]:
         """Rehashes every blob on disk; returns the digests whose bytes do not match."""
         return await asyncio.to_thread(self.blobs.verify_all)
-
-
-def _range_header(upload_id: str, repo: str, offset: int) -> dict[str, str]:
-    return {
-        "Location": f"/v2/{repo}/blobs/uploads/{upload_id}",
-        "Range": f"0-{max(offset - 1, 0)}",
-        "Docker-Upload-UUID": upload_id,
-    }

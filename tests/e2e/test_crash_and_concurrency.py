@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.support.images import sha256_bytes
 from tests.support.satellite import SatelliteProcess
 
 MIB = 1024 * 1024
@@ -21,10 +22,6 @@ MIB = 1024 * 1024
 
 def _blob(seed: int, size: int) -> bytes:
     return hashlib.shake_256(seed.to_bytes(4, "big")).digest(size)
-
-
-def _digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def _assert_store_consistent(data_dir: Path) -> None:
@@ -62,13 +59,15 @@ async def _push_slowly(client: httpx.AsyncClient, repo: str, data: bytes) -> Non
             await asyncio.sleep(0.005)
 
     r = await client.patch(location, content=body())
-    r = await client.put(f"{location}?digest={_digest(data)}")
+    r = await client.put(f"{location}?digest={sha256_bytes(data)}")
     assert r.status_code == 201
 
 
 async def _push_manifests(client: httpx.AsyncClient, repo: str, count: int) -> None:
     config = b'{"architecture":"amd64","os":"linux"}'
-    r = await client.post(f"/v2/{repo}/blobs/uploads/?digest={_digest(config)}", content=config)
+    r = await client.post(
+        f"/v2/{repo}/blobs/uploads/?digest={sha256_bytes(config)}", content=config
+    )
     assert r.status_code == 201
     for i in range(count):
         body = json.dumps(
@@ -77,7 +76,7 @@ async def _push_manifests(client: httpx.AsyncClient, repo: str, count: int) -> N
                 "mediaType": "application/vnd.oci.image.manifest.v1+json",
                 "config": {
                     "mediaType": "application/vnd.oci.image.config.v1+json",
-                    "digest": _digest(config),
+                    "digest": sha256_bytes(config),
                     "size": len(config),
                 },
                 "layers": [],
@@ -119,17 +118,17 @@ def test_kill9_during_uploads_leaves_only_verified_content(
         assert all(p.is_dir() for p in leftovers)
         data = _blob(99, MIB)
         r = httpx.post(
-            f"{satellite.url}/v2/after/blobs/uploads/?digest={_digest(data)}",
+            f"{satellite.url}/v2/after/blobs/uploads/?digest={sha256_bytes(data)}",
             content=data,
             timeout=30,
         )
         assert r.status_code == 201
-        assert httpx.get(f"{satellite.url}/v2/after/blobs/{_digest(data)}").content == data
+        assert httpx.get(f"{satellite.url}/v2/after/blobs/{sha256_bytes(data)}").content == data
 
 
 def test_same_blob_pushed_concurrently_by_many_clients(satellite: SatelliteProcess) -> None:
     data = _blob(7, 8 * MIB)
-    digest = _digest(data)
+    digest = sha256_bytes(data)
 
     async def one(i: int) -> int:
         async with httpx.AsyncClient(base_url=satellite.url, timeout=60) as client:
@@ -154,7 +153,7 @@ def test_same_blob_pushed_concurrently_by_many_clients(satellite: SatelliteProce
     for repo in ("shared/r0", "shared/r1"):
         r = httpx.get(f"{satellite.url}/v2/{repo}/blobs/{digest}", timeout=30)
         assert r.status_code == 200
-        assert _digest(r.content) == digest
+        assert sha256_bytes(r.content) == digest
     blob_files = list((satellite.data_dir / "blobs" / "sha256").rglob("*"))
     assert [p.name for p in blob_files if p.is_file()] == [digest.split(":")[1]]
     assert os.listdir(satellite.data_dir / "uploads") == []

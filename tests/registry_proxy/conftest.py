@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,6 +10,7 @@ import pytest
 
 from registry_proxy.app import RegistrySettings, create_app
 from registry_proxy.store import ContentStore
+from tests.support.images import sha256_bytes as sha256
 
 
 @pytest.fixture
@@ -28,10 +28,6 @@ async def client(store: ContentStore) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://registry") as c:
         yield c
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 async def push_blob(client: httpx.AsyncClient, repo: str, data: bytes) -> str:

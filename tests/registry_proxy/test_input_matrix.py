@@ -271,6 +271,19 @@ async def test_content_length_disagreeing_with_content_range(client: httpx.Async
     assert (await client.get(location)).headers["range"] == "0-0"
 
 
+async def test_a_chunk_out_of_order_says_where_the_upload_is(client: httpx.AsyncClient) -> None:
+    location = (await client.post("/v2/r/blobs/uploads/")).headers["location"]
+    r = await client.patch(location, content=b"12345", headers={"content-range": "0-4"})
+    assert r.status_code == 202
+    for send in (client.patch, client.put):
+        target = location if send is client.patch else f"{location}?digest=sha256:{'0' * 64}"
+        r = await send(target, content=b"678", headers={"content-range": "9-11"})
+        assert r.status_code == 416
+        assert r.json()["errors"][0]["code"] == "RANGE_INVALID"
+        assert (r.headers["location"], r.headers["range"]) == (location, "0-4")
+    assert (await client.get(location)).headers["range"] == "0-4"  # nothing appended
+
+
 async def test_upload_of_another_repository_is_unknown(client: httpx.AsyncClient) -> None:
     location = (await client.post("/v2/mine/blobs/uploads/")).headers["location"]
     upload_id = location.rsplit("/", 1)[1]

@@ -73,11 +73,6 @@ def seeded_chunks(seed: str, size: int) -> Iterator[bytes]:
         index += 1
 
 
-def seeded_bytes(seed: str, size: int) -> bytes:
-    """`size` pseudo-random bytes derived from `seed` (in memory; for small sizes)."""
-    return b"".join(seeded_chunks(seed, size))
-
-
 class _SeededReader:
     """A read()-able stream of seeded bytes, for `tarfile.addfile` without a buffer."""
 
@@ -509,16 +504,6 @@ def build_big_image(
         annotations=None,
     )
     return _tagged(ref, tag)
-
-
-def write_random_blob(path: Path, size: int, seed: str = "blob") -> str:
-    """Write `size` seeded bytes to `path` (streamed); returns their sha256 digest."""
-    h = hashlib.sha256()
-    with path.open("wb") as fh:
-        for chunk in seeded_chunks(seed, size):
-            h.update(chunk)
-            fh.write(chunk)
-    return "sha256:" + h.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ import contextlib
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -20,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+
+from tests.support.net import free_port
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -30,13 +31,6 @@ def postgres_available() -> bool:
     except KeyError:
         return False
     return (PG_BIN / "initdb").exists() and os.geteuid() == 0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -56,14 +50,6 @@ class PostgresCluster:
         finally:
             await conn.close()
         return self.url(name)
-
-    async def drop_database(self, url: str) -> None:
-        name = url.rsplit("/", 1)[1]
-        conn = await asyncpg.connect(self.url())
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
 
 
 def _run_as_postgres(*args: str) -> None:
