@@ -264,12 +264,17 @@ class Proxy:
         head = await self._call(
             up, up.client.head_manifest(target.upstream_repo, tag, timeout=self.tag_timeout)
         )
-        local = await self.store.meta.manifest_by_digest(target.repo, head.digest)
-        if local is not None:
+        try:  # the usual case: the tag has not moved (the store's tag cache answers)
+            current = await self.store.resolve(target.repo, tag)
+        except RegistryError:
+            current = None
+        if current is not None and current.digest == head.digest:
             self.metrics.cache_hits.labels("manifest").inc()
-            current = await self.store.meta.manifest_by_tag(target.repo, tag)
-            if current is None or current.digest != head.digest:
-                await self.store.set_tag(target.repo, tag, head.digest)
+            return current
+        local = await self.store.meta.manifest_by_digest(target.repo, head.digest)
+        if local is not None:  # moved to a manifest that is cached already
+            self.metrics.cache_hits.labels("manifest").inc()
+            await self.store.set_tag(target.repo, tag, head.digest)
             return local
         self.metrics.cache_misses.labels("manifest").inc()
         return await self._fetch_by_digest(target, up, head.digest, tag)

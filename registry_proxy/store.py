@@ -14,7 +14,7 @@ import shutil
 import time
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +54,18 @@ class OpenBlob:
             os.close(self.fd)
             self.fd = -1
             self.store._release(self.digest)
+
+
+async def _finished_in_thread(flush: Callable[[bytes], None], data: bytes) -> None:
+    """`flush(data)` in a worker thread. A cancelled caller still waits for the thread:
+    it writes to a descriptor the caller closes next, and a number closed under a
+    running write can be reused by another file, which would then get the bytes."""
+    work = asyncio.ensure_future(asyncio.to_thread(flush, data))
+    try:
+        await asyncio.shield(work)
+    except asyncio.CancelledError:
+        await asyncio.wait([work])
+        raise
 
 
 def _disk_error(exc: OSError) -> RegistryError:
@@ -182,11 +194,11 @@ class ContentStore:
                 buffer += chunk
                 if len(buffer) >= WRITE_BUFFER:
                     data, buffer = bytes(buffer), bytearray()
-                    await asyncio.to_thread(flush, data)
+                    await _finished_in_thread(flush, data)
                     state.offset += len(data)
                     written += len(data)
             if buffer:
-                await asyncio.to_thread(flush, bytes(buffer))
+                await _finished_in_thread(flush, bytes(buffer))
                 state.offset += len(buffer)
                 written += len(buffer)
         except OSError as exc:
@@ -195,10 +207,9 @@ class ContentStore:
             state.offset = os.fstat(fd).st_size
             raise _disk_error(exc) from exc
         except BaseException:
-            # client went away mid-chunk: keep what was written, the hash covers it
-            if buffer:
-                state.sha256 = None
-                state.offset = os.fstat(fd).st_size
+            # client went away (or the server is stopping) mid-chunk: what was written
+            # stays and the hash covers exactly that (every flush ran to its end)
+            state.offset = os.fstat(fd).st_size
             raise
         finally:
             os.close(fd)
