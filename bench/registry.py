@@ -400,6 +400,10 @@ def bench_single(loader: Loader, targets: list[Target], info: JSON, p: Params) -
         "blob_size": size,
         "splice_runs_mb_s": splice,
         "splice_median_mb_s": {k: median(v) for k, v in splice.items()},
+        # each round is 2 downloads on one new connection: the first one is the slower
+        # mode on this machine, so both positions are reported (docs/benchmarks.md)
+        "splice_first_median_mb_s": {k: median(v[0::2]) for k, v in splice.items()},
+        "splice_later_median_mb_s": {k: median(v[1::2]) for k, v in splice.items()},
         "curl_runs_mb_s": curl,
         "curl_median_mb_s": {k: median(v) for k, v in curl.items()},
     }
@@ -541,14 +545,16 @@ def _md_single(results: JSON) -> list[str]:
     lines += [
         f"### 1. Single stream GET, {s['blob_size'] / MIB:.0f} MiB blob",
         "",
-        "| server | zero-copy client: median MB/s | vs nginx | curl -o /dev/null: median MB/s | vs nginx | curl runs MB/s |",
-        "|---|---:|---:|---:|---:|---|",
+        "| server | zero-copy client: median MB/s | vs nginx | first / later download on a connection: median MB/s | curl -o /dev/null: median MB/s | vs nginx | curl runs MB/s |",
+        "|---|---:|---:|---:|---:|---:|---|",
     ]
     for name in s["curl_median_mb_s"]:
         sp, cu = s["splice_median_mb_s"][name], s["curl_median_mb_s"][name]
+        first, later = s["splice_first_median_mb_s"][name], s["splice_later_median_mb_s"][name]
         runs = ", ".join(f"{x:.0f}" for x in s["curl_runs_mb_s"][name])
         lines.append(
-            f"| {name} | {sp:.0f} | {sp / ngs:.2f}× | {cu:.0f} | {cu / ngc:.2f}× | {runs} |"
+            f"| {name} | {sp:.0f} | {sp / ngs:.2f}× | {first:.0f} / {later:.0f} "
+            f"| {cu:.0f} | {cu / ngc:.2f}× | {runs} |"
         )
     return [*lines, ""]
 
@@ -606,6 +612,10 @@ def goals(results: JSON) -> str:
     m = results["manifests"]
     g1s = s["splice_median_mb_s"]["satellite"] / s["splice_median_mb_s"][nginx]
     g1c = s["curl_median_mb_s"]["satellite"] / s["curl_median_mb_s"][nginx]
+    g1f, g1l = (
+        s[f"splice_{pos}_median_mb_s"]["satellite"] / s[f"splice_{pos}_median_mb_s"][nginx]
+        for pos in ("first", "later")
+    )
     g2s = c["satellite"]["splice_median_mb_s"] / c[nginx]["splice_median_mb_s"]
     g2w = c["satellite"]["wrk_median_mb_s"] / c[nginx]["wrk_median_mb_s"]
     rss = c["satellite"]["max_peak_rss_mb"]
@@ -622,7 +632,7 @@ def goals(results: JSON) -> str:
             [
                 "| goal | target | measured | verdict |",
                 "|---|---|---|---|",
-                f"| 1. single-stream GET of the big blob | satellite ≥ 1.0× nginx | zero-copy client {g1s:.2f}×; curl {g1c:.2f}× | {ok(g1s >= 1.0)} (zero-copy) / {ok(g1c >= 1.0)} (curl) |",
+                f"| 1. single-stream GET of the big blob | satellite ≥ 1.0× nginx | zero-copy client {g1s:.2f}× (first downloads {g1f:.2f}×, later {g1l:.2f}×); curl {g1c:.2f}× | {ok(g1s >= 1.0)} (zero-copy) / {ok(g1c >= 1.0)} (curl) |",
                 f"| 2. 50 concurrent downloads | ≥ 0.9× nginx and peak RSS ≤ 150 MB | zero-copy client {g2s:.2f}×; wrk {g2w:.2f}×; peak RSS {rss:.0f} MB | throughput {ok(g2s >= 0.9)} (zero-copy) / {ok(g2w >= 0.9)} (wrk); RSS {ok(rss <= 150)} |",
                 f"| 3. manifest HEAD by tag, 64 conns | ≥ 3× docker-registry and p99 ≤ 20 ms | {g3:.2f}× ({_rps(head_sat):.0f} vs {_rps(head_reg):.0f} req/s), p99 {p99:.1f} ms | {ok(g3 >= 3 and p99 <= 20)} |",
             ]

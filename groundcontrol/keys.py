@@ -40,7 +40,7 @@ from groundcontrol.contract import (
     sign_root,
     verify_root,
 )
-from groundcontrol.errors import Conflict, Unavailable
+from groundcontrol.errors import BadRequest, Conflict, Unavailable
 from groundcontrol.store import Queries, Store
 from registry_proxy.durable import atomic_write
 
@@ -118,6 +118,16 @@ def _parse_stored_root(data: bytes) -> Root:
     return Root.from_dict(json.loads(envelope.payload))
 
 
+def _check_threshold(role: str, count: int, threshold: int) -> None:
+    """Refuses a key count and threshold no root could have, before keys are made."""
+    if count < 1 or not 1 <= threshold <= count:
+        raise BadRequest(
+            f"{role} keys: the threshold must be between 1 and the number of keys "
+            f"({count}), got {threshold}",
+            code="invalid_threshold",
+        )
+
+
 async def init_trust(
     store: Store,
     keys: KeyStore,
@@ -130,6 +140,8 @@ async def init_trust(
     expires: timedelta = ROOT_EXPIRES,
 ) -> TrustedRoot:
     """Create root version 1 with fresh keys; a database that has a root keeps it."""
+    _check_threshold("root", root_keys, root_threshold)
+    _check_threshold("state", state_keys, state_threshold)
     existing = await current_root(store)
     if existing is not None:
         return existing
@@ -187,16 +199,17 @@ async def rotate(
             f"found {len(old_root_keys)}",
             code="root_keys_unavailable",
         )
+    n = count or len(old.root_keys if role == "root" else old.state_keys)
+    current = old.root_threshold if role == "root" else old.state_threshold
+    _check_threshold(role, n, threshold or min(current, n))  # before any key is written
     new_root_keys = old_root_keys
     root_keys_map, root_threshold = dict(old.root_keys), old.root_threshold
     state_keys_map, state_threshold = dict(old.state_keys), old.state_threshold
     if role == "root":
-        n = count or len(old.root_keys)
         new_root_keys = [keys.generate("root") for _ in range(n)]
         root_keys_map = _public_map(new_root_keys)
         root_threshold = threshold or min(old.root_threshold, n)
     else:
-        n = count or len(old.state_keys)
         state_keys_map = _public_map(keys.generate("state") for _ in range(n))
         state_threshold = threshold or min(old.state_threshold, n)
     new = Root(

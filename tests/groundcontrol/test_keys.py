@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import stat
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import pytest
@@ -17,8 +18,8 @@ from groundcontrol.contract import (
     verify_root_chain,
     verify_state,
 )
-from groundcontrol.errors import Unavailable
-from groundcontrol.keys import current_root, rotate
+from groundcontrol.errors import BadRequest, Unavailable
+from groundcontrol.keys import KeyStore, current_root, init_trust, rotate
 from groundcontrol.services import Services
 from tests.groundcontrol.conftest import FakeClock
 from tests.groundcontrol.fleet import SimSatellite
@@ -111,3 +112,18 @@ async def test_rotation_needs_the_root_keys(services: Services, clock: FakeClock
     with pytest.raises(Unavailable) as exc:
         await rotate(services.store, services.keys, "state", clock.now)
     assert exc.value.code == "root_keys_unavailable"
+
+
+async def test_impossible_thresholds_are_refused_before_any_key_is_written(
+    services: Services, clock: FakeClock, tmp_path: Path
+) -> None:
+    before = sorted(services.keys.directory.iterdir())
+    with pytest.raises(BadRequest, match="threshold"):
+        await rotate(services.store, services.keys, "state", clock.now, count=1, threshold=3)
+    with pytest.raises(BadRequest, match="threshold"):
+        await rotate(services.store, services.keys, "root", clock.now, count=2, threshold=5)
+    assert sorted(services.keys.directory.iterdir()) == before
+    fresh = KeyStore(tmp_path / "keys")
+    with pytest.raises(BadRequest, match="threshold"):
+        await init_trust(services.store, fresh, clock.now, root_keys=1, root_threshold=2)
+    assert not fresh.directory.exists() or not any(fresh.directory.iterdir())
