@@ -182,7 +182,8 @@ class Publisher:
     ) -> list[Published]:
         """Sign and store new states for ``names`` whose content changed (or all: force)."""
         satellites = await q.satellites(sorted(set(names)))
-        groups = {g.name: g for g in await q.groups()}
+        wanted = tuple(sorted({g for s in satellites for g in s.groups}))
+        groups = {g.name: g for g in await q.groups(wanted)}
         plans = [
             (s, desired_images(groups[g] for g in s.groups if g in groups)) for s in satellites
         ]

@@ -10,7 +10,7 @@ processes might race on is a single atomic statement (``UPDATE ... RETURNING``,
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -130,7 +130,8 @@ class Queries:
         return _group(row)
 
     async def groups(self, names: tuple[str, ...] | None = None) -> list[Group]:
-        rows = await self.tx.fetchall("SELECT * FROM groups ORDER BY name")
+        where, args = _name_filter("name", names)
+        rows = await self.tx.fetchall(f"SELECT * FROM groups{where} ORDER BY name", *args)
         groups = [_group(r) for r in rows]
         if names is not None:
             groups = [g for g in groups if g.name in names]
@@ -216,9 +217,12 @@ class Queries:
         return _satellite(row, tuple(r["group_name"] for r in rows))
 
     async def satellites(self, names: list[str] | None = None) -> list[Satellite]:
-        rows = await self.tx.fetchall("SELECT * FROM satellites ORDER BY name")
+        where, args = _name_filter("name", names)
+        rows = await self.tx.fetchall(f"SELECT * FROM satellites{where} ORDER BY name", *args)
+        where, args = _name_filter("satellite", names)
         memberships = await self.tx.fetchall(
-            "SELECT satellite, group_name FROM satellite_groups ORDER BY group_name"
+            f"SELECT satellite, group_name FROM satellite_groups{where} ORDER BY group_name",
+            *args,
         )
         by_sat: dict[str, list[str]] = {}
         for m in memberships:
@@ -566,3 +570,16 @@ class Queries:
         await self.tx.execute(
             "DELETE FROM robot_accounts WHERE satellite = ? AND registry = ?", satellite, registry
         )
+
+
+NAME_FILTER_MAX = 500  # names in one IN (...); more than that and the whole table is read
+
+
+def _name_filter(column: str, names: Sequence[str] | None) -> tuple[str, tuple[str, ...]]:
+    """A ``WHERE column IN (...)`` for a publish of a few satellites among thousands; the
+    callers still filter the rows, so a long list may fall back to no WHERE at all."""
+    if names is None or len(names) > NAME_FILTER_MAX:
+        return "", ()
+    if not names:
+        return " WHERE 1 = 0", ()
+    return f" WHERE {column} IN ({', '.join('?' * len(names))})", tuple(names)
