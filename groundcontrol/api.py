@@ -237,7 +237,7 @@ async def update_group(ctx: Ctx) -> Response:
     new_images = parse_images(body["images"]) if "images" in body else None
     new_description = _description(body["description"]) if "description" in body else None
 
-    async def mutate(q: Queries) -> tuple[Group, list[str]]:
+    async def mutate(q: Queries) -> tuple[tuple[Group, list[str]], list[str]]:
         current = await q.group(name)
         await q.update_group(
             name,
@@ -245,11 +245,10 @@ async def update_group(ctx: Ctx) -> Response:
             current.images if new_images is None else new_images,
             int(ctx.now),
         )
-        return await q.group(name), await q.group_members(name)
+        members = await q.group_members(name)  # what is shown, and what is published
+        return (await q.group(name), members), members
 
-    group, published = await ctx.services.publisher.run(mutate, ctx.now)
-    async with ctx.services.store.transaction() as q:
-        members = await q.group_members(name)
+    (group, members), published = await ctx.services.publisher.run(mutate, ctx.now)
     return ok({**group_json(group, members), "published": published_json(published)})
 
 

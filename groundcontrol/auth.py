@@ -112,8 +112,8 @@ async def authenticate(q: Queries, token: str | None, now: int) -> Principal | N
         await q.touch_api_token(row["id"], now)
         return Operator(row["id"], row["name"])
     if token.startswith(SATELLITE_PREFIX):
-        sat = await q.satellite_by_credential(hash_token(token))
-        return None if sat is None else SatellitePrincipal(sat.name)
+        name = await q.satellite_by_credential(hash_token(token))
+        return None if name is None else SatellitePrincipal(name)
     return None
 
 

@@ -293,12 +293,13 @@ class Queries:
         # a new device key starts a new sequence of reports
         await self.tx.execute("DELETE FROM checkins WHERE satellite = ?", name)
 
-    async def satellite_by_credential(self, credential_hash: str) -> Satellite | None:
+    async def satellite_by_credential(self, credential_hash: str) -> str | None:
+        """The name of the unrevoked satellite holding this credential."""
         row = await self.tx.fetchone(
             "SELECT name FROM satellites WHERE credential_hash = ? AND revoked_at IS NULL",
             credential_hash,
         )
-        return None if row is None else await self.satellite(row["name"])
+        return None if row is None else str(row["name"])
 
     # --- join tokens ------------------------------------------------------------------
 
