@@ -35,6 +35,7 @@ MANIFEST_CACHE_ENTRIES = 1024
 class _Upload:
     """Running state of an upload in this process (lost on restart: then we rehash)."""
 
+    repo: str
     offset: int
     sha256: hashlib._Hash | None = field(default_factory=hashlib.sha256)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -116,24 +117,28 @@ class ContentStore:
         path.parent.mkdir(parents=True)
         path.touch()
         await self.meta.create_upload(upload_id, repo)
-        self._uploads[upload_id] = _Upload(0)
+        self._uploads[upload_id] = _Upload(repo, 0)
         return upload_id
 
     async def _upload(self, repo: str, upload_id: str) -> _Upload:
+        unknown = RegistryError("BLOB_UPLOAD_UNKNOWN", f"no upload {upload_id[:64]} in {repo}")
+        state = self._uploads.get(upload_id)  # keys are canonical UUIDs
+        if state is not None:  # this process holds it: no database read per chunk
+            if state.repo != repo:
+                raise unknown
+            return state
         try:
             canonical = str(uuid.UUID(upload_id))
         except ValueError:
             raise RegistryError("BLOB_UPLOAD_UNKNOWN", "unknown upload") from None
         if canonical != upload_id or await self.meta.upload_repo(upload_id) != repo:
-            raise RegistryError("BLOB_UPLOAD_UNKNOWN", f"no upload {upload_id[:64]} in {repo}")
-        state = self._uploads.get(upload_id)
-        if state is None:
-            # started before a restart: the bytes on disk are the truth, the hash is gone
-            try:
-                size = self.layout.upload_data(upload_id).stat().st_size
-            except FileNotFoundError:
-                raise RegistryError("BLOB_UPLOAD_UNKNOWN", "upload data is gone") from None
-            state = self._uploads.setdefault(upload_id, _Upload(size, None))
+            raise unknown
+        # started before a restart: the bytes on disk are the truth, the hash is gone
+        try:
+            size = self.layout.upload_data(upload_id).stat().st_size
+        except FileNotFoundError:
+            raise RegistryError("BLOB_UPLOAD_UNKNOWN", "upload data is gone") from None
+        state = self._uploads.setdefault(upload_id, _Upload(repo, size, None))
         return state
 
     async def upload_offset(self, repo: str, upload_id: str) -> int:
