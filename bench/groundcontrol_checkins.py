@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -52,7 +51,7 @@ from groundcontrol.contract import (
     sign_checkin,
 )
 from groundcontrol.db import open_database
-from tests.support.net import free_port, stop_process, wait_http
+from tests.support.groundcontrol import GroundControlProcess
 from tests.support.postgres import postgres_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,40 +75,9 @@ def postgres(unsafe: bool) -> Iterator[str]:
 # --- Ground Control processes ------------------------------------------------------------
 
 
-class Server:
-    def __init__(self, workdir: Path, database: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / f"gc-{self.port}.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GROUNDCONTROL_")}
-        env["PYTHONPATH"] = str(ROOT)
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "groundcontrol",
-                    "serve",
-                    "--listen",
-                    f"127.0.0.1:{self.port}",
-                    "--data-dir",
-                    str(workdir / "gc"),
-                    "--database",
-                    database,
-                ],
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    def wait(self) -> None:
-        wait_http(
-            f"{self.url}/healthz", ready=lambda r: r.status_code == 200, proc=self.proc, timeout=60
-        )
-
-    def stop(self) -> None:
-        stop_process(self.proc)
+def server(workdir: Path, database: str) -> GroundControlProcess:
+    args = ("--data-dir", str(workdir / "gc"), "--database", database)
+    return GroundControlProcess(workdir, *args, startup_timeout=60).launch()
 
 
 # --- the simulated fleet -------------------------------------------------------------------
@@ -231,7 +199,7 @@ async def drive(
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="gc-bench-"))
-    servers: list[Server] = []
+    servers: list[GroundControlProcess] = []
     with contextlib.ExitStack() as stack:
         stack.callback(shutil.rmtree, workdir, True)
         if args.backend == "postgresql":
@@ -242,7 +210,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"signing {args.satellites} x {args.batch * args.batches} check-ins ...", flush=True)
         sats, rows = build_fleet(args.satellites, args.batch, args.batches, time.time())
         sign_s = time.perf_counter() - t0
-        first = Server(workdir, database)  # applies the migrations, creates the trust root
+        first = server(workdir, database)  # applies the migrations, creates the trust root
         servers.append(first)
 
         def stop_servers() -> None:
@@ -252,7 +220,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         stack.callback(stop_servers)
         first.wait()
         for _ in range(args.servers - 1):
-            servers.append(Server(workdir, database))
+            servers.append(server(workdir, database))
         for s in servers[1:]:
             s.wait()
         asyncio.run(register_directly(database, rows))

@@ -14,7 +14,8 @@ import pytest
 
 from groundcontrol.contract import ImageStatus
 from tests.groundcontrol.fleet import SimSatellite
-from tests.groundcontrol.test_serve import Server, gc
+from tests.groundcontrol.test_serve import gc
+from tests.support.groundcontrol import GroundControlProcess
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -91,7 +92,7 @@ def parse(html: str) -> Dom:
 
 async def test_dashboard_shows_fleet_and_satellite(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    server = Server(tmp_path, "--data-dir", str(data))
+    server = GroundControlProcess(tmp_path, "--data-dir", str(data)).launch()
     try:
         server.wait()
         token = gc("admin", "token", "create", "ops", "--data-dir", str(data)).strip()

@@ -17,61 +17,23 @@ import pytest
 from groundcontrol.cli import main
 from groundcontrol.contract import ImageStatus
 from tests.groundcontrol.fleet import SimSatellite
-from tests.support.net import free_port, log_tail, stop_process, wait_http
+from tests.support.groundcontrol import GroundControlProcess, groundcontrol_env
 from tests.support.postgres import PostgresCluster
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GROUNDCONTROL_")}
-    env["PYTHONPATH"] = str(ROOT)
-    return env
 
 
 def gc(*args: str, stdin: str | None = None) -> str:
     done = subprocess.run(
         [sys.executable, "-m", "groundcontrol", *args],
         cwd=ROOT,
-        env=_env(),
+        env=groundcontrol_env(),
         input=stdin.encode() if stdin is not None else None,
         capture_output=True,
         timeout=60,
     )
     assert done.returncode == 0, done.stderr.decode()
     return done.stdout.decode()
-
-
-class Server:
-    def __init__(self, workdir: Path, *args: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = workdir / f"gc-{self.port}.log"
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "groundcontrol",
-                    "serve",
-                    "--listen",
-                    f"127.0.0.1:{self.port}",
-                    *args,
-                ],
-                cwd=ROOT,
-                env=_env(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    def wait(self) -> None:
-        try:
-            wait_http(f"{self.url}/healthz", ready=lambda r: r.status_code == 200, proc=self.proc)
-        except Exception:
-            raise AssertionError(log_tail(self.log)) from None
-
-    def stop(self) -> int:
-        return stop_process(self.proc)
 
 
 @pytest.fixture
@@ -99,8 +61,8 @@ def pg_url(pg_cluster: PostgresCluster) -> Iterator[str]:
 
 async def test_two_processes_serve_one_postgresql(tmp_path: Path, pg_url: str) -> None:
     data = tmp_path / "shared"  # the key directory is shared, as documented
-    a = Server(tmp_path, "--database", pg_url, "--data-dir", str(data))
-    b = Server(tmp_path, "--database", pg_url, "--data-dir", str(data))
+    a = GroundControlProcess(tmp_path, "--database", pg_url, "--data-dir", str(data)).launch()
+    b = GroundControlProcess(tmp_path, "--database", pg_url, "--data-dir", str(data)).launch()
     try:
         a.wait()
         b.wait()
@@ -140,13 +102,13 @@ async def test_two_processes_serve_one_postgresql(tmp_path: Path, pg_url: str) -
         assert "s1" in table and "online" in table
     finally:
         codes = (a.stop(), b.stop())
-    assert codes == (0, 0), log_tail(a.log) + log_tail(b.log)
+    assert codes == (0, 0), a.log_tail() + b.log_tail()
     assert len(list((data / "keys").glob("state-*.pem"))) == 1
 
 
 def test_default_sqlite_database_and_migrate(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    server = Server(tmp_path, "--data-dir", str(data))
+    server = GroundControlProcess(tmp_path, "--data-dir", str(data)).launch()
     try:
         server.wait()
         assert (data / "gc.db").exists()
