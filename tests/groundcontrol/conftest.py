@@ -8,10 +8,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
-import subprocess
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,40 +44,15 @@ def pg_cluster() -> Iterator[PostgresCluster]:
         yield cluster
 
 
-def _psql(cluster: PostgresCluster, sql: str) -> None:
-    subprocess.run(
-        [
-            "psql",
-            "-q",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(cluster.port),
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-c",
-            sql,
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-
-
 @pytest.fixture(params=BACKENDS)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'gc.db'}"
         return
     cluster: PostgresCluster = request.getfixturevalue("pg_cluster")
-    name = f"gc_{uuid.uuid4().hex[:16]}"
-    _psql(cluster, f'CREATE DATABASE "{name}" TEMPLATE template0 STRATEGY FILE_COPY')
-    yield cluster.url(name)
-    _psql(cluster, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    url = asyncio.run(cluster.create_database("gc"))
+    yield url
+    asyncio.run(cluster.drop_database(url))
 
 
 @pytest.fixture

@@ -3,8 +3,8 @@ PostgreSQL, the default SQLite database, the operator CLI against them, clean SI
 
 from __future__ import annotations
 
+import asyncio
 import json
-import os
 import subprocess
 import sys
 import time
@@ -38,25 +38,9 @@ def gc(*args: str, stdin: str | None = None) -> str:
 
 @pytest.fixture
 def pg_url(pg_cluster: PostgresCluster) -> Iterator[str]:
-    name = f"serve_{os.getpid()}_{int(time.monotonic() * 1000)}"
-    subprocess.run(
-        [
-            "psql",
-            "-q",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(pg_cluster.port),
-            "-U",
-            "postgres",
-            "-c",
-            f'CREATE DATABASE "{name}"',
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    yield pg_cluster.url(name)
+    url = asyncio.run(pg_cluster.create_database("serve"))
+    yield url
+    asyncio.run(pg_cluster.drop_database(url))
 
 
 async def test_two_processes_serve_one_postgresql(tmp_path: Path, pg_url: str) -> None:

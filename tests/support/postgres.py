@@ -51,6 +51,15 @@ class PostgresCluster:
             await conn.close()
         return self.url(name)
 
+    async def drop_database(self, url: str) -> None:
+        """Drop a database made by create_database (its connections are closed first)."""
+        name = url.rsplit("/", 1)[1]
+        conn = await asyncpg.connect(self.url())
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
 
 def _run_as_postgres(*args: str) -> None:
     subprocess.run(
