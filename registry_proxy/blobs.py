@@ -16,7 +16,6 @@ from pathlib import Path
 
 from registry_proxy.digest import Digest, mismatch
 from registry_proxy.durable import publish
-from registry_proxy.errors import RegistryError
 from registry_proxy.layout import Layout
 
 READ_CHUNK = 1024 * 1024
@@ -56,20 +55,15 @@ class BlobStore:
         self,
         src: Path,
         expected: Digest,
-        expected_size: int | None = None,
         computed: tuple[Digest, int] | None = None,
     ) -> int:
-        """Verifies `src` against `expected` (and `expected_size`) and publishes it.
+        """Verifies `src` against `expected` and publishes it.
 
         `computed` is the (digest, size) that a writer hashed while writing; without it the
         file is hashed here. `src` is consumed either way. Returns the blob's size.
         """
         try:
             digest, size = computed if computed is not None else hash_file(src, expected.algorithm)
-            if expected_size is not None and size != expected_size:
-                raise RegistryError(
-                    "SIZE_INVALID", f"expected {expected_size} bytes, received {size}"
-                )
             if digest != expected:
                 raise mismatch(expected, digest)
             fd = os.open(src, os.O_RDONLY)
@@ -94,7 +88,7 @@ class BlobStore:
         tmp = self.layout.uploads / f"commit-{secrets.token_hex(8)}"
         with open(tmp, "wb") as f:
             f.write(data)
-        return self.commit(tmp, expected, len(data), (actual, len(data)))
+        return self.commit(tmp, expected, (actual, len(data)))
 
     def read_bytes(self, digest: Digest) -> bytes | None:
         try:

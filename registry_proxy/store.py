@@ -240,7 +240,7 @@ class ContentStore:
                 computed = (Digest("sha256", state.sha256.hexdigest()), state.offset)
             src = self.layout.upload_data(upload_id)
             try:
-                size = await asyncio.to_thread(self.blobs.commit, src, digest, None, computed)
+                size = await asyncio.to_thread(self.blobs.commit, src, digest, computed)
             except OSError as exc:
                 raise _disk_error(exc) from exc
             finally:
@@ -297,7 +297,7 @@ class ContentStore:
     ) -> int:
         """Publishes a file written and hashed elsewhere (a cache fill) into `repos`."""
         try:
-            size = await asyncio.to_thread(self.blobs.commit, src, digest, None, computed)
+            size = await asyncio.to_thread(self.blobs.commit, src, digest, computed)
         except OSError as exc:
             raise _disk_error(exc) from exc
         for repo in repos:
