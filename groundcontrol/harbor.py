@@ -36,6 +36,10 @@ API = "/api/v2.0"
 class HarborError(UpstreamError):
     code = "harbor_error"
 
+    def __init__(self, message: str, *, http_status: int | None = None) -> None:
+        super().__init__(message)
+        self.http_status = http_status  # Harbor's answer, when it gave one
+
 
 def robot_name(satellite: str) -> str:
     return f"satellite-{satellite}"
@@ -91,7 +95,10 @@ class HarborClient:
                 detail = f"{errors[0].get('code', '')}: {errors[0].get('message', '')}"
             except (ValueError, AttributeError):
                 detail = r.text[:200]
-            raise HarborError(f"Harbor {method} {path} answered {r.status_code} ({detail})")
+            raise HarborError(
+                f"Harbor {method} {path} answered {r.status_code} ({detail})",
+                http_status=r.status_code,
+            )
         if not r.content:
             return None
         try:
@@ -113,6 +120,14 @@ class HarborClient:
             },
         )
         return created
+
+    async def find_robot(self, name: str) -> dict[str, Any] | None:
+        """The robot created as `name` (Harbor prefixes it, by default with ``robot$``)."""
+        found = await self._call("GET", f"/robots?q=name%3D~{name}&page_size=100")
+        for robot in found if isinstance(found, list) else []:
+            if isinstance(robot, dict) and str(robot.get("name", "")).split("$")[-1] == name:
+                return robot
+        return None
 
     async def get_robot(self, robot_id: int) -> dict[str, Any]:
         robot: dict[str, Any] = await self._call("GET", f"/robots/{robot_id}")
@@ -170,7 +185,12 @@ class HarborRobots:
         projects = projects_of([r.repository for r in refs])
         lifetime = self.ttl_days * 86400
         if row is None:
-            created = await self.client.create_robot(robot_name(name), projects, self.ttl_days)
+            try:
+                created = await self.client.create_robot(robot_name(name), projects, self.ttl_days)
+            except HarborError as exc:
+                if exc.http_status != 409:
+                    raise
+                created = await self._adopt(name, projects, now + lifetime)
             robot_id, username = int(created["id"]), str(created["name"])
             secret = str(created["secret"])
             expires = _expiry(created, now + lifetime)
@@ -195,6 +215,21 @@ class HarborRobots:
                 int(now),
             )
         return RobotCredential(self.client.host, username, secret, expires)
+
+    async def _adopt(self, name: str, projects: list[str], default_expiry: float) -> dict[str, Any]:
+        """Harbor has a robot of this name that Ground Control holds no record of: left
+        by a delete while Harbor was unreachable, or by a racing first call. It is taken
+        over with a new secret and this satellite's projects."""
+        robot = await self.client.find_robot(robot_name(name))
+        if robot is None:
+            raise HarborError(
+                f"Harbor refused robot {robot_name(name)} as a duplicate, then had none"
+            )
+        robot_id = int(robot["id"])
+        await self.client.update_permissions(robot_id, projects)
+        secret = await self.client.refresh_secret(robot_id)
+        current = await self.client.get_robot(robot_id)
+        return {**current, "id": robot_id, "secret": secret}
 
     async def remove(self, store: Store, name: str) -> None:
         async with store.transaction() as q:

@@ -1,6 +1,7 @@
 """A fake Harbor that follows the robot-account part of Harbor's v2.0 swagger.
 
-``/api/v2.0/robots`` (POST RobotCreate → 201 RobotCreated + Location) and
+``/api/v2.0/robots`` (GET ListRobot with ``q=name=…`` or ``q=name=~…``, POST RobotCreate →
+201 RobotCreated + Location) and
 ``/api/v2.0/robots/{robot_id}`` (GET Robot, PUT Robot, PATCH RobotSec → RobotSec,
 DELETE). Bodies are checked against the swagger definitions (known properties, types);
 errors use Harbor's ``{"errors": [{"code", "message"}]}``; Basic auth as admin.
@@ -100,6 +101,18 @@ class FakeHarbor:
         self.calls.append((request.method, request.url.path))
         if not self._auth(request):
             return _err(401, "UNAUTHORIZED", "unauthorized")
+        if request.method == "GET":  # ListRobot: q=name=exact or q=name=~fuzzy
+            query = request.query_params.get("q", "")
+            if query and not query.startswith("name="):
+                return _err(400, "BAD_REQUEST", f"unsupported query {query!r}")
+            want = query.removeprefix("name=")
+            robots = [
+                self._public(r)
+                for r in self.robots.values()
+                if not want
+                or (want[1:] in r["name"] if want.startswith("~") else r["name"] == want)
+            ]
+            return JSONResponse(robots, headers={"X-Total-Count": str(len(robots))})
         body = await request.json()
         problem = _check(body, ROBOT_CREATE, "robot") or _check_permissions(
             body.get("permissions", [])
@@ -167,7 +180,7 @@ class FakeHarbor:
     def app(self) -> Starlette:
         return Starlette(
             routes=[
-                Route("/api/v2.0/robots", self.robots_endpoint, methods=["POST"]),
+                Route("/api/v2.0/robots", self.robots_endpoint, methods=["GET", "POST"]),
                 Route(
                     "/api/v2.0/robots/{robot_id:int}",
                     self.robot_endpoint,

@@ -123,3 +123,31 @@ async def test_harbor_failure_is_a_clear_502(
     harbor.robots.clear()  # someone deleted the robot behind our back
     r = await client.post("/api/v1/satellites/s1/credentials/rotate", headers=op)
     assert r.status_code == 502 and r.json()["error"]["code"] == "harbor_error"
+
+
+async def test_a_robot_left_in_harbor_is_adopted(
+    client: httpx.AsyncClient,
+    op: dict[str, str],
+    clock: FakeClock,
+    harbor: FakeHarbor,
+    services: Services,
+) -> None:
+    """A robot Ground Control has no record of (the satellite was deleted while Harbor
+    was unreachable): creating it again is refused with 409, so it is taken over."""
+    await client.post(
+        "/api/v1/groups", json={"name": "g", "images": ["library/app:v1"]}, headers=op
+    )
+    r = await client.post("/api/v1/satellites", json={"name": "s1", "groups": []}, headers=op)
+    sat = SimSatellite(client, "s1")
+    await sat.register(r.json()["join_token"]["token"], clock.now)
+    (left,) = harbor.robots.values()
+    old_secret = left["secret"]
+    async with services.store.transaction() as q:  # what a failed Harbor delete leaves
+        await q.tx.execute("DELETE FROM robot_accounts WHERE satellite = ?", "s1")
+    await client.patch("/api/v1/satellites/s1", json={"groups": ["g"]}, headers=op)
+    r = await client.get("/api/v1/satellites/s1/credentials", headers=sat.headers)
+    assert r.status_code == 200, r.text
+    (robot,) = [c for c in r.json()["upstream_credentials"] if c["registry"] == "127.0.0.1:9443"]
+    assert len(harbor.robots) == 1 and robot["username"] == left["name"]
+    assert robot["password"] != old_secret  # a new secret: the old one may have leaked
+    assert harbor.can_pull(robot["username"], robot["password"], "library")
