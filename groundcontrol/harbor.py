@@ -198,9 +198,13 @@ class HarborRobots:
             robot_id, username = int(row["robot_id"]), str(row["username"])
             secret = self.sealer.open(row["secret"], self._context(name))
             expires = int(row["expires_at"])
-            if json.loads(row["projects"]) != projects:
+            rescope = json.loads(row["projects"]) != projects
+            renew = rotate or expires - now < lifetime / 4
+            if not (rescope or renew):  # the usual ask: nothing to change or to store
+                return RobotCredential(self.client.host, username, secret, expires)
+            if rescope:
                 await self.client.update_permissions(robot_id, projects)
-            if rotate or expires - now < lifetime / 4:
+            if renew:
                 secret = await self.client.refresh_secret(robot_id)
                 expires = _expiry(await self.client.get_robot(robot_id), now + lifetime)
         async with store.transaction() as q:
