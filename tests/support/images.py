@@ -15,6 +15,7 @@ Layout on disk (image-spec "image-layout"):
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -394,18 +395,7 @@ def _tagged(ref: ImageRef, tag: str | None) -> ImageRef:
     desc = ref.descriptor()
     desc.pop("platform", None)
     tag_in_layout(ref.layout, tag, desc)
-    return ImageRef(
-        layout=ref.layout,
-        tag=tag,
-        digest=ref.digest,
-        size=ref.size,
-        media_type=ref.media_type,
-        config_digest=ref.config_digest,
-        layer_digests=ref.layer_digests,
-        platform=ref.platform,
-        manifests=ref.manifests,
-        annotations=ref.annotations,
-    )
+    return dataclasses.replace(ref, tag=tag)
 
 
 def build_image(
