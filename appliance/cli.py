@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 from appliance.config import Config, ConfigError, load, parse_listen, parse_upstream_flag
-from registry_proxy.app import RegistrySettings, create_app
-from registry_proxy.proxy import Upstream
 from registry_proxy.store import ContentStore
 
 
@@ -31,16 +30,49 @@ def _parser() -> argparse.ArgumentParser:
     )
     verify = sub.add_parser("verify", help="rehash every stored blob and check the metadata")
     common(verify)
+    register = sub.add_parser(
+        "register", help="join the fleet: create the device key and register with Ground Control"
+    )
+    common(register)
+    register.add_argument(
+        "--ground-control", metavar="URL", help="Ground Control's URL (else groundcontrol.url)"
+    )
+    register.add_argument("--token", required=True, help="the one-time join token (gcj_...)")
+    register.add_argument(
+        "--root-keyid",
+        action="append",
+        default=[],
+        metavar="HEX",
+        help="a root keyid the trust root must list (from `groundcontrol keys show`);"
+        " without it the first root is trusted on first use",
+    )
+    register.add_argument(
+        "--force", action="store_true", help="replace an existing identity in the data dir"
+    )
+    status = sub.add_parser(
+        "status", help="identity, state, Ground Control link, outbox and store of this satellite"
+    )
+    common(status)
+    status.add_argument("--json", action="store_true", help="print JSON")
+    sync = sub.add_parser("sync", help="ask Ground Control for a newer state")
+    common(sync)
+    sync.add_argument(
+        "--now", action="store_true", help="fetch right away and wait for the verdict (default)"
+    )
     return parser
 
 
 def _config(args: argparse.Namespace) -> Config:
     config = load(args.config)
+    explicit = set(config.explicit)
     if args.data_dir is not None:
         config = replace(config, data_dir=args.data_dir)
+        explicit.add("storage.path")
     if getattr(args, "listen", None):
         parse_listen(args.listen, "--listen")
         config = replace(config, listen=args.listen)
+        explicit.add("server.listen")
+    config = replace(config, explicit=frozenset(explicit))
     if getattr(args, "upstream", None):
         flags = tuple(parse_upstream_flag(v) for v in args.upstream)
         if not any(u.default for u in config.upstreams + flags):
@@ -49,33 +81,69 @@ def _config(args: argparse.Namespace) -> Config:
     return config
 
 
-def _upstreams(config: Config) -> dict[str, Upstream]:
-    from registry_proxy.upstream import UpstreamClient
-
-    return {
-        u.name: Upstream(
-            UpstreamClient(
-                u.name, u.url, username=u.username, password=u.password, ca_file=u.ca_file
-            ),
-            default=u.default,
-        )
-        for u in config.upstreams
-    }
-
-
 async def _run(config: Config) -> int:
+    from appliance.daemon import build
     from appliance.server import serve_until_signalled
 
-    store = ContentStore(config.data_dir, max_bytes=config.max_bytes)
-    app = create_app(
-        store,
-        RegistrySettings(push=config.push),
-        _upstreams(config),
-        tag_timeout=config.tag_timeout,
-    )
+    daemon = await build(config)
     host, port = config.host_port
-    await serve_until_signalled(app, host, port, zero_copy=config.zero_copy)
+    await serve_until_signalled(
+        daemon.app,
+        host,
+        port,
+        zero_copy=config.zero_copy,
+        side_servers=daemon.side_servers,
+    )
     return 0
+
+
+async def _register(config: Config, args: argparse.Namespace) -> int:
+    from appliance.register import RegistrationError, register
+
+    url = args.ground_control or config.groundcontrol_url
+    if not url:
+        print("satellite: register needs --ground-control URL", file=sys.stderr)
+        return 2
+    try:
+        identity, warnings = await register(
+            config.data_dir,
+            url,
+            args.token,
+            root_keyids=[k.lower() for k in args.root_keyid],
+            force=args.force,
+            ca_file=config.groundcontrol_ca_file,
+        )
+    except RegistrationError as exc:
+        print(f"satellite: {exc}", file=sys.stderr)
+        return 1
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(
+        f"registered as {identity.satellite} with {identity.groundcontrol_url}"
+        f" (device key {identity.keyid[:16]}); identity in {config.data_dir}"
+    )
+    return 0
+
+
+async def _status(config: Config, args: argparse.Namespace) -> int:
+    from appliance.status import read_status, render_status
+
+    data = await read_status(config.data_dir)
+    print(json.dumps(data, indent=2, sort_keys=True) if args.json else render_status(data))
+    return 0
+
+
+def _sync(config: Config) -> int:
+    from appliance.admin import AdminUnavailable, call
+
+    try:
+        result = call(config.data_dir, "POST", "/sync")
+    except AdminUnavailable as exc:
+        print(f"satellite: {exc}", file=sys.stderr)
+        return 1
+    outcome = result.get("outcome")
+    print(f"{outcome}: state version {result.get('version')} {result.get('message') or ''}")
+    return 0 if outcome in ("accepted", "current") else 1
 
 
 async def _verify(config: Config) -> int:
@@ -101,10 +169,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
     if args.command == "run":
         return asyncio.run(_run(config))
     if args.command == "verify":
         return asyncio.run(_verify(config))
+    if args.command == "register":
+        return asyncio.run(_register(config, args))
+    if args.command == "status":
+        return asyncio.run(_status(config, args))
+    if args.command == "sync":
+        return _sync(config)
     raise AssertionError(args.command)
 
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from registry_proxy.units import parse_duration
+
 DEFAULT_LISTEN = "0.0.0.0:8585"
 DEFAULT_DATA_DIR = Path("/var/lib/satellite")
 DEFAULT_MAX_BYTES = 50 * 1024**3
@@ -60,7 +62,13 @@ class Config:
     tag_timeout: float = 3.0
     upstreams: tuple[Upstream, ...] = ()
     groundcontrol_url: str | None = None
+    groundcontrol_ca_file: str | None = None
+    state_interval: float | None = None  # None: the signed config's (or 60 s)
+    checkin_interval: float | None = None
+    long_poll: bool = True
     log_level: str = "info"
+    # keys set by the file, the environment or a flag: these win over the signed config
+    explicit: frozenset[str] = frozenset()
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -165,7 +173,9 @@ def from_mapping(doc: Mapping[str, Any]) -> Config:
     server = _table(doc, "server", {"listen", "zero_copy"})
     storage = _table(doc, "storage", {"path", "max_bytes"})
     registry = _table(doc, "registry", {"push", "tag_timeout"})
-    gc = _table(doc, "groundcontrol", {"url"})
+    gc = _table(
+        doc, "groundcontrol", {"url", "ca_file", "state_interval", "checkin_interval", "long_poll"}
+    )
     log = _table(doc, "log", {"level"})
     config = Config()
     if "listen" in server:
@@ -188,7 +198,21 @@ def from_mapping(doc: Mapping[str, Any]) -> Config:
             raise ConfigError(f"registry.tag_timeout: expected seconds > 0, got {value!r}")
         config = replace(config, tag_timeout=float(value))
     if "url" in gc:
-        config = replace(config, groundcontrol_url=_str(gc["url"], "groundcontrol.url"))
+        url = _str(gc["url"], "groundcontrol.url")
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"groundcontrol.url: expected an http(s) URL, got {url!r}")
+        config = replace(config, groundcontrol_url=url.rstrip("/"))
+    if "ca_file" in gc:
+        ca_file = _ca_file(gc["ca_file"], "groundcontrol.ca_file")
+        config = replace(config, groundcontrol_ca_file=str(ca_file) if ca_file else None)
+    if "state_interval" in gc:
+        seconds = _interval(gc["state_interval"], "groundcontrol.state_interval")
+        config = replace(config, state_interval=seconds)
+    if "checkin_interval" in gc:
+        seconds = _interval(gc["checkin_interval"], "groundcontrol.checkin_interval")
+        config = replace(config, checkin_interval=seconds)
+    if "long_poll" in gc:
+        config = replace(config, long_poll=parse_bool(gc["long_poll"], "groundcontrol.long_poll"))
     if "level" in log:
         level = _str(log["level"], "log.level").lower()
         if level not in ("debug", "info", "warning", "error"):
@@ -196,7 +220,23 @@ def from_mapping(doc: Mapping[str, Any]) -> Config:
         config = replace(config, log_level=level)
     if "upstream" in doc:
         config = replace(config, upstreams=_upstreams(doc["upstream"]))
-    return config
+    explicit = {
+        f"{section}.{key}"
+        for section, table in doc.items()
+        if isinstance(table, dict)
+        for key in table
+    }
+    return replace(config, explicit=frozenset(explicit))
+
+
+def _interval(value: object, key: str) -> float:
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+    if not 1 <= seconds <= 7 * 86400:
+        raise ConfigError(f"{key}: must be between 1s and 7d, got {value!r}")
+    return seconds
 
 
 _ENV_KEYS = {
@@ -207,6 +247,8 @@ _ENV_KEYS = {
     "SATELLITE_REGISTRY_PUSH": ("registry", "push"),
     "SATELLITE_REGISTRY_TAG_TIMEOUT": ("registry", "tag_timeout"),
     "SATELLITE_GROUNDCONTROL_URL": ("groundcontrol", "url"),
+    "SATELLITE_GROUNDCONTROL_STATE_INTERVAL": ("groundcontrol", "state_interval"),
+    "SATELLITE_GROUNDCONTROL_CHECKIN_INTERVAL": ("groundcontrol", "checkin_interval"),
     "SATELLITE_LOG_LEVEL": ("log", "level"),
 }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Sequence
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
@@ -30,9 +31,16 @@ def hypercorn_config(host: str, port: int) -> HypercornConfig:
 
 
 async def serve_until_signalled(
-    app: ASGIApp, host: str, port: int, *, zero_copy: bool = True
+    app: ASGIApp,
+    host: str,
+    port: int,
+    *,
+    zero_copy: bool = True,
+    side_servers: Sequence[tuple[ASGIApp, HypercornConfig]] = (),
 ) -> None:
-    """Runs until SIGTERM or SIGINT, then stops accepting and drains in-flight requests."""
+    """Runs until SIGTERM or SIGINT, then stops accepting and drains in-flight requests.
+
+    ``side_servers`` (the admin socket) run beside the main app and stop with it."""
     if zero_copy:
         zerocopy.install()
     stop = asyncio.Event()
@@ -40,5 +48,7 @@ async def serve_until_signalled(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("listening on http://%s:%d", host, port)
-    await serve(app, hypercorn_config(host, port), shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+    servers = [serve(app, hypercorn_config(host, port), shutdown_trigger=stop.wait)]  # type: ignore[arg-type]
+    servers += [serve(side, cfg, shutdown_trigger=stop.wait) for side, cfg in side_servers]  # type: ignore[arg-type]
+    await asyncio.gather(*servers)
     log.info("stopped")

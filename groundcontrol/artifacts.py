@@ -49,31 +49,29 @@ import oras.provider
 import requests
 
 from groundcontrol.config import Config
+from groundcontrol.contract.artifact import (
+    ANNOTATION_CREATED,
+    ANNOTATION_ROOT_VERSION,
+    ANNOTATION_SATELLITE,
+    ANNOTATION_STATE_VERSION,
+    ANNOTATION_TITLE,
+    ENVELOPE_MEDIA_TYPE,
+    LATEST_TAG,
+    ROOT_ARTIFACT_TYPE,
+    STATE_ARTIFACT_TYPE,
+    STATE_TITLE,
+    TRUST_REPOSITORY,
+    version_tag,
+)
 from groundcontrol.sealing import Sealer
 from groundcontrol.store import Store
 
 log = logging.getLogger("groundcontrol.artifacts")
 
-STATE_ARTIFACT_TYPE: Final = "application/vnd.satellite.state.v1+json"
-ROOT_ARTIFACT_TYPE: Final = "application/vnd.satellite.root.v1+json"
-ENVELOPE_MEDIA_TYPE: Final = "application/vnd.dsse.envelope.v1+json"
 OCI_MANIFEST: Final = "application/vnd.oci.image.manifest.v1+json"
 EMPTY_MEDIA_TYPE: Final = "application/vnd.oci.empty.v1+json"
 EMPTY_BLOB: Final = b"{}"
-
-ANNOTATION_TITLE: Final = "org.opencontainers.image.title"
-ANNOTATION_CREATED: Final = "org.opencontainers.image.created"
-ANNOTATION_SATELLITE: Final = "io.satellite.state.satellite"
-ANNOTATION_STATE_VERSION: Final = "io.satellite.state.version"
-ANNOTATION_ROOT_VERSION: Final = "io.satellite.root.version"
-
-TRUST_REPOSITORY: Final = "trust/root"
-LATEST_TAG: Final = "latest"
 PAGE = 200
-
-
-def version_tag(version: int) -> str:
-    return f"v{version}"
 
 
 # --- the artifacts (pure) -----------------------------------------------------------------
@@ -151,7 +149,7 @@ def state_artifact(
         ENVELOPE_MEDIA_TYPE,
         envelope,
         {
-            ANNOTATION_TITLE: "state.json",
+            ANNOTATION_TITLE: STATE_TITLE,
             ANNOTATION_SATELLITE: satellite,
             ANNOTATION_STATE_VERSION: str(version),
         },

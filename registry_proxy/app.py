@@ -84,6 +84,15 @@ class Registry:
         self.metrics = metrics
         self.ready = False
 
+    def set_upstreams(self, upstreams: dict[str, Upstream]) -> None:
+        """Swap the upstreams at runtime (a new signed config); requests under way
+        finish with what they started with."""
+        assert self.proxy is not None, "create_app always makes a proxy"
+        self.router = Router(
+            [UpstreamName(name, up.client.url, up.default) for name, up in upstreams.items()]
+        )
+        self.proxy.set_upstreams(upstreams)
+
     async def base(self, request: Request) -> Response:
         return JSONResponse({})
 
@@ -422,7 +431,8 @@ def create_app(
     router = Router(
         [UpstreamName(name, up.client.url, up.default) for name, up in upstreams.items()]
     )
-    proxy = Proxy(store, upstreams, metrics, tag_timeout=tag_timeout) if upstreams else None
+    # a proxy even without upstreams: a signed config may add some at runtime
+    proxy = Proxy(store, upstreams, metrics, tag_timeout=tag_timeout)
     registry = Registry(store, settings or RegistrySettings(), router, proxy, metrics)
 
     async def maintain() -> None:

@@ -84,15 +84,45 @@ class Proxy:
         self._storing: dict[str, set[asyncio.Task[None]]] = {}  # by repository
         self._budget: asyncio.Task[None] | None = None
         self._budget_again = False
+        self._started = False
+        self._retired: set[asyncio.Task[None]] = set()
         for name in upstreams:
             metrics.upstream_online.labels(name).set(1)
 
     def start(self) -> None:
         """Probes every upstream in the background: a link down at boot counts as a
         first failure, and the first pull does not pay for the HTTP client's first use."""
+        self._started = True
         loop = asyncio.get_running_loop()
         for up in self.upstreams.values():
             up.probe = loop.create_task(self._probe(up))
+
+    def set_upstreams(self, upstreams: dict[str, Upstream]) -> None:
+        """Replace the set of upstreams. An ``Upstream`` object kept from the old set
+        keeps its breaker and connections; one left out is closed once the requests
+        that may still use it had time to finish."""
+        old, self.upstreams = self.upstreams, dict(upstreams)
+        loop = asyncio.get_running_loop()
+        for name, up in self.upstreams.items():
+            if old.get(name) is not up:
+                self.metrics.upstream_online.labels(name).set(1)
+                if self._started:
+                    up.probe = loop.create_task(self._probe(up))
+        for name, up in old.items():
+            if self.upstreams.get(name) is not up:
+                if name not in self.upstreams:
+                    self.metrics.upstream_online.remove(name)
+                task = loop.create_task(self._retire(up))
+                self._retired.add(task)
+                task.add_done_callback(self._retired.discard)
+
+    async def _retire(self, up: Upstream, grace: float = 300.0) -> None:
+        try:
+            await asyncio.sleep(grace)
+        finally:
+            if up.probe is not None:
+                up.probe.cancel()
+            await up.client.aclose()
 
     async def close(self) -> None:
         # manifests already answered are stored before the store closes
@@ -102,6 +132,7 @@ class Proxy:
         if self._budget is not None:
             tasks.append(self._budget)
         tasks += [u.probe for u in self.upstreams.values() if u.probe is not None]
+        tasks += list(self._retired)  # cancelling one closes its client at once
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

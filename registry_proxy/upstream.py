@@ -303,14 +303,23 @@ class RegistryAuth(httpx.Auth):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._basic: str | None = None
-        if username is not None:
-            raw = f"{username}:{password or ''}".encode()
-            self._basic = "Basic " + base64.b64encode(raw).decode("ascii")
         self._clock = clock
         self._basic_origins: set[tuple[str, str, int | None]] = set()
         self._bearer_origins: dict[tuple[str, str, int | None], tuple[str, str]] = {}
         self._tokens: dict[TokenKey, _Token] = {}
         self._locks: dict[TokenKey, asyncio.Lock] = {}
+        self.set_credentials(username, password)
+
+    def set_credentials(self, username: str | None, password: str | None) -> None:
+        """Use new credentials from the next request on (rotated by Ground Control);
+        tokens fetched with the old ones are dropped."""
+        basic = None
+        if username is not None:
+            raw = f"{username}:{password or ''}".encode()
+            basic = "Basic " + base64.b64encode(raw).decode("ascii")
+        if basic != self._basic:
+            self._basic = basic
+            self._tokens.clear()
 
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response]:
         raise RuntimeError("RegistryAuth works with httpx.AsyncClient only")

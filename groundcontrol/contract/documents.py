@@ -306,6 +306,12 @@ class CheckIn:
 
     ``state_version`` 0 means no state applied yet. ``state_expired`` is the satellite's own
     statement that the state it serves has expired.
+
+    Optional (absent on the wire when empty, so older reports keep their bytes):
+    ``events`` says why an event check-in was sent (objects with a ``type`` such as
+    ``state_accepted``, ``state_refused``, ``state_expired``, ``link_restored``,
+    ``image_status``, and their details); ``outbox_depth`` and ``dropped`` report the
+    satellite's queue when it was signed and how many reports it had to drop.
     """
 
     satellite: str
@@ -318,6 +324,9 @@ class CheckIn:
     errors: tuple[str, ...] = ()
     offline_seconds: float = 0.0
     state_expired: bool = False
+    events: tuple[dict[str, Any], ...] = ()
+    outbox_depth: int = 0
+    dropped: int = 0
     unrecognized: dict[str, Any] = field(default_factory=dict)
 
     _FIELDS: ClassVar[frozenset[str]] = frozenset(
@@ -332,6 +341,9 @@ class CheckIn:
             "errors",
             "offline_seconds",
             "state_expired",
+            "events",
+            "outbox_depth",
+            "dropped",
         }
     )
 
@@ -354,6 +366,15 @@ class CheckIn:
         _set(self, "errors", errors)
         _set(self, "offline_seconds", _check_float(f"{w}.offline_seconds", self.offline_seconds))
         _check_bool(f"{w}.state_expired", self.state_expired)
+        events = _check_tuple(f"{w}.events", self.events)
+        checked = []
+        for i, event in enumerate(events):
+            copied = _check_object(f"{w}.events[{i}]", event)
+            _check_text(f"{w}.events[{i}].type", copied.get("type"))
+            checked.append(copied)
+        _set(self, "events", tuple(checked))
+        _check_int(f"{w}.outbox_depth", self.outbox_depth, 0)
+        _check_int(f"{w}.dropped", self.dropped, 0)
         _set(
             self,
             "unrecognized",
@@ -373,6 +394,9 @@ class CheckIn:
             "errors": list(self.errors),
             "offline_seconds": self.offline_seconds,
             "state_expired": self.state_expired,
+            **({"events": [dict(e) for e in self.events]} if self.events else {}),
+            **({"outbox_depth": self.outbox_depth} if self.outbox_depth else {}),
+            **({"dropped": self.dropped} if self.dropped else {}),
         }
 
     @classmethod
@@ -390,5 +414,15 @@ class CheckIn:
             errors=tuple(f.required_list("errors")),
             offline_seconds=f.required("offline_seconds"),
             state_expired=f.required("state_expired"),
+            events=tuple(_optional_list(f, "events")),
+            outbox_depth=f.optional("outbox_depth", 0),
+            dropped=f.optional("dropped", 0),
             unrecognized=f.rest(),
         )
+
+
+def _optional_list(f: _Fields, name: str) -> list[Any]:
+    value = f.optional(name, [])
+    if not isinstance(value, list):
+        _fail(f"checkin.{name}", f"expected a list, got {_typename(value)}")
+    return value

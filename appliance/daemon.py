@@ -1,0 +1,354 @@
+"""`satellite run`: the registry, and on a registered data dir the fleet agent beside it.
+
+One process, one event loop: the registry app and the admin socket under hypercorn, the
+fleet agent's loops as tasks started by the app's lifespan once the store is open. The
+agent reaches the registry only through ``RegistryConsumer``: the signed config's cache
+budget and upstreams, and upstream credentials from Ground Control.
+
+Where a value comes from is kept for `satellite status`: ``local`` (the config file, the
+environment or a flag; these win), ``signed`` (the applied state's config) or
+``default``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from hypercorn.config import Config as HypercornConfig
+from starlette.applications import Starlette
+
+from appliance.admin import admin_app, bind_socket, socket_path
+from appliance.config import Config
+from appliance.fleet import FleetAgent, Intervals
+from appliance.fleetdb import FleetDB
+from appliance.fleetmetrics import FleetMetrics
+from appliance.gcclient import GroundControlClient
+from appliance.identity import Identity, UpstreamCredential, load_identity, sweep_staged
+from appliance.statereg import StateRegistryFallback
+from groundcontrol.contract import ImageStatus, StateDocument, TrustedState
+from registry_proxy.app import RegistrySettings, create_app
+from registry_proxy.digest import Digest
+from registry_proxy.errors import RegistryError
+from registry_proxy.metrics import Metrics
+from registry_proxy.proxy import Upstream
+from registry_proxy.store import ContentStore
+from registry_proxy.upstream import UpstreamClient
+
+log = logging.getLogger("satellite")
+
+DEFAULT_STATE_INTERVAL = 60.0
+DEFAULT_CHECKIN_INTERVAL = 60.0
+
+
+def host_of(url: str) -> str:
+    """``host[:port]`` of a URL, as Ground Control names registries in credentials."""
+    return urlsplit(url).netloc
+
+
+@dataclass
+class RegistryConsumer:
+    """Applies what the fleet agent verified to the running registry."""
+
+    config: Config
+    store: ContentStore
+    app: Starlette
+    metrics: Metrics
+    credentials: tuple[UpstreamCredential, ...] = ()
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    agent: FleetAgent | None = None
+    signed_upstreams: tuple[tuple[str, str, bool], ...] = ()
+
+    def __post_init__(self) -> None:
+        self._record_sources(None)
+
+    # -- config -------------------------------------------------------------------------
+
+    def _source(self, key: str, local_key: str, local: Any, signed: Any, default: Any) -> Any:
+        if local_key in self.config.explicit:
+            value, source = local, "local"
+        elif signed is not None:
+            value, source = signed, "signed"
+        else:
+            value, source = default, "default"
+        self.sources[key] = {"value": value, "source": source}
+        return value
+
+    def _record_sources(self, signed: dict[str, Any] | None) -> None:
+        signed = signed or {}
+        budget = self._source(
+            "cache_max_bytes",
+            "storage.max_bytes",
+            self.config.max_bytes,
+            _int(signed.get("cache_max_bytes")),
+            self.config.max_bytes,
+        )
+        self.store.max_bytes = budget or None
+        self.metrics.cache_max.set(budget or 0)
+        state_interval = self._source(
+            "state_interval",
+            "groundcontrol.state_interval",
+            self.config.state_interval,
+            _int(signed.get("state_interval")),
+            DEFAULT_STATE_INTERVAL,
+        )
+        checkin_interval = self._source(
+            "checkin_interval",
+            "groundcontrol.checkin_interval",
+            self.config.checkin_interval,
+            _int(signed.get("checkin_interval")),
+            DEFAULT_CHECKIN_INTERVAL,
+        )
+        self._source(
+            "bandwidth_bytes_per_second",
+            "-",
+            None,
+            _int(signed.get("bandwidth_bytes_per_second")),
+            0,
+        )
+        if self.agent is not None:
+            self.agent.intervals.state = float(state_interval)
+            self.agent.intervals.checkin = float(checkin_interval)
+        self.signed_upstreams = _signed_upstreams(signed.get("upstreams"))
+        self.sources["upstreams"] = {
+            "value": [
+                {"name": u.name, "url": u.url, "default": u.default, "source": "local"}
+                for u in self.config.upstreams
+            ]
+            + [
+                {"name": name, "url": url, "default": default, "source": "signed"}
+                for name, url, default in self.signed_upstreams
+                if name not in {u.name for u in self.config.upstreams}
+            ],
+            "source": "merged",
+        }
+
+    def upstreams(self, current: dict[str, Upstream] | None = None) -> dict[str, Upstream]:
+        """Local upstreams, then the signed ones under names the local config does not
+        use. An unchanged upstream keeps its object (breaker, connections)."""
+        current = current or {}
+        local_names = {u.name for u in self.config.upstreams}
+        has_local_default = any(u.default for u in self.config.upstreams)
+        wanted: list[tuple[str, str, bool, Any]] = [
+            (u.name, u.url, u.default, u) for u in self.config.upstreams
+        ]
+        for name, url, default in self.signed_upstreams:
+            if name not in local_names:
+                wanted.append((name, url, default and not has_local_default, None))
+        result: dict[str, Upstream] = {}
+        for name, url, default, local in wanted:
+            kept = current.get(name)
+            if kept is not None and kept.client.url == url.rstrip("/"):
+                kept.default = default
+                result[name] = kept
+                continue
+            username = local.username if local is not None else None
+            password = local.password if local is not None else None
+            if username is None:
+                cred = self._credential_for(url)
+                if cred is not None:
+                    username, password = cred.username, cred.password
+            result[name] = Upstream(
+                UpstreamClient(
+                    name,
+                    url,
+                    username=username,
+                    password=password,
+                    ca_file=local.ca_file if local is not None else None,
+                ),
+                default=default,
+            )
+        return result
+
+    def _credential_for(self, url: str) -> UpstreamCredential | None:
+        host = host_of(url)
+        return next((c for c in self.credentials if c.registry == host), None)
+
+    # -- StateConsumer ------------------------------------------------------------------
+
+    async def apply_state(self, doc: StateDocument) -> None:
+        self._record_sources(doc.config)
+        registry = self.app.state.registry
+        before = dict(registry.proxy.upstreams)
+        after = self.upstreams(before)
+        if after.keys() != before.keys() or any(after[k] is not before[k] for k in after):
+            registry.set_upstreams(after)
+            log.info("upstreams now: %s", ", ".join(sorted(after)) or "none")
+
+    def apply_credentials(self, credentials: Sequence[UpstreamCredential]) -> None:
+        self.credentials = tuple(credentials)
+        local = {u.name: u for u in self.config.upstreams}
+        for name, up in self.app.state.registry.proxy.upstreams.items():
+            if name in local and local[name].username is not None:
+                continue  # a credential in the local config wins
+            cred = self._credential_for(up.client.url)
+            if cred is not None:
+                up.client.auth.set_credentials(cred.username, cred.password)
+
+    async def image_statuses(self, doc: StateDocument) -> list[ImageStatus]:
+        registry = self.app.state.registry
+        statuses = []
+        for image in doc.images:
+            target = registry.router.route(image.repository)
+            try:
+                await self.store.resolve(target.repo, Digest.parse(image.digest))
+                statuses.append(ImageStatus(image.repository, image.digest, "present"))
+            except (RegistryError, ValueError):
+                statuses.append(ImageStatus(image.repository, image.digest, "missing"))
+        return statuses
+
+    async def cache_usage(self) -> tuple[int, int]:
+        return await self.store.used_bytes(), self.store.max_bytes or 0
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _signed_upstreams(raw: object) -> tuple[tuple[str, str, bool], ...]:
+    if not isinstance(raw, list):
+        return ()
+    result = []
+    for item in raw:
+        if not isinstance(item, dict):
+            continue
+        name, url, default = item.get("name"), item.get("url"), item.get("default", False)
+        if (
+            isinstance(name, str)
+            and isinstance(url, str)
+            and url.startswith(("http://", "https://"))
+            and isinstance(default, bool)
+        ):
+            result.append((name, url.rstrip("/"), default))
+    return tuple(result)
+
+
+@dataclass
+class Daemon:
+    config: Config
+    app: Starlette
+    side_servers: list[tuple[Starlette, HypercornConfig]]
+
+
+async def build(config: Config) -> Daemon:
+    """The registry app, and with an identity the agent and the admin socket."""
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    store = ContentStore(config.data_dir, max_bytes=config.max_bytes)
+    metrics = Metrics()
+    identity = load_identity(config.data_dir)
+    app = create_app(
+        store,
+        RegistrySettings(push=config.push),
+        {},
+        metrics=metrics,
+        tag_timeout=config.tag_timeout,
+    )
+    consumer = RegistryConsumer(config, store, app, metrics)
+    sweep_staged(config.data_dir)
+    agent: FleetAgent | None = None
+    db: FleetDB | None = None
+    if identity is not None:
+        consumer.credentials = identity.upstream_credentials()
+        db = await FleetDB(identity.db_path).open()
+        stored = await db.load_trust()
+        trust = TrustedState.load(
+            identity.satellite, stored.root_chain, stored.state_envelope, stored.highest_version
+        )
+        agent = _agent(config, identity, db, trust, consumer, metrics)
+        consumer.agent = agent
+        consumer._record_sources(trust.state.config if trust.state else None)
+    app.state.registry.set_upstreams(consumer.upstreams())
+    _wrap_lifespan(app, agent, db)
+    side: list[tuple[Starlette, HypercornConfig]] = []
+    sock = bind_socket(socket_path(config.data_dir))
+
+    async def status() -> dict[str, Any]:
+        if agent is None:
+            return {
+                "running": True,
+                "registered": False,
+                "config": consumer.sources,
+                "store": await _store_status(store),
+            }
+        return {
+            **await agent.status(),
+            "registered": True,
+            "config": consumer.sources,
+            "store": await _store_status(store),
+        }
+
+    async def sync() -> dict[str, Any]:
+        if agent is None:
+            return {"outcome": "error", "version": 0, "message": "not registered"}
+        return (await agent.sync_now()).to_dict()
+
+    admin_config = HypercornConfig()
+    admin_config.bind = [f"fd://{sock.fileno()}"]
+    admin_config.accesslog = None
+    admin_config.errorlog = logging.getLogger("hypercorn.error")
+    admin_config.graceful_timeout = 2
+    admin_config.include_server_header = False
+    app.state.admin_socket = sock  # kept open for the process's life
+    side.append((admin_app(status, sync), admin_config))
+    return Daemon(config, app, side)
+
+
+async def _store_status(store: ContentStore) -> dict[str, Any]:
+    return {"used_bytes": await store.used_bytes(), "max_bytes": store.max_bytes or 0}
+
+
+def _agent(
+    config: Config,
+    identity: Identity,
+    db: FleetDB,
+    trust: TrustedState,
+    consumer: RegistryConsumer,
+    metrics: Metrics,
+) -> FleetAgent:
+    url = config.groundcontrol_url or identity.groundcontrol_url
+    client = GroundControlClient(
+        url,
+        identity.credential(),
+        ca_file=config.groundcontrol_ca_file or identity.ca_file,
+    )
+    intervals = Intervals(long_poll=55.0 if config.long_poll else 0.0)
+    fallback = StateRegistryFallback(identity.satellite, consumer)
+    agent = FleetAgent(
+        identity=identity,
+        db=db,
+        trust=trust,
+        client=client,
+        consumer=consumer,
+        metrics=FleetMetrics(metrics.registry),
+        intervals=intervals,
+        fallback=fallback.fetch,
+        clock=time.time,
+    )
+    if not config.long_poll:
+        agent.link.long_poll = False
+    return agent
+
+
+def _wrap_lifespan(app: Starlette, agent: FleetAgent | None, db: FleetDB | None) -> None:
+    inner = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(a: Starlette) -> AsyncIterator[None]:
+        async with inner(a):
+            if agent is not None:
+                await agent.start()
+            try:
+                yield
+            finally:
+                if agent is not None:
+                    await agent.close()
+                    await agent.client.aclose()
+                if db is not None:
+                    await db.close()
+
+    app.router.lifespan_context = lifespan
