@@ -96,12 +96,14 @@ class Registry:
         return JSONResponse({"repositories": repos}, headers=headers)
 
     async def dispatch(self, request: Request) -> Response:
-        raw_path: bytes = request.scope.get("raw_path") or request.url.path.encode()
+        # the scope's path, not request.url.path: URL parsing drops "\t", "\r" and "\n"
+        path: str = request.scope["path"]
+        raw_path: bytes = request.scope.get("raw_path") or path.encode()
         if b"%" in raw_path or b"\\" in raw_path:
             # no name, reference or upload id may contain an escape: refuse them whole,
             # so that an encoded "/" or "." can never change what a path means
             raise RegistryError("NAME_INVALID", "escaped characters are not allowed in paths")
-        kind, match = _route(request.url.path[len("/v2/") :])
+        kind, match = _route(path[len("/v2/") :])
         target = self.router.route(validate_name(match["name"]), request.query_params.get("ns"))
         arg = match.groupdict().get("arg")
         method = request.method
