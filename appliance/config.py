@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from registry_proxy import names
 from registry_proxy.units import parse_duration
 
 DEFAULT_LISTEN = "0.0.0.0:8585"
@@ -132,6 +133,19 @@ def _table(doc: Mapping[str, Any], key: str, allowed: set[str]) -> Mapping[str, 
     return section
 
 
+def _upstream_name(value: object, key: str) -> str:
+    """The registry host an upstream stands for, as ``?ns=`` and image names carry it."""
+    if not names.is_registry_host(value):
+        raise ConfigError(f"{key}: expected a registry host such as docker.io, got {value!r}")
+    return value
+
+
+def _upstream_url(value: object, key: str) -> str:
+    if not names.is_registry_url(value):
+        raise ConfigError(f"{key}: expected http(s)://HOST[:PORT] without a path, got {value!r}")
+    return value.rstrip("/")
+
+
 def _upstreams(raw: object) -> tuple[Upstream, ...]:
     if not isinstance(raw, list):
         raise ConfigError("upstream: expected [[upstream]] tables")
@@ -144,13 +158,10 @@ def _upstreams(raw: object) -> tuple[Upstream, ...]:
         for name in entry:
             if name not in allowed:
                 raise ConfigError(f"{key}.{name}: unknown key")
-        url = _str(entry.get("url"), f"{key}.url")
-        if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"{key}.url: expected an http(s) URL, got {url!r}")
         result.append(
             Upstream(
-                name=_str(entry.get("name"), f"{key}.name"),
-                url=url.rstrip("/"),
+                name=_upstream_name(entry.get("name"), f"{key}.name"),
+                url=_upstream_url(entry.get("url"), f"{key}.url"),
                 default=parse_bool(entry.get("default", False), f"{key}.default"),
                 username=entry.get("username"),
                 password=entry.get("password"),
@@ -276,6 +287,6 @@ def load(path: Path | None, environ: Mapping[str, str] | None = None) -> Config:
 
 def parse_upstream_flag(value: str) -> Upstream:
     name, sep, url = value.partition("=")
-    if not sep or not name or not url.startswith(("http://", "https://")):
+    if not sep:
         raise ConfigError(f"--upstream: expected NAME=URL, got {value!r}")
-    return Upstream(name=name, url=url.rstrip("/"))
+    return Upstream(name=_upstream_name(name, "--upstream"), url=_upstream_url(url, "--upstream"))

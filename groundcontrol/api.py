@@ -38,6 +38,7 @@ from groundcontrol.auth import (
     require_own_satellite,
     require_satellite,
 )
+from groundcontrol.config import INT64_MAX, parse_int
 from groundcontrol.errors import (
     BadRequest,
     Forbidden,
@@ -48,10 +49,10 @@ from groundcontrol.errors import (
     Unprocessable,
 )
 from groundcontrol.models import (
-    REGISTRY_HOST,
     Group,
     Satellite,
     check_name,
+    check_registry_host,
     effective_config,
     parse_config_overrides,
     parse_group_names,
@@ -401,7 +402,7 @@ async def publish_satellite(ctx: Ctx) -> Response:
 async def list_checkins(ctx: Ctx) -> Response:
     name = ctx.param("name")
     limit = _int_param(ctx.request, "limit", 50, 1, 1000)
-    before = _int_param(ctx.request, "before", None, 1, 2**62)
+    before = _int_param(ctx.request, "before", None, 1)
     async with ctx.services.store.transaction() as q:
         await q.satellite(name)
         rows = await q.checkins(name, limit, before)
@@ -420,13 +421,18 @@ async def list_checkins(ctx: Ctx) -> Response:
     )
 
 
-def _int_param(request: Request, name: str, default: int | None, lo: int, hi: int) -> Any:
+def _int_param(
+    request: Request, name: str, default: int | None, lo: int, hi: int = INT64_MAX
+) -> Any:
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not lo <= int(raw) <= hi:
-        raise BadRequest(f"{name} must be an integer between {lo} and {hi}", code=f"invalid_{name}")
-    return int(raw)
+    try:
+        return parse_int(raw, lo, hi)
+    except ValueError:
+        raise BadRequest(
+            f"{name} must be an integer between {lo} and {hi}", code=f"invalid_{name}"
+        ) from None
 
 
 async def fleet_items(ctx: Ctx) -> tuple[list[dict[str, Any]], dict[str, int]]:
@@ -528,14 +534,8 @@ async def list_credentials(ctx: Ctx) -> Response:
     )
 
 
-def _registry(value: str) -> str:
-    if not REGISTRY_HOST.match(value) or len(value) > 255:
-        raise BadRequest("registry must be a host or host:port", code="invalid_registry")
-    return value
-
-
 async def put_credential(ctx: Ctx) -> Response:
-    registry = _registry(ctx.param("registry"))
+    registry = check_registry_host(ctx.param("registry"))
     body = await read_object(ctx.request)
     only_keys(body, {"username", "password", "groups"})
     username, password = body.get("username"), body.get("password")
@@ -557,7 +557,7 @@ async def put_credential(ctx: Ctx) -> Response:
 
 async def delete_credential(ctx: Ctx) -> Response:
     async with ctx.services.store.transaction() as q:
-        await q.delete_upstream_credential(_registry(ctx.param("registry")))
+        await q.delete_upstream_credential(check_registry_host(ctx.param("registry")))
     return Response(status_code=204)
 
 
@@ -668,7 +668,7 @@ async def _current_state(ctx: Ctx, name: str) -> dict[str, Any] | None:
 
 async def get_state(ctx: Ctx) -> Response:
     name = ctx.param("name")
-    have = _int_param(ctx.request, "have", None, 0, 2**62)
+    have = _int_param(ctx.request, "have", None, 0)
     latest = await _current_state(ctx, name)
     if latest is None:
         raise NotFound(f"no state published for {name}", code="state_not_found")
@@ -687,12 +687,12 @@ async def list_roots(ctx: Ctx) -> Response:
 
 async def get_root(ctx: Ctx) -> Response:
     raw = ctx.param("version")
-    if raw == "latest":
-        version = None
-    elif raw.isdigit() and 0 < int(raw) < 2**62:
-        version = int(raw)
-    else:
-        raise BadRequest("version must be a positive integer or 'latest'", code="invalid_version")
+    try:
+        version = None if raw == "latest" else parse_int(raw, 1)
+    except ValueError:
+        raise BadRequest(
+            "version must be a positive integer or 'latest'", code="invalid_version"
+        ) from None
     return Response(await _root_envelope(ctx, version), media_type="application/json")
 
 

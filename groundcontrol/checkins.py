@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from groundcontrol.config import INT64_MAX
 from groundcontrol.contract import (
     CheckIn,
     ContractError,
@@ -70,9 +71,17 @@ def verify_batch(
             )
             continue
         try:
-            good.append((verify_checkin(data, key, name, MAX_ENVELOPE_BYTES), data))
+            checkin = verify_checkin(data, key, name, MAX_ENVELOPE_BYTES)
         except ContractError as exc:
             bad.append({"index": index, "code": _code(exc), "message": str(exc)[:300]})
+            continue
+        if max(checkin.seq, checkin.state_version) > INT64_MAX:
+            # signed, but the database cannot hold it: one bad entry, not a failed batch
+            # that the satellite would retry forever
+            message = f"seq and state_version must be at most {INT64_MAX}"
+            bad.append({"index": index, "code": "malformed", "message": message})
+            continue
+        good.append((checkin, data))
     return good, bad
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from groundcontrol.config import Config, ConfigError, load_config, parse_listen
+from groundcontrol.config import Config, ConfigError, load_config, parse_int, parse_listen
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -234,8 +234,20 @@ def _config_values(values: Sequence[str]) -> dict[str, Any]:
         if key == "upstreams":
             out[key] = json.loads(value)
         else:
-            out[key] = int(value) if value.isdigit() else (None if value == "" else value)
+            out[key] = _number_or_text(value)
     return out
+
+
+def _number_or_text(value: str) -> int | str | None:
+    """``90`` is sent as a number, ``""`` as null (the default); anything else as text
+    for the server to validate (``"15m"``, or ``"²"``, which ``str.isdigit()`` but
+    ``int()`` refuses)."""
+    if value == "":
+        return None
+    try:
+        return parse_int(value)
+    except ValueError:
+        return value
 
 
 def cmd_group(args: argparse.Namespace) -> int:

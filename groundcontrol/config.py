@@ -15,6 +15,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from registry_proxy import names
+
 DEFAULT_DATA_DIR = "/var/lib/groundcontrol"
 DEFAULT_LISTEN = "0.0.0.0:8080"
 
@@ -23,9 +25,16 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message starts with the key."""
 
 
-_DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)?\s*$")
+INT64_MAX = 2**63 - 1
+"""The largest integer both databases store (BIGINT, SQLite INTEGER)."""
+MAX_DURATION = 100 * 365 * 86400
+"""Durations are added to timestamps that must stay valid dates and int64s."""
+# ASCII digits only ("²" and "٣" are str.isdigit() too) and at most 19 of them: no
+# int() of a megabyte of digits, no value past int64 before the range check
+_INTEGER = re.compile(r"[0-9]{1,19}")
+_DURATION = re.compile(r" *([0-9]{1,19}) *(ms|s|m|h|d)? *")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
-_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_SIZE = re.compile(r" *([0-9]{1,19}) *([KMGTkmgt][Ii]?[Bb]|[Bb])? *")
 _SIZE_UNITS = {
     "b": 1,
     "kb": 10**3,
@@ -39,62 +48,81 @@ _SIZE_UNITS = {
 }
 
 
+def parse_int(text: str, lo: int = 0, hi: int = INT64_MAX) -> int:
+    """A decimal integer in ``[lo, hi]`` written in ASCII digits (no sign, no spaces).
+
+    The one number parser for text from outside (query strings, path segments,
+    configuration): ``int()`` alone takes ``"٣"``, ``" 3"`` and ``"1_000"``, and
+    raises on ``"²"`` although ``"²".isdigit()``.
+    """
+    if _INTEGER.fullmatch(text) is None or not lo <= int(text) <= hi:
+        raise ValueError(f"expected an integer between {lo} and {hi}, got {text[:40]!r}")
+    return int(text)
+
+
+def _in_range(value: int, hi: int, what: str) -> int:
+    if not 0 <= value <= hi:
+        raise ValueError(f"{what} must be between 0 and {hi}, got {value}")
+    return value
+
+
 def parse_duration(value: object) -> int:
-    """Seconds from ``90``, ``"90s"``, ``"15m"``, ``"7d"``."""
+    """Seconds from ``90``, ``"90s"``, ``"15m"``, ``"7d"``; at most 100 years."""
     if isinstance(value, bool):
         raise ValueError("expected a duration")
     if isinstance(value, int):
-        if value < 0:
-            raise ValueError("must not be negative")
-        return value
+        return _in_range(value, MAX_DURATION, "a duration (seconds)")
     if isinstance(value, str):
-        m = _DURATION.match(value)
+        m = _DURATION.fullmatch(value)
         if m:
-            return int(int(m.group(1)) * _DURATION_UNITS[m.group(2)])
+            seconds = int(int(m.group(1)) * _DURATION_UNITS[m.group(2)])
+            return _in_range(seconds, MAX_DURATION, "a duration (seconds)")
     raise ValueError(f"expected a duration like 90s, 15m, 7d, got {value!r}")
 
 
 def parse_size(value: object) -> int:
-    """Bytes from ``1024``, ``"512MiB"``, ``"50GiB"``."""
+    """Bytes from ``1024``, ``"512MiB"``, ``"50GiB"``; at most 2**63 - 1."""
     if isinstance(value, bool):
         raise ValueError("expected a size")
     if isinstance(value, int):
-        if value < 0:
-            raise ValueError("must not be negative")
-        return value
+        return _in_range(value, INT64_MAX, "a size (bytes)")
     if isinstance(value, str):
-        m = _SIZE.match(value)
+        m = _SIZE.fullmatch(value)
         if m:
             unit = (m.group(2) or "b").lower()
-            return int(m.group(1)) * _SIZE_UNITS[unit]
+            return _in_range(int(m.group(1)) * _SIZE_UNITS[unit], INT64_MAX, "a size (bytes)")
     raise ValueError(f"expected a size like 512MiB or 50GiB, got {value!r}")
 
 
 def parse_listen(value: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[::1]:8080`` for IPv6) into host and port."""
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"expected HOST:PORT, got {value!r}")
-    return host.strip("[]"), int(port)
-
-
-_REPOSITORY_PREFIX = re.compile(
-    r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$"
-)
-_REGISTRY_URL = re.compile(r"^https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?/?$")
+    try:
+        if not sep or not host:
+            raise ValueError
+        return host.strip("[]"), parse_int(port, 0, 65535)
+    except ValueError:
+        raise ValueError(f"expected HOST:PORT, got {value!r}") from None
 
 
 def parse_registry_url(value: str) -> str:
     """``http(s)://host[:port]``, no path; empty turns the feature off."""
-    if value and not _REGISTRY_URL.match(value):
+    if value and not names.is_registry_url(value):
         raise ValueError(f"expected http(s)://HOST[:PORT] without a path, got {value!r}")
     return value.rstrip("/")
 
 
+# room for "/<satellite name>" (at most 64 characters) in a repository name
+MAX_REPOSITORY_PREFIX = names.MAX_NAME_LENGTH - 64
+
+
 def parse_repository_prefix(value: str) -> str:
     """A repository path such as ``satellite-state`` or ``fleet/satellite-state``."""
-    if not _REPOSITORY_PREFIX.match(value) or len(value) > 200:
-        raise ValueError(f"expected a repository path like satellite-state, got {value!r}")
+    if not names.is_name(value) or len(value) > MAX_REPOSITORY_PREFIX:
+        raise ValueError(
+            f"expected a repository path like satellite-state of at most "
+            f"{MAX_REPOSITORY_PREFIX} characters, got {value!r}"
+        )
     return value
 
 
@@ -107,10 +135,9 @@ def _str(value: object) -> str:
 def _int(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise ValueError(f"expected an integer, got {value!r}")
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"expected an integer, got {value!r}") from None
+    if isinstance(value, int):
+        return _in_range(value, INT64_MAX, "an integer")
+    return parse_int(value.strip(" "))
 
 
 @dataclass(frozen=True)
@@ -169,7 +196,7 @@ _OPTIONS: dict[tuple[str, str], tuple[str, Callable[[object], Any]]] = {
     ("server", "listen"): ("listen", lambda v: (parse_listen(_str(v)), _str(v))[1]),
     ("server", "data_dir"): ("data_dir", lambda v: Path(_str(v))),
     ("database", "url"): ("database", _str),
-    ("registry", "url"): ("registry_url", lambda v: _str(v).rstrip("/")),
+    ("registry", "url"): ("registry_url", lambda v: parse_registry_url(_str(v))),
     ("registry", "username"): ("registry_username", _str),
     ("registry", "password"): ("registry_password", _str),
     ("registry", "timeout"): ("registry_timeout", parse_duration),

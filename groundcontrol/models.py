@@ -13,21 +13,21 @@ from typing import Any
 
 from groundcontrol.config import Config, parse_duration, parse_size
 from groundcontrol.errors import BadRequest
+from registry_proxy import names
 
-NAME = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?$")
-LABEL_KEY = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$")
-_REPO_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-REPOSITORY = re.compile(rf"^{_REPO_COMPONENT}(?:/{_REPO_COMPONENT})*$")
-REGISTRY_HOST = re.compile(r"^[A-Za-z0-9.-]+(?::[0-9]+)?$")
-TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
-DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$|^sha512:[0-9a-f]{128}$")
-PLATFORM = re.compile(r"^[a-z0-9_]+/[a-z0-9_]+(?:/[a-z0-9_.]+)?$")
+# Ground Control's own names (groups, satellites, label keys, platforms); what registries
+# name (repositories, tags, digests, hosts) is registry_proxy.names' grammar. Every
+# pattern is used with fullmatch: with re.match, "$" lets a trailing newline through.
+NAME = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?")
+LABEL_KEY = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?")
+# the contract's bound: at most 32 characters per part
+PLATFORM = re.compile(r"[a-z0-9_]{1,32}/[a-z0-9_]{1,32}(?:/[a-z0-9_.]{1,32})?")
 MAX_IMAGES = 1000
 MAX_LABELS = 64
 
 
 def check_name(value: object, what: str = "name") -> str:
-    if not isinstance(value, str) or not NAME.match(value):
+    if not isinstance(value, str) or not NAME.fullmatch(value):
         raise BadRequest(
             f"{what} must be 1-63 characters of a-z, 0-9, '.', '_', '-', "
             "starting and ending with a letter or digit",
@@ -60,19 +60,20 @@ def parse_reference(ref: object) -> tuple[str, str | None, str | None]:
     repo, digest, tag = ref, None, None
     if "@" in repo:
         repo, digest = repo.split("@", 1)
-        if not DIGEST.match(digest):
+        if not names.is_digest(digest):
             raise BadRequest(f"{ref!r}: invalid digest", code="invalid_image")
     else:
         head, sep, last = repo.rpartition(":")
         if sep and "/" not in last:
             repo, tag = head, last
-            if not TAG.match(tag):
+            if not names.is_tag(tag):
                 raise BadRequest(f"{ref!r}: invalid tag", code="invalid_image")
         else:
             tag = "latest"
-    if not REPOSITORY.match(repo):
+    if not names.is_name(repo):
         raise BadRequest(
-            f"{ref!r}: repository must be lowercase path components", code="invalid_image"
+            f"{ref!r}: repository must be lowercase path components (at most 255 characters)",
+            code="invalid_image",
         )
     return repo, tag, digest
 
@@ -88,7 +89,7 @@ def parse_image(value: object) -> ImageRef:
     repo, tag, digest = parse_reference(value.get("reference"))
     platforms = value.get("platforms", [])
     if not isinstance(platforms, list) or not all(
-        isinstance(p, str) and PLATFORM.match(p) for p in platforms
+        isinstance(p, str) and PLATFORM.fullmatch(p) for p in platforms
     ):
         raise BadRequest(
             "platforms must be a list like ['linux/amd64', 'linux/arm64/v8']",
@@ -118,7 +119,7 @@ def parse_labels(value: object) -> dict[str, str]:
         )
     out = {}
     for k, v in value.items():
-        if not isinstance(k, str) or not LABEL_KEY.match(k):
+        if not isinstance(k, str) or not LABEL_KEY.fullmatch(k):
             raise BadRequest(f"invalid label key {k!r}", code="invalid_labels")
         if not isinstance(v, str) or len(v) > 256:
             raise BadRequest(
@@ -126,6 +127,13 @@ def parse_labels(value: object) -> dict[str, str]:
             )
         out[k] = v
     return out
+
+
+def check_registry_host(value: object) -> str:
+    """The registry an upstream credential is for: ``ghcr.io``, ``registry.local:5000``."""
+    if not names.is_registry_host(value):
+        raise BadRequest("registry must be a host or host:port", code="invalid_registry")
+    return value
 
 
 def parse_group_names(value: object) -> tuple[str, ...]:
@@ -210,10 +218,10 @@ def _parse_upstreams(raw: object) -> tuple[Upstream, ...]:
         if not isinstance(item, Mapping) or set(item) - {"name", "url", "default"}:
             raise ValueError("each upstream is an object with name, url, default")
         name, url, default = item.get("name"), item.get("url"), item.get("default", False)
-        if not isinstance(name, str) or not REGISTRY_HOST.match(name):
-            raise ValueError(f"invalid upstream name {name!r}")
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise ValueError(f"upstream {name}: url must be http(s)://")
+        if not names.is_registry_host(name):
+            raise ValueError(f"invalid upstream name {name!r}: expected a registry host[:port]")
+        if not names.is_registry_url(url):
+            raise ValueError(f"upstream {name}: url must be http(s)://HOST[:PORT] without a path")
         if not isinstance(default, bool):
             raise ValueError(f"upstream {name}: default must be true or false")
         ups.append(Upstream(name, url.rstrip("/"), default))

@@ -39,19 +39,21 @@ API_VERSION_HEADER = (b"docker-distribution-api-version", b"registry/2.0")
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 MAX_PAGE = 10_000
 
+# fullmatch, and "." matching newlines: a name or argument with a control character is
+# routed and then refused by the grammar (400), never matched short of its end
 _ROUTES: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(r"^(?P<name>.+)/tags/list$"), "tags"),
-    (re.compile(r"^(?P<name>.+)/manifests/(?P<arg>[^/]+)$"), "manifest"),
-    (re.compile(r"^(?P<name>.+)/blobs/uploads/?$"), "upload_start"),
-    (re.compile(r"^(?P<name>.+)/blobs/uploads/(?P<arg>[^/]+)$"), "upload"),
-    (re.compile(r"^(?P<name>.+)/blobs/(?P<arg>[^/]+)$"), "blob"),
-    (re.compile(r"^(?P<name>.+)/referrers/(?P<arg>[^/]+)$"), "referrers"),
+    (re.compile(r"(?P<name>.+)/tags/list", re.DOTALL), "tags"),
+    (re.compile(r"(?P<name>.+)/manifests/(?P<arg>[^/]+)", re.DOTALL), "manifest"),
+    (re.compile(r"(?P<name>.+)/blobs/uploads/?", re.DOTALL), "upload_start"),
+    (re.compile(r"(?P<name>.+)/blobs/uploads/(?P<arg>[^/]+)", re.DOTALL), "upload"),
+    (re.compile(r"(?P<name>.+)/blobs/(?P<arg>[^/]+)", re.DOTALL), "blob"),
+    (re.compile(r"(?P<name>.+)/referrers/(?P<arg>[^/]+)", re.DOTALL), "referrers"),
 ]
 
 
 def _route(rest: str) -> tuple[str, re.Match[str]]:
     for pattern, kind in _ROUTES:
-        match = pattern.match(rest)
+        match = pattern.fullmatch(rest)
         if match is not None:
             return kind, match
     raise RegistryError("NAME_INVALID", "unknown endpoint", status=404)
@@ -103,12 +105,14 @@ class Registry:
         return JSONResponse({"repositories": repos}, headers=headers)
 
     async def dispatch(self, request: Request) -> Response:
-        raw_path: bytes = request.scope.get("raw_path") or request.url.path.encode()
+        # the scope's path, not request.url.path: URL parsing drops "\t", "\r" and "\n"
+        path: str = request.scope["path"]
+        raw_path: bytes = request.scope.get("raw_path") or path.encode()
         if b"%" in raw_path or b"\\" in raw_path:
             # no name, reference or upload id may contain an escape: refuse them whole,
             # so that an encoded "/" or "." can never change what a path means
             raise RegistryError("NAME_INVALID", "escaped characters are not allowed in paths")
-        kind, match = _route(request.url.path[len("/v2/") :])
+        kind, match = _route(path[len("/v2/") :])
         target = self.router.route(validate_name(match["name"]), request.query_params.get("ns"))
         arg = match.groupdict().get("arg")
         method = request.method

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from registry_proxy.errors import RegistryError
 
 # digest grammar of the image spec; registered algorithms further constrain `encoded`
-_GRAMMAR = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
+_GRAMMAR = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
 HEX_LENGTHS = {"sha256": 64, "sha512": 128}
-_LOWER_HEX = re.compile(r"^[a-f0-9]+$")
+_LOWER_HEX = re.compile(r"[a-f0-9]+")
 
 
 @dataclass(frozen=True, order=True)
@@ -31,7 +31,7 @@ class Digest:
     @classmethod
     def parse(cls, value: str) -> Digest:
         """Parses and validates; raises DIGEST_INVALID for bad or unsupported digests."""
-        if not _GRAMMAR.match(value):
+        if not _GRAMMAR.fullmatch(value):
             raise RegistryError("DIGEST_INVALID", f"invalid digest {value[:200]!r}")
         algorithm, encoded = value.split(":", 1)
         length = HEX_LENGTHS.get(algorithm)
@@ -40,7 +40,7 @@ class Digest:
                 "DIGEST_INVALID",
                 f"digest algorithm {algorithm[:32]!r} is not supported (sha256, sha512 are)",
             )
-        if len(encoded) != length or not _LOWER_HEX.match(encoded):
+        if len(encoded) != length or not _LOWER_HEX.fullmatch(encoded):
             raise RegistryError("DIGEST_INVALID", f"invalid {algorithm} digest {value[:200]!r}")
         return cls(algorithm, encoded)
 
