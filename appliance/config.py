@@ -112,7 +112,14 @@ def parse_listen(value: object, key: str) -> tuple[str, int]:
     if isinstance(value, str):
         host, sep, port = value.rpartition(":")
         host = host.strip("[]")
-        if sep and host and port.isdigit() and 0 <= int(port) < 65536:
+        if (
+            sep
+            and host
+            and port.isascii()
+            and port.isdigit()
+            and len(port) <= 5
+            and int(port) < 65536
+        ):
             return host, int(port)
     raise ConfigError(f"{key}: expected HOST:PORT, got {value!r}")
 

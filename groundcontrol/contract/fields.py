@@ -16,8 +16,12 @@ _KEYID_RE: Final = re.compile(r"[0-9a-f]{64}")
 _DIGEST_RE: Final = re.compile(r"sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128}")
 _PATH_COMPONENT: Final = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
 # OCI repository name, optionally behind a registry host with a port ("localhost:5000/x").
+# The same grammar as registry_proxy.names (a test holds the two together); a copy, so
+# that the contract depends on the standard library and cryptography only.
+_DOMAIN_COMPONENT: Final = r"(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])"
+_HOST: Final = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[A-Fa-f0-9:]+\])"
 _REPOSITORY_RE: Final = re.compile(
-    rf"(?:[A-Za-z0-9.-]+:[0-9]{{1,5}}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
+    rf"(?:{_HOST}:[0-9]{{1,5}}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
 )
 _TAG_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 _MEDIA_TYPE_RE: Final = re.compile(

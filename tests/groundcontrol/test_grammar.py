@@ -155,7 +155,6 @@ def test_the_corpus_holds_both_answers() -> None:
         assert {check(v) for v in values} == {True, False}
 
 
-@pytest.mark.xfail(strict=True, reason="the contract's host prefix grammar is laxer")
 @pytest.mark.parametrize("value", CONTRACT_HOST_DIFFERS)
 def test_the_contract_agrees_on_registry_hosts(value: str) -> None:
     assert contract_accepts("repository", value) is names.is_qualified_name(value)
