@@ -89,6 +89,6 @@ def test_the_cli_refuses_an_upstream_flag_with_a_newline(tmp_path: Path) -> None
 
 def test_a_listen_port_in_other_digits_is_a_config_error() -> None:
     for bad in ("0.0.0.0:²", "0.0.0.0:٣٣", "0.0.0.0:" + "9" * 400, "0.0.0.0:80\n"):
-        with pytest.raises(ConfigError, match="server.listen"):
+        with pytest.raises(ConfigError, match=r"server\.listen"):
             parse_listen(bad, "server.listen")
     assert parse_listen("[::1]:8585", "server.listen") == ("::1", 8585)
