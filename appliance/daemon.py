@@ -261,6 +261,7 @@ async def build(config: Config) -> Daemon:
         )
         agent = _agent(config, identity, db, trust, consumer, metrics)
         consumer.agent = agent
+        app.state.registry.proxy.on_auth_error = agent.credentials_refused
         consumer._record_sources(trust.state.config if trust.state else None)
     app.state.registry.set_upstreams(consumer.upstreams())
     _wrap_lifespan(app, agent, db)

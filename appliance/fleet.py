@@ -47,6 +47,7 @@ log = logging.getLogger("satellite.fleet")
 
 BATCH = 200  # check-ins per POST
 MAX_ERRORS = 10  # recent errors carried in a check-in
+CREDENTIALS_MIN_INTERVAL = 10.0
 
 
 class StateConsumer(Protocol):
@@ -133,6 +134,7 @@ class FleetAgent:
         self._lock = asyncio.Lock()  # one state decision at a time
         self._outbox_changed = asyncio.Event()
         self._wake_state = asyncio.Event()
+        self._wake_creds = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._rng = random.Random()
         self._refused: set[bytes] = set()  # digests of refused envelopes: reported once
@@ -318,7 +320,25 @@ class FleetAgent:
             log.exception("applying state version %d failed", doc.version)
             self._note_error(f"applying state {doc.version}: {exc}")
         await self.event({"type": "state_accepted", "version": doc.version, "source": source})
+        await self.check_images()
         return SyncResult("accepted", doc.version)
+
+    async def check_images(self) -> None:
+        """Record each image's status; a change is an event check-in at once."""
+        doc = self.trust.state
+        if doc is None:
+            return
+        statuses = await self.consumer.image_statuses(doc)
+        now = self.clock()
+        changed = []
+        for image in statuses:
+            if await self.db.set_image_result(
+                image.repository, image.digest, image.status, image.error, now
+            ):
+                changed.append(image.to_dict())
+        await self.db.forget_images([(i.repository, i.digest) for i in statuses])
+        if changed:
+            await self.event({"type": "image_status", "images": changed[:100]})
 
     async def _verify(self, envelope: bytes) -> StateDocument:
         """``update_state``; on an unknown key or an expired root, follow the root chain
@@ -441,6 +461,7 @@ class FleetAgent:
                 )
                 await self.event({"type": "state_expired", "version": state.version})
             self.metrics.observe_state(self.trust, self.clock())
+            await self.check_images()
             await self.heartbeat()
             await asyncio.sleep(jittered(self.intervals.checkin, self._rng))
 
@@ -487,7 +508,13 @@ class FleetAgent:
     async def _credentials_loop(self) -> None:
         while True:
             await self.refresh_credentials()
-            await asyncio.sleep(jittered(self.intervals.credentials, self._rng))
+            await self._sleep(jittered(self.intervals.credentials, self._rng), self._wake_creds)
+            await asyncio.sleep(CREDENTIALS_MIN_INTERVAL)  # 401s cannot make it spin
+
+    def credentials_refused(self, upstream: str) -> None:
+        """An upstream answered 401/403: the credentials may have been rotated."""
+        log.info("upstream %s refused our credentials; asking Ground Control", upstream)
+        self._wake_creds.set()
 
     async def refresh_credentials(self) -> bool:
         try:

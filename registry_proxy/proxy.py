@@ -85,6 +85,7 @@ class Proxy:
         self._budget: asyncio.Task[None] | None = None
         self._budget_again = False
         self._started = False
+        self.on_auth_error: Callable[[str], None] | None = None
         self._retired: set[asyncio.Task[None]] = set()
         for name in upstreams:
             metrics.upstream_online.labels(name).set(1)
@@ -155,6 +156,8 @@ class Proxy:
             self.metrics.upstream_errors.labels(name, type(exc).__name__).inc()
         if isinstance(exc, UpstreamIntegrityError):
             self.metrics.digest_mismatches.labels(name).inc()
+        if isinstance(exc, UpstreamAuthError) and self.on_auth_error is not None:
+            self.on_auth_error(name)  # e.g. fetch rotated credentials from Ground Control
         self.metrics.upstream_online.labels(name).set(1 if up.breaker.online else 0)
 
     async def _call(self, up: Upstream, call: Awaitable[T]) -> T:
