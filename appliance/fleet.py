@@ -508,8 +508,8 @@ class FleetAgent:
     async def _credentials_loop(self) -> None:
         while True:
             await self.refresh_credentials()
-            await self._sleep(jittered(self.intervals.credentials, self._rng), self._wake_creds)
             await asyncio.sleep(CREDENTIALS_MIN_INTERVAL)  # 401s cannot make it spin
+            await self._sleep(jittered(self.intervals.credentials, self._rng), self._wake_creds)
 
     def credentials_refused(self, upstream: str) -> None:
         """An upstream answered 401/403: the credentials may have been rotated."""
