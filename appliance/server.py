@@ -11,6 +11,7 @@ from hypercorn.config import Config as HypercornConfig
 from starlette.types import ASGIApp
 
 from appliance import zerocopy
+from registry_proxy import framing
 
 log = logging.getLogger("satellite")
 
@@ -35,6 +36,7 @@ async def serve_until_signalled(
     """Runs until SIGTERM or SIGINT, then stops accepting and drains in-flight requests."""
     if zero_copy:
         zerocopy.install()
+    framing.install()  # after zerocopy: it subclasses the protocol class in place
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

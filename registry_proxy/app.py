@@ -164,7 +164,7 @@ class Registry:
                 from_repo = self.router.route(validate_name(from_name), params.get("ns")).repo
             if await self.store.mount_blob(t.repo, digest, from_repo):
                 return _created(t.name, digest)
-        upload_id = await self.store.start_upload(t.repo)
+        upload_id = await self.store.start_upload(t.repo, resumable="digest" not in params)
         if "digest" in params:
             digest = Digest.parse(params["digest"])
             try:

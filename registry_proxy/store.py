@@ -141,12 +141,16 @@ class ContentStore:
             log.info("removed %d blob file(s) that no metadata row accounted for", len(orphans))
         return [digest for digest, _ in orphans]
 
-    async def start_upload(self, repo: str) -> str:
+    async def start_upload(self, repo: str, *, resumable: bool = True) -> str:
+        """A new upload's id. Only a resumable upload is recorded in the metadata: the
+        client of a monolithic one never learns its id, so after a crash nothing could
+        resume it, and the next start's `sweep` removes its data at once."""
         upload_id = str(uuid.uuid4())
         path = self.layout.upload_data(upload_id)
         path.parent.mkdir(parents=True)
         path.touch()
-        await self.meta.create_upload(upload_id, repo)
+        if resumable:
+            await self.meta.create_upload(upload_id, repo)
         self._uploads[upload_id] = _Upload(repo, 0)
         return upload_id
 
