@@ -272,15 +272,12 @@ class ContentStore:
             computed = None
             if state.sha256 is not None and digest.algorithm == "sha256":
                 computed = (Digest("sha256", state.sha256.hexdigest()), state.offset)
-            src = self.layout.upload_data(upload_id)
             try:
-                size = await asyncio.to_thread(self.blobs.commit, src, digest, computed)
-            except OSError as exc:
-                raise _disk_error(exc) from exc
+                return await self._publish(
+                    [repo], self.layout.upload_data(upload_id), digest, computed
+                )
             finally:
                 await self._drop_upload(upload_id)
-            await self.meta.link_blob(repo, digest, size)
-            return size
 
     async def cancel_upload(self, upload_id: str) -> None:
         await self._drop_upload(upload_id)
@@ -330,12 +327,24 @@ class ContentStore:
         self, repos: list[str], src: Path, digest: Digest, computed: tuple[Digest, int]
     ) -> int:
         """Publishes a file written and hashed elsewhere (a cache fill) into `repos`."""
-        try:
-            size = await asyncio.to_thread(self.blobs.commit, src, digest, computed)
-        except OSError as exc:
-            raise _disk_error(exc) from exc
-        for repo in repos:
-            await self.meta.link_blob(repo, digest, size)
+        return await self._publish(repos, src, digest, computed)
+
+    async def _publish(
+        self, repos: list[str], src: Path, digest: Digest, computed: tuple[Digest, int] | None
+    ) -> int:
+        """Verifies and publishes `src`, then links it into `repos`; if the links cannot
+        be written, the published file goes again (unless something else holds it)."""
+        async with self._digest_lock(digest):
+            try:
+                size = await asyncio.to_thread(self.blobs.commit, src, digest, computed)
+            except OSError as exc:
+                raise _disk_error(exc) from exc
+            try:
+                for repo in repos:
+                    await self.meta.link_blob(repo, digest, size)
+            except BaseException:
+                await self._discard(digest)
+                raise
         return size
 
     # -- cache budget --------------------------------------------------------------
@@ -366,10 +375,11 @@ class ContentStore:
             for digest, size in await self.meta.lru_candidates(100_000):
                 if used <= target:
                     break
-                if self._in_use.get(digest) or not await self.meta.evict(digest):
-                    continue
-                self._manifest_bytes.pop(digest, None)
-                await asyncio.to_thread(self.blobs.delete, digest)
+                async with self._digest_lock(digest):  # not while it is being published
+                    if self._in_use.get(digest) or not await self.meta.evict(digest):
+                        continue
+                    self._manifest_bytes.pop(digest, None)
+                    await asyncio.to_thread(self.blobs.delete, digest)
                 used -= size
                 evicted.append(digest)
             if evicted:
@@ -383,13 +393,19 @@ class ContentStore:
 
     async def _discard(self, digest: Digest) -> None:
         """Removes the file of content that could not be recorded, unless something
-        else holds it; what cannot be removed now, the next start's `sweep` removes."""
+        else holds it; what cannot be removed now, the next start's `sweep` removes.
+        The caller holds the digest's lock."""
         try:
-            await self._collect(digest)
+            await self._forget(digest)
         except Exception:
             log.warning("could not remove unrecorded %s; the next start removes it", digest)
 
     async def _collect(self, digest: Digest) -> None:
+        async with self._digest_lock(digest):  # not while it is being published
+            await self._forget(digest)
+
+    async def _forget(self, digest: Digest) -> None:
+        """Removes the blob's row and file if nothing references it (lock held)."""
         if await self.meta.forget_blob(digest):
             self._manifest_bytes.pop(digest, None)
             await asyncio.to_thread(self.blobs.delete, digest)

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from registry_proxy.digest import Digest
+from registry_proxy.errors import RegistryError
 from registry_proxy.store import ContentStore
 from tests.conftest import SatelliteFactory
 from tests.registry_proxy.conftest import image_manifest, push_blob, sha256
@@ -202,3 +203,20 @@ def test_a_crash_during_a_monolithic_upload_leaves_nothing(
     sat.start()
     left = [p.parent.name for p in (sat.data_dir / "uploads").glob("*/data")]
     assert left == [resumable.headers["docker-upload-uuid"]]
+
+
+async def test_a_blob_whose_row_cannot_be_written_is_removed(
+    client: httpx.AsyncClient, store: ContentStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full database after the file was published: the file goes too, as no budget
+    or eviction would ever see it."""
+
+    async def database_full(repo: str, digest: Digest, size: int) -> None:
+        raise RegistryError("UNAVAILABLE", "no space left on the satellite's storage", status=507)
+
+    monkeypatch.setattr(store.meta, "link_blob", database_full)
+    data = b"published, never recorded"
+    r = await client.post(f"/v2/r/blobs/uploads/?digest={sha256(data)}", content=data)
+    assert r.status_code == 507
+    assert list(store.layout.iter_blobs()) == []
+    assert list(store.layout.uploads.iterdir()) == []
