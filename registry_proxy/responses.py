@@ -75,14 +75,13 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     match = _RANGE.fullmatch(spec)
     if match is None:
         raise _unsatisfiable(size)
-    first, last = (parse_uint(group) if group else None for group in match.groups())
-    if (first is None and match[1]) or (last is None and match[2]):
+    raw_first, raw_last = match.groups()
+    first = parse_uint(raw_first) if raw_first else None
+    last = parse_uint(raw_last) if raw_last else None
+    if (raw_first and first is None) or (raw_last and last is None):
         raise _unsatisfiable(size)  # a number past int64: no blob is that large
-    if first is None and last is None:
-        raise _unsatisfiable(size)  # "bytes=-"
-    if first is None:
-        assert last is not None
-        if last == 0:
+    if first is None:  # a suffix: the last `last` bytes ("bytes=-" and "bytes=-0": none)
+        if not last:
             raise _unsatisfiable(size)
         return max(size - last, 0), size
     start = first
