@@ -161,8 +161,12 @@ def parse_manifest(body: bytes, content_type: str | None) -> Manifest:
     if artifact_type is not None and not isinstance(artifact_type, str):
         raise _invalid("artifactType must be a string")
     annotations = doc.get("annotations") or {}
-    if not isinstance(annotations, dict):
-        raise _invalid("annotations must be an object")
+    if not isinstance(annotations, dict) or not all(
+        isinstance(value, str) for value in annotations.values()
+    ):
+        # kept and served again in referrers lists, where clients expect the image
+        # spec's string-to-string map
+        raise _invalid("annotations must be an object of strings")
     subject = _descriptor(doc["subject"], "subject") if doc.get("subject") is not None else None
 
     if media_type in IMAGE_TYPES:

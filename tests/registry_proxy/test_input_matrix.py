@@ -304,6 +304,7 @@ CASES: list[tuple[str, str, str, bytes | None, dict[str, str], int, str]] = [
             ("nested 100,000 deep", b'{"a":' * 100_000 + b"1" + b"}" * 100_000),
             ("with a 5000-digit integer", EMPTY_IMAGE[:-1] + b', "x": ' + b"9" * 5000 + b"}"),
             ("with a lone surrogate", EMPTY_IMAGE[:-1] + b', "x": "\\ud800"}'),
+            ("with a numeric annotation", EMPTY_IMAGE[:-1] + b', "annotations": {"n": 1}}'),
             (
                 "with a size of 2**64",
                 EMPTY_IMAGE.replace(b'"size": 2', b'"size": 18446744073709551616'),
