@@ -220,3 +220,19 @@ async def test_a_blob_whose_row_cannot_be_written_is_removed(
     assert r.status_code == 507
     assert list(store.layout.iter_blobs()) == []
     assert list(store.layout.uploads.iterdir()) == []
+
+
+def test_a_start_removes_blob_files_without_rows(satellite_factory: SatelliteFactory) -> None:
+    sat = satellite_factory()
+    kept = b"pushed and recorded"
+    r = httpx.post(f"{sat.url}/v2/r/blobs/uploads/?digest={sha256(kept)}", content=kept)
+    assert r.status_code == 201
+    sat.stop()
+    orphan = b"published, then the power went"
+    encoded = hashlib.sha256(orphan).hexdigest()
+    path = sat.data_dir / "blobs" / "sha256" / encoded[:2] / encoded
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(orphan)
+    sat.start()
+    assert not path.exists()
+    assert httpx.get(f"{sat.url}/v2/r/blobs/{sha256(kept)}").content == kept
