@@ -12,6 +12,7 @@ from hypercorn.config import Config as HypercornConfig
 from starlette.types import ASGIApp
 
 from appliance import zerocopy
+from registry_proxy import framing
 
 log = logging.getLogger("satellite")
 
@@ -43,6 +44,7 @@ async def serve_until_signalled(
     ``side_servers`` (the admin socket) run beside the main app and stop with it."""
     if zero_copy:
         zerocopy.install()
+    framing.install()  # after zerocopy: it subclasses the protocol class in place
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

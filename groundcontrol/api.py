@@ -63,6 +63,7 @@ from groundcontrol.publish import Published
 from groundcontrol.services import Services
 from groundcontrol.status import derive_status
 from groundcontrol.store import Queries
+from registry_proxy import strict_json
 
 log = logging.getLogger("groundcontrol")
 Access = Literal["public", "join", "operator", "satellite", "self", "any"]
@@ -108,12 +109,11 @@ async def read_json(request: Request, max_bytes: int = MAX_BODY) -> Any:
     if not body:
         raise BadRequest("a JSON body is required", code="invalid_json")
     try:
-        value = json.loads(body)
-        # lone surrogates ("\ud800") parse but cannot be stored or signed: refuse them here
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except (ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
-        raise BadRequest("the body is not valid JSON", code="invalid_json") from None
-    return value
+        # one reading for every body: UTF-8, no duplicate keys, no NaN, bounded nesting,
+        # and no lone surrogate ("\ud800": it parses but cannot be stored or signed)
+        return strict_json.loads(bytes(body))
+    except strict_json.StrictJSONError as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}", code="invalid_json") from None
 
 
 async def read_object(request: Request, max_bytes: int = MAX_BODY) -> dict[str, Any]:

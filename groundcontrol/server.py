@@ -16,6 +16,7 @@ from hypercorn.config import Config as HypercornConfig
 
 from groundcontrol.app import create_app
 from groundcontrol.config import Config, parse_listen
+from registry_proxy import framing
 
 
 def hypercorn_config(config: Config) -> HypercornConfig:
@@ -33,6 +34,7 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    framing.install()
     try:
         app: Any = create_app(config)  # an ASGI app; hypercorn's own types are narrower
         await hypercorn_serve(app, hypercorn_config(config), shutdown_trigger=stop.wait)

@@ -29,6 +29,7 @@ from registry_proxy.errors import RegistryError
 from registry_proxy.manifest import MAX_MANIFEST_BYTES, OCI_INDEX, accepts
 from registry_proxy.metrics import CONTENT_TYPE_LATEST, Metrics
 from registry_proxy.names import parse_reference, validate_name
+from registry_proxy.numbers import DIGITS, parse_uint
 from registry_proxy.proxy import FillSource, Proxy, Upstream
 from registry_proxy.responses import BlobResponse, StreamResponse, parse_range
 from registry_proxy.routing import Router, Target, UpstreamName
@@ -176,7 +177,7 @@ class Registry:
                 from_repo = self.router.route(validate_name(from_name), params.get("ns")).repo
             if await self.store.mount_blob(t.repo, digest, from_repo):
                 return _created(t.name, digest)
-        upload_id = await self.store.start_upload(t.repo)
+        upload_id = await self.store.start_upload(t.repo, resumable="digest" not in params)
         if "digest" in params:
             digest = Digest.parse(params["digest"])
             try:
@@ -333,12 +334,13 @@ def _content_length(request: Request) -> int | None:
     value = request.headers.get("content-length")
     if value is None:
         return None
-    if not value.isdigit():
-        raise RegistryError("SIZE_INVALID", "invalid Content-Length")
-    return int(value)
+    length = parse_uint(value.strip())
+    if length is None:
+        raise RegistryError("SIZE_INVALID", f"invalid Content-Length {value[:40]!r}")
+    return length
 
 
-_CONTENT_RANGE = re.compile(r"^(?:bytes )?(\d+)-(\d+)(?:/(?:\d+|\*))?$")
+_CONTENT_RANGE = re.compile(rf"(?:bytes )?({DIGITS})-({DIGITS})(?:/({DIGITS}|\*))?")
 
 
 def _content_range(request: Request) -> tuple[int | None, int | None]:
@@ -347,12 +349,17 @@ def _content_range(request: Request) -> tuple[int | None, int | None]:
     header = request.headers.get("content-range")
     if header is None:
         return None, length
-    match = _CONTENT_RANGE.match(header.strip())
+    invalid = RegistryError("RANGE_INVALID", f"invalid Content-Range {header[:100]!r}")
+    match = _CONTENT_RANGE.fullmatch(header.strip())
     if match is None:
-        raise RegistryError("RANGE_INVALID", f"invalid Content-Range {header[:100]!r}")
-    start, end = int(match[1]), int(match[2])
-    if end < start:
-        raise RegistryError("RANGE_INVALID", f"invalid Content-Range {header[:100]!r}")
+        raise invalid
+    start, end = parse_uint(match[1]), parse_uint(match[2])
+    if start is None or end is None or end < start:
+        raise invalid
+    if match[3] is not None and match[3] != "*":
+        total = parse_uint(match[3])
+        if total is None or end >= total:  # "10-19/5": the chunk ends past the whole
+            raise invalid
     if length is not None and length != end - start + 1:
         raise RegistryError(
             "RANGE_INVALID", f"Content-Range {header[:100]!r} disagrees with Content-Length"
@@ -364,9 +371,10 @@ def _pagination(request: Request) -> tuple[int | None, str | None]:
     raw_n = request.query_params.get("n")
     n: int | None = None
     if raw_n is not None:
-        if not raw_n.isdigit():
+        parsed = parse_uint(raw_n)
+        if parsed is None:
             raise RegistryError("PAGINATION_NUMBER_INVALID", f"invalid n {raw_n[:20]!r}")
-        n = min(int(raw_n), MAX_PAGE)
+        n = min(parsed, MAX_PAGE)
     return n, request.query_params.get("last") or None
 
 
@@ -451,7 +459,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await store.open()
-        await store.sweep_uploads()  # what a crash left behind
+        await store.sweep()  # what a crash left behind
         metrics.cache_max.set(store.max_bytes or 0)
         metrics.evictions.inc(len(await store.enforce_budget()))
         task = asyncio.get_running_loop().create_task(maintain())

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from registry_proxy.digest import Digest
 from registry_proxy.errors import RegistryError
+from registry_proxy.numbers import INT64_MAX
+from registry_proxy.strict_json import StrictJSONError, loads
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -92,8 +93,8 @@ def _descriptor(value: Any, where: str) -> Descriptor:
         raise _invalid(f"{where}.mediaType is missing")
     if not isinstance(digest, str):
         raise _invalid(f"{where}.digest is missing")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise _invalid(f"{where}.size must be a non-negative integer")
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= INT64_MAX:
+        raise _invalid(f"{where}.size must be an integer from 0 to 2**63-1")
     try:
         parsed = Digest.parse(digest)
     except RegistryError as exc:
@@ -118,8 +119,15 @@ def _descriptors(value: Any, where: str) -> tuple[Descriptor, ...]:
 
 
 def parse_manifest(body: bytes, content_type: str | None) -> Manifest:
-    """Validates a pushed manifest. The media type comes from the body's `mediaType`
-    or, failing that, the request's Content-Type; the two must agree when both are set."""
+    """Validates a manifest: strict JSON (see strict_json), a supported media type, and
+    well-formed descriptors.
+
+    The media type is the body's `mediaType`; a Content-Type (parameters ignored) must
+    name the same type, as the distribution spec has clients send it. Without a
+    `mediaType` the Content-Type says it, and without either the shape does (an OCI
+    manifest may leave `mediaType` out). Any type other than the four manifest types
+    (``text/plain``, Docker schema 1's ``...v1+prettyjws``) is refused.
+    """
     if len(body) > MAX_MANIFEST_BYTES:
         raise RegistryError(
             "MANIFEST_INVALID",
@@ -127,17 +135,19 @@ def parse_manifest(body: bytes, content_type: str | None) -> Manifest:
             status=413,
         )
     try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise _invalid("manifest is not valid JSON") from None
+        doc = loads(body)
+    except StrictJSONError as exc:
+        raise _invalid(f"manifest is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise _invalid("manifest is not a JSON object")
-    header_type = (content_type or "").split(";", 1)[0].strip() or None
+    header_type = (content_type or "").split(";", 1)[0].strip().lower() or None
     body_type = doc.get("mediaType")
     if body_type is not None and not isinstance(body_type, str):
         raise _invalid("mediaType must be a string")
-    if body_type and header_type and body_type != header_type and header_type in MANIFEST_TYPES:
-        raise _invalid(f"Content-Type {header_type} does not match mediaType {body_type}")
+    if header_type is not None and header_type not in MANIFEST_TYPES:
+        raise _invalid(f"Content-Type {header_type[:200]!r} is not a supported manifest type")
+    if body_type and header_type and body_type != header_type:
+        raise _invalid(f"Content-Type {header_type} does not match mediaType {body_type[:200]}")
     media_type = body_type or header_type
     if media_type is None:
         # an OCI manifest without mediaType is legal; tell image from index by shape
@@ -151,8 +161,12 @@ def parse_manifest(body: bytes, content_type: str | None) -> Manifest:
     if artifact_type is not None and not isinstance(artifact_type, str):
         raise _invalid("artifactType must be a string")
     annotations = doc.get("annotations") or {}
-    if not isinstance(annotations, dict):
-        raise _invalid("annotations must be an object")
+    if not isinstance(annotations, dict) or not all(
+        isinstance(value, str) for value in annotations.values()
+    ):
+        # kept and served again in referrers lists, where clients expect the image
+        # spec's string-to-string map
+        raise _invalid("annotations must be an object of strings")
     subject = _descriptor(doc["subject"], "subject") if doc.get("subject") is not None else None
 
     if media_type in IMAGE_TYPES:

@@ -258,9 +258,16 @@ class Metadata:
         row = await self._one("SELECT repo FROM uploads WHERE id = ?", (upload_id,))
         return None if row is None else str(row[0])
 
+    async def uploads(self) -> list[tuple[str, str]]:
+        """(id, repository) of every upload under way."""
+        return [(r[0], r[1]) for r in await self._all("SELECT id, repo FROM uploads", ())]
+
     async def stale_uploads(self, older_than: float) -> list[str]:
         rows = await self._all("SELECT id FROM uploads WHERE started_at < ?", (older_than,))
         return [r[0] for r in rows]
+
+    async def blob_digests(self) -> set[Digest]:
+        return {Digest.parse(r[0]) for r in await self._all("SELECT digest FROM blobs", ())}
 
     async def used_bytes(self) -> int:
         row = await self._one("SELECT COALESCE(SUM(size), 0) FROM blobs", ())
@@ -297,6 +304,54 @@ class Metadata:
             )
             return cur.rowcount > 0
 
+    @staticmethod
+    async def _check_references(db: aiosqlite.Connection, repo: str, manifest: Manifest) -> None:
+        """MANIFEST_BLOB_UNKNOWN if a referenced blob or child manifest is not in `repo`;
+        MANIFEST_INVALID if its descriptor's size is not the size stored for it (a
+        client that trusts the descriptor would read past the content or stop short)."""
+        missing: list[str] = []
+        wrong_size: list[dict[str, object]] = []
+        checks = [
+            (
+                ref,
+                "SELECT b.size FROM repo_blobs r JOIN blobs b ON b.digest = r.digest"
+                " WHERE r.repo = ? AND r.digest = ?",
+            )
+            for ref in manifest.blob_references()
+        ]
+        checks += [
+            (child, "SELECT size FROM manifests WHERE repo = ? AND digest = ?")
+            for child in manifest.manifests
+        ]
+        for ref, sql in checks:
+            async with db.execute(sql, (repo, str(ref.digest))) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                missing.append(str(ref.digest))
+            elif int(row[0]) != ref.size:
+                wrong_size.append(
+                    {"digest": str(ref.digest), "size": ref.size, "stored": int(row[0])}
+                )
+        if missing:
+            raise RegistryError(
+                "MANIFEST_BLOB_UNKNOWN",
+                f"{len(missing)} referenced blob(s) or manifest(s) not in {repo}",
+                {"missing": missing},
+            )
+        if wrong_size:
+            first = wrong_size[0]
+            raise RegistryError(
+                "MANIFEST_INVALID",
+                f"descriptor of {first['digest']} says {first['size']} bytes,"
+                f" the stored content is {first['stored']}",
+                {"sizes": wrong_size},
+            )
+
+    async def check_references(self, repo: str, manifest: Manifest) -> None:
+        """The check that `put_manifest` makes, on committed data: lets a refused
+        manifest be refused before its bytes are written."""
+        await self._check_references(self.reader, repo, manifest)
+
     async def put_manifest(
         self,
         repo: str,
@@ -308,34 +363,15 @@ class Metadata:
     ) -> None:
         """Records a manifest (whose bytes are already published) and optionally tags it.
 
-        Fails with MANIFEST_BLOB_UNKNOWN, and records nothing, if a referenced blob or
-        child manifest is not in the repository. A manifest cached from upstream is
-        recorded without that check: its blobs arrive later, on demand.
+        Fails as `check_references` says, and records nothing, if a referenced blob or
+        child manifest is not in the repository or has another size. A manifest cached
+        from upstream is recorded without that check: its blobs arrive later, on demand.
         """
         now = time.time()
         d = str(digest)
         async with self.transaction() as db:
-            missing: list[str] = []
-            for ref in manifest.blob_references() if check_references else ():
-                async with db.execute(
-                    "SELECT 1 FROM repo_blobs WHERE repo = ? AND digest = ?",
-                    (repo, str(ref.digest)),
-                ) as cur:
-                    if await cur.fetchone() is None:
-                        missing.append(str(ref.digest))
-            for child in manifest.manifests if check_references else ():
-                async with db.execute(
-                    "SELECT 1 FROM manifests WHERE repo = ? AND digest = ?",
-                    (repo, str(child.digest)),
-                ) as cur:
-                    if await cur.fetchone() is None:
-                        missing.append(str(child.digest))
-            if missing:
-                raise RegistryError(
-                    "MANIFEST_BLOB_UNKNOWN",
-                    f"{len(missing)} referenced blob(s) or manifest(s) not in {repo}",
-                    {"missing": missing},
-                )
+            if check_references:
+                await self._check_references(db, repo, manifest)
             await self._ensure_repo(db, repo, now)
             await self._ensure_blob(db, d, size, now)
             await db.execute(

@@ -13,6 +13,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from registry_proxy.errors import RegistryError
+from registry_proxy.numbers import parse_uint
 
 # 1 MiB reads: with Starlette's default 64 KiB the per-chunk overhead of the event
 # loop and the worker thread dominates and throughput falls to a fifth of sendfile.
@@ -29,7 +30,7 @@ def chunk_size() -> int:
     return max(MIN_CHUNK, min(CHUNK, share))
 
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
 
 
 # the ASGI zero-copy send extension: servers that offer it (see appliance/zerocopy.py)
@@ -62,24 +63,29 @@ def read_cached(fd: int, n: int, offset: int) -> bytes | None:
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """A single byte range as [start, end); None to serve the whole blob.
 
-    Multi-range and malformed headers are ignored (RFC 9110 allows that); a range that
-    cannot be satisfied raises RANGE_INVALID (416).
+    Other units and multi-range requests are ignored (RFC 9110 allows that); a single
+    byte range that is malformed (numbers that are not ASCII digits, or too long to be
+    an offset) or cannot be satisfied raises RANGE_INVALID (416), as distribution does.
     """
     if not header:
         return None
-    match = _RANGE.match(header.strip())
+    spec = header.strip()
+    if not spec.startswith("bytes=") or "," in spec:
+        return None
+    match = _RANGE.fullmatch(spec)
     if match is None:
-        return None
-    first, last = match.groups()
-    if first == "" and last == "":
-        return None
-    if first == "":
-        suffix = int(last)
-        if suffix == 0:
+        raise _unsatisfiable(size)
+    raw_first, raw_last = match.groups()
+    first = parse_uint(raw_first) if raw_first else None
+    last = parse_uint(raw_last) if raw_last else None
+    if (raw_first and first is None) or (raw_last and last is None):
+        raise _unsatisfiable(size)  # a number past int64: no blob is that large
+    if first is None:  # a suffix: the last `last` bytes ("bytes=-" and "bytes=-0": none)
+        if not last:
             raise _unsatisfiable(size)
-        return max(size - suffix, 0), size
-    start = int(first)
-    end = size if last == "" else min(int(last) + 1, size)
+        return max(size - last, 0), size
+    start = first
+    end = size if last is None else min(last + 1, size)
     if start >= size or start >= end:
         raise _unsatisfiable(size)
     return start, end

@@ -7,14 +7,16 @@ files, the SQLite schema and upload staging are details behind it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import hashlib
+import logging
 import os
 import shutil
 import time
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +27,8 @@ from registry_proxy.errors import RegistryError
 from registry_proxy.layout import Layout
 from registry_proxy.manifest import Descriptor, Manifest, parse_manifest
 from registry_proxy.metadata import ManifestRow, Metadata
+
+log = logging.getLogger("satellite.registry")
 
 WRITE_BUFFER = 1024 * 1024
 UPLOAD_MAX_AGE = 24 * 3600.0
@@ -69,6 +73,13 @@ async def _finished_in_thread(flush: Callable[[bytes], None], data: bytes) -> No
         raise
 
 
+def _file_size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
+
+
 def _disk_error(exc: OSError) -> RegistryError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return RegistryError("UNAVAILABLE", "no space left on the satellite's storage", status=507)
@@ -87,11 +98,12 @@ class ContentStore:
         self._generation = 0
         self._tag_cache: dict[tuple[str, str], ManifestRow] = {}
         self._manifest_bytes: OrderedDict[Digest, bytes] = OrderedDict()
+        self._digest_locks: dict[Digest, tuple[asyncio.Lock, list[int]]] = {}
 
     async def open(self) -> None:
-        """Opens the store. A server calls `sweep_uploads` next; a second process on the
-        same data dir (`satellite verify`) must not, or it removes the files of uploads
-        and fills that the server has under way."""
+        """Opens the store. A server calls `sweep` next; a second process on the same
+        data dir (`satellite verify`) must not, or it removes the files of uploads and
+        fills that the server has under way."""
         self.layout.create()
         await self.meta.open()
 
@@ -100,8 +112,10 @@ class ContentStore:
 
     # -- uploads -------------------------------------------------------------------
 
-    async def sweep_uploads(self, max_age: float = UPLOAD_MAX_AGE) -> None:
-        """Removes staging files left by a crash and uploads abandoned for `max_age`."""
+    async def sweep(self, max_age: float = UPLOAD_MAX_AGE) -> list[Digest]:
+        """Removes what a crash left behind: staging files, uploads abandoned for
+        `max_age`, and blob files that no metadata row accounts for (a file is
+        published before its row is written). Returns the orphaned digests removed."""
         for upload_id in await self.meta.stale_uploads(time.time() - max_age):
             await self.cancel_upload(upload_id)
         for entry in list(self.layout.uploads.iterdir()):
@@ -110,13 +124,33 @@ class ContentStore:
                     shutil.rmtree(entry, ignore_errors=True)
             else:
                 entry.unlink(missing_ok=True)
+        for upload_id, repo in await self.meta.uploads():
+            # counted in the budget from the start, not only once a client resumes them
+            size = await asyncio.to_thread(_file_size, self.layout.upload_data(upload_id))
+            if size is not None:
+                self._uploads.setdefault(upload_id, _Upload(repo, size, None))
+        known = await self.meta.blob_digests()
+        orphans = [
+            (digest, path)
+            for digest, path in await asyncio.to_thread(self.layout.iter_blobs)
+            if digest not in known
+        ]
+        for _, path in orphans:
+            await asyncio.to_thread(path.unlink, missing_ok=True)
+        if orphans:
+            log.info("removed %d blob file(s) that no metadata row accounted for", len(orphans))
+        return [digest for digest, _ in orphans]
 
-    async def start_upload(self, repo: str) -> str:
+    async def start_upload(self, repo: str, *, resumable: bool = True) -> str:
+        """A new upload's id. Only a resumable upload is recorded in the metadata: the
+        client of a monolithic one never learns its id, so after a crash nothing could
+        resume it, and the next start's `sweep` removes its data at once."""
         upload_id = str(uuid.uuid4())
         path = self.layout.upload_data(upload_id)
         path.parent.mkdir(parents=True)
         path.touch()
-        await self.meta.create_upload(upload_id, repo)
+        if resumable:
+            await self.meta.create_upload(upload_id, repo)
         self._uploads[upload_id] = _Upload(repo, 0)
         return upload_id
 
@@ -238,15 +272,12 @@ class ContentStore:
             computed = None
             if state.sha256 is not None and digest.algorithm == "sha256":
                 computed = (Digest("sha256", state.sha256.hexdigest()), state.offset)
-            src = self.layout.upload_data(upload_id)
             try:
-                size = await asyncio.to_thread(self.blobs.commit, src, digest, computed)
-            except OSError as exc:
-                raise _disk_error(exc) from exc
+                return await self._publish(
+                    [repo], self.layout.upload_data(upload_id), digest, computed
+                )
             finally:
                 await self._drop_upload(upload_id)
-            await self.meta.link_blob(repo, digest, size)
-            return size
 
     async def cancel_upload(self, upload_id: str) -> None:
         await self._drop_upload(upload_id)
@@ -296,12 +327,24 @@ class ContentStore:
         self, repos: list[str], src: Path, digest: Digest, computed: tuple[Digest, int]
     ) -> int:
         """Publishes a file written and hashed elsewhere (a cache fill) into `repos`."""
-        try:
-            size = await asyncio.to_thread(self.blobs.commit, src, digest, computed)
-        except OSError as exc:
-            raise _disk_error(exc) from exc
-        for repo in repos:
-            await self.meta.link_blob(repo, digest, size)
+        return await self._publish(repos, src, digest, computed)
+
+    async def _publish(
+        self, repos: list[str], src: Path, digest: Digest, computed: tuple[Digest, int] | None
+    ) -> int:
+        """Verifies and publishes `src`, then links it into `repos`; if the links cannot
+        be written, the published file goes again (unless something else holds it)."""
+        async with self._digest_lock(digest):
+            try:
+                size = await asyncio.to_thread(self.blobs.commit, src, digest, computed)
+            except OSError as exc:
+                raise _disk_error(exc) from exc
+            try:
+                for repo in repos:
+                    await self.meta.link_blob(repo, digest, size)
+            except BaseException:
+                await self._discard(digest)
+                raise
         return size
 
     # -- cache budget --------------------------------------------------------------
@@ -313,7 +356,9 @@ class ContentStore:
         await self.meta.unpin(digest, owner)
 
     async def used_bytes(self) -> int:
-        return await self.meta.used_bytes()
+        """Bytes held on disk: verified blobs (manifests included) and upload data."""
+        staged = sum(upload.offset for upload in self._uploads.values())
+        return await self.meta.used_bytes() + staged
 
     async def enforce_budget(self) -> list[Digest]:
         """Evicts unpinned blobs, least recently used first, until the store is back
@@ -321,7 +366,7 @@ class ContentStore:
         if self.max_bytes is None:
             return []
         async with self._evicting:
-            used = await self.meta.used_bytes()
+            used = await self.used_bytes()
             if used <= self.max_bytes:
                 return []
             await self.meta.flush_access()
@@ -330,10 +375,11 @@ class ContentStore:
             for digest, size in await self.meta.lru_candidates(100_000):
                 if used <= target:
                     break
-                if self._in_use.get(digest) or not await self.meta.evict(digest):
-                    continue
-                self._manifest_bytes.pop(digest, None)
-                await asyncio.to_thread(self.blobs.delete, digest)
+                async with self._digest_lock(digest):  # not while it is being published
+                    if self._in_use.get(digest) or not await self.meta.evict(digest):
+                        continue
+                    self._manifest_bytes.pop(digest, None)
+                    await asyncio.to_thread(self.blobs.delete, digest)
                 used -= size
                 evicted.append(digest)
             if evicted:
@@ -345,7 +391,21 @@ class ContentStore:
             raise RegistryError("BLOB_UNKNOWN", f"blob {digest} is not in {repo}")
         await self._collect(digest)
 
+    async def _discard(self, digest: Digest) -> None:
+        """Removes the file of content that could not be recorded, unless something
+        else holds it; what cannot be removed now, the next start's `sweep` removes.
+        The caller holds the digest's lock."""
+        try:
+            await self._forget(digest)
+        except Exception:
+            log.warning("could not remove unrecorded %s; the next start removes it", digest)
+
     async def _collect(self, digest: Digest) -> None:
+        async with self._digest_lock(digest):  # not while it is being published
+            await self._forget(digest)
+
+    async def _forget(self, digest: Digest) -> None:
+        """Removes the blob's row and file if nothing references it (lock held)."""
         if await self.meta.forget_blob(digest):
             self._manifest_bytes.pop(digest, None)
             await asyncio.to_thread(self.blobs.delete, digest)
@@ -366,7 +426,12 @@ class ContentStore:
         cached: bool = False,
     ) -> tuple[Digest, Manifest]:
         """Stores a pushed manifest, or with `cached` one fetched from upstream (whose
-        blobs need not be here yet)."""
+        blobs need not be here yet).
+
+        A refused manifest leaves no bytes behind: its references are checked before
+        the file is written, and a failure to record it removes the file again unless
+        something else holds the same content.
+        """
         manifest = parse_manifest(body, content_type)
         if isinstance(reference, Digest):
             digest = Digest.of(body, reference.algorithm)
@@ -375,17 +440,36 @@ class ContentStore:
             tag = None
         else:
             digest, tag = Digest.of(body), reference
-        try:
-            await asyncio.to_thread(self.blobs.write_bytes, body, digest)
-        except OSError as exc:
-            raise _disk_error(exc) from exc
-        try:
-            await self.meta.put_manifest(
-                repo, digest, len(body), manifest, tag, check_references=not cached
-            )
-        finally:
-            self._changed()
+        if not cached:
+            await self.meta.check_references(repo, manifest)
+        async with self._digest_lock(digest):  # no other put of it between write and undo
+            try:
+                await asyncio.to_thread(self.blobs.write_bytes, body, digest)
+            except OSError as exc:
+                raise _disk_error(exc) from exc
+            try:
+                await self.meta.put_manifest(
+                    repo, digest, len(body), manifest, tag, check_references=not cached
+                )
+            except BaseException:
+                await self._discard(digest)
+                raise
+            finally:
+                self._changed()
         return digest, manifest
+
+    @contextlib.asynccontextmanager
+    async def _digest_lock(self, digest: Digest) -> AsyncIterator[None]:
+        entry = self._digest_locks.setdefault(digest, (asyncio.Lock(), [0]))
+        lock, users = entry
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._digest_locks[digest]
 
     async def set_tag(self, repo: str, tag: str, digest: Digest) -> None:
         try:

@@ -39,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import logging
 import random
 import re
@@ -52,6 +51,7 @@ from typing import TypeVar
 
 import httpx
 
+from registry_proxy import strict_json
 from registry_proxy.blob_transport import BLOB_BODY, BlobTransport
 from registry_proxy.digest import Digest
 from registry_proxy.errors import RegistryError
@@ -64,6 +64,7 @@ from registry_proxy.manifest import (
     OCI_MANIFEST,
 )
 from registry_proxy.names import parse_reference, validate_name
+from registry_proxy.numbers import DIGITS, parse_uint
 
 log = logging.getLogger("satellite.upstream")
 
@@ -418,7 +419,7 @@ class RegistryAuth(httpx.Auth):
             raise UpstreamProtocolError(f"token service {realm}: HTTP {status}", status=status)
         body = await _read_limited(response, MAX_TOKEN_BODY, f"token from {realm}")
         try:
-            doc = json.loads(body)
+            doc = strict_json.loads(body)
         except ValueError:
             raise UpstreamProtocolError(f"token service {realm}: not JSON") from None
         token = doc.get("token") or doc.get("access_token") if isinstance(doc, dict) else None
@@ -466,7 +467,8 @@ async def _read_limited(response: httpx.Response, limit: int, what: str) -> byte
     """The (decoded) body, refused when it is over `limit` bytes. Read with ``aread`` so
     that httpx, which reads every response of an auth flow again, finds it cached."""
     length = response.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit:
+    declared = parse_uint(length.strip())
+    if declared is not None and declared > limit:
         raise UpstreamProtocolError(f"{what}: {length} bytes is over the {limit} byte limit")
     if isinstance(response.stream, httpx.AsyncByteStream):
         response.stream = _LimitedStream(response.stream, limit, what)
@@ -503,19 +505,18 @@ def _media_type(headers: httpx.Headers) -> str | None:
 
 def _body_media_type(body: bytes) -> str | None:
     try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        doc = strict_json.loads(body)
+    except ValueError:
         return None
     value = doc.get("mediaType") if isinstance(doc, dict) else None
     return value if isinstance(value, str) and value in MANIFEST_TYPES else None
 
 
 def _int_header(headers: httpx.Headers, name: str) -> int | None:
-    value = headers.get(name, "").strip()
-    return int(value) if value.isdigit() else None
+    return parse_uint(headers.get(name, "").strip())
 
 
-_CONTENT_RANGE = re.compile(r"^bytes\s+(\d+)-(\d+)/(\d+|\*)$")
+_CONTENT_RANGE = re.compile(rf"bytes +({DIGITS})-({DIGITS})/({DIGITS}|\*)")
 
 
 @dataclass(frozen=True)
@@ -831,22 +832,29 @@ class UpstreamClient:
         if status == 200:
             return UpstreamBlob(response, what, 0, _int_header(response.headers, "content-length"))
         if status == 206:
-            match = _CONTENT_RANGE.match(response.headers.get("content-range", "").strip())
-            if match is None or int(match.group(1)) != offset:
-                content_range = response.headers.get("content-range", "")[:100]
+            content_range = response.headers.get("content-range", "")
+            match = _CONTENT_RANGE.fullmatch(content_range.strip())
+            start, end = (None, None) if match is None else map(parse_uint, match.group(1, 2))
+            total = None if match is None or match[3] == "*" else parse_uint(match[3])
+            if (
+                match is None
+                or start != offset
+                or end is None
+                or end < start
+                or (match[3] != "*" and (total is None or end >= total))
+            ):
                 raise UpstreamProtocolError(
-                    f"{what}: 206 with Content-Range {content_range!r} for offset {offset}"
+                    f"{what}: 206 with Content-Range {content_range[:100]!r} for offset {offset}"
                 )
-            total = match.group(3)
-            return UpstreamBlob(response, what, offset, int(total) if total != "*" else None)
+            return UpstreamBlob(response, what, offset, total)
         raise UpstreamProtocolError(f"{what}: HTTP {status}", status=status)
 
 
 def _error_codes(body: bytes) -> tuple[set[str], list[str]]:
     """Codes and messages of an OCI error body ``{"errors": [{"code", "message"}]}``."""
     try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        doc = strict_json.loads(body)
+    except ValueError:
         return set(), []
     errors = doc.get("errors") if isinstance(doc, dict) else None
     codes: set[str] = set()

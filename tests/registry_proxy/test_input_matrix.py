@@ -13,6 +13,15 @@ from tests.registry_proxy.conftest import push_blob, push_image, sha256
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 GOOD = sha256(b"x")
 UPLOAD = "0b6bd2a6-7e5b-4e36-a1b4-0e3c9b5e3f52"
+EMPTY_CONFIG = {
+    "mediaType": "application/vnd.oci.empty.v1+json",
+    "digest": sha256(b"{}"),
+    "size": 2,
+}
+# a manifest that is valid in every way but the one each case breaks
+EMPTY_IMAGE = json.dumps(
+    {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": EMPTY_CONFIG, "layers": []}
+).encode()
 
 CASES: list[tuple[str, str, str, bytes | None, dict[str, str], int, str]] = [
     # (case, method, path, body, headers, status, code)
@@ -224,6 +233,109 @@ CASES: list[tuple[str, str, str, bytes | None, dict[str, str], int, str]] = [
         416,
         "RANGE_INVALID",
     ),
+    # numbers: ASCII digits only, and no longer than an int64 (int() fails past 4,300)
+    *[
+        (
+            f"n={label} on {where}",
+            "GET",
+            f"{path}?n={n}",
+            None,
+            {},
+            400,
+            "PAGINATION_NUMBER_INVALID",
+        )
+        for where, path in (("catalog", "/v2/_catalog"), ("tags", "/v2/r/tags/list"))
+        for label, n in (("5000 digits", "9" * 5000), ("superscript", "²"), ("circled", "①"))
+    ],
+    *[
+        (
+            f"content-range {label}",
+            "PATCH",
+            f"/v2/r/blobs/uploads/{UPLOAD}",
+            b"x",
+            {"content-range": value},
+            416,
+            "RANGE_INVALID",
+        )
+        for label, value in (
+            ("5000 digits", "0-" + "9" * 5000),
+            ("superscript", "0-²"),
+            ("total of 5000 digits", "0-0/" + "9" * 5000),
+        )
+    ],
+    (
+        "content-range ending past its total",
+        "PATCH",
+        f"/v2/r/blobs/uploads/{UPLOAD}",
+        b"0123456789",
+        {"content-range": "10-19/5"},
+        416,
+        "RANGE_INVALID",
+    ),
+    *[
+        (
+            f"content-length {label}",
+            "PATCH",
+            f"/v2/r/blobs/uploads/{UPLOAD}",
+            b"x",
+            {"content-length": value},
+            400,
+            "SIZE_INVALID",
+        )
+        for label, value in (("superscript", "²"), ("5000 digits", "9" * 5000))
+    ],
+    # manifests: strict JSON (one meaning for every reader) and only manifest types
+    *[
+        (
+            f"manifest {label}",
+            "PUT",
+            "/v2/r/manifests/t",
+            body,
+            {"content-type": OCI_MANIFEST},
+            400,
+            "MANIFEST_INVALID",
+        )
+        for label, body in (
+            ("in UTF-16", EMPTY_IMAGE.decode().encode("utf-16")),
+            ("with a BOM", b"\xef\xbb\xbf" + EMPTY_IMAGE),
+            ("with NaN", EMPTY_IMAGE[:-1] + b', "x": NaN}'),
+            ("with 1e400", EMPTY_IMAGE[:-1] + b', "x": 1e400}'),
+            ("with a duplicate key", EMPTY_IMAGE[:-1] + b', "schemaVersion": 2}'),
+            ("nested 100,000 deep", b'{"a":' * 100_000 + b"1" + b"}" * 100_000),
+            ("with a 5000-digit integer", EMPTY_IMAGE[:-1] + b', "x": ' + b"9" * 5000 + b"}"),
+            ("with a lone surrogate", EMPTY_IMAGE[:-1] + b', "x": "\\ud800"}'),
+            ("with a numeric annotation", EMPTY_IMAGE[:-1] + b', "annotations": {"n": 1}}'),
+            (
+                "with a size of 2**64",
+                EMPTY_IMAGE.replace(b'"size": 2', b'"size": 18446744073709551616'),
+            ),
+        )
+    ],
+    *[
+        (
+            f"manifest pushed as {content_type}",
+            "PUT",
+            "/v2/r/manifests/t",
+            EMPTY_IMAGE,
+            {"content-type": content_type},
+            400,
+            "MANIFEST_INVALID",
+        )
+        for content_type in (
+            "text/plain",
+            "application/vnd.docker.distribution.manifest.v1+prettyjws",
+            "application/vnd.docker.distribution.manifest.v2+json",
+        )
+    ],
+    (
+        "manifest without mediaType pushed as text/plain",
+        "PUT",
+        "/v2/r/manifests/t",
+        json.dumps({"schemaVersion": 2, "config": EMPTY_CONFIG, "layers": []}).encode(),
+        {"content-type": "text/plain"},
+        400,
+        "MANIFEST_INVALID",
+    ),
 ]
 
 
@@ -241,8 +353,10 @@ async def test_bad_input(
     status: int,
     code: str,
 ) -> None:
-    r = await client.request(method, path, content=body, headers=headers)
-    assert r.status_code == status, r.text
+    # latin-1, as HTTP carries header bytes: "²" is the byte 0xb2 on the wire
+    raw = {k.encode(): v.encode("latin-1") for k, v in headers.items()}
+    r = await client.request(method, path, content=body, headers=raw)
+    assert r.status_code == status, r.text[:300]
     if code:
         errors = r.json()["errors"]
         assert errors[0]["code"] == code
@@ -340,3 +454,24 @@ async def test_unnormalized_dot_segments(store: ContentStore, raw_path: bytes) -
     assert sent[0]["status"] in (400, 404)
     body = json.loads(b"".join(m.get("body", b"") for m in sent[1:]))  # type: ignore[misc]
     assert body["errors"][0]["code"] in ("NAME_INVALID", "DIGEST_INVALID")
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["bytes=0-" + "9" * 5000, "bytes=" + "9" * 4301 + "-", "bytes=-" + "9" * 20, "bytes=²-"],
+)
+async def test_range_numbers_that_are_no_offset(client: httpx.AsyncClient, header: str) -> None:
+    digest = await push_blob(client, "r", b"0123456789")
+    r = await client.get(f"/v2/r/blobs/{digest}", headers={b"range": header.encode("latin-1")})
+    assert r.status_code == 416, r.text[:300]
+    assert r.json()["errors"][0]["code"] == "RANGE_INVALID"
+    assert r.headers["content-range"] == "bytes */10"
+
+
+async def test_content_range_with_a_total_is_accepted_when_consistent(
+    client: httpx.AsyncClient,
+) -> None:
+    location = (await client.post("/v2/r/blobs/uploads/")).headers["location"]
+    r = await client.patch(location, content=b"12345", headers={"content-range": "0-4/10"})
+    assert r.status_code == 202, r.text
+    assert r.headers["range"] == "0-4"

@@ -56,7 +56,8 @@ def test_parse_range() -> None:
     assert parse_range("bytes=-3", 10) == (7, 10)
     assert parse_range("bytes=5-100", 10) == (5, 10)
     assert parse_range("items=1-2", 10) is None
-    for bad in ("bytes=10-", "bytes=-0", "bytes=4-2"):
+    assert parse_range("bytes=0-1,4-5", 10) is None  # multi-range: the whole blob
+    for bad in ("bytes=10-", "bytes=-0", "bytes=4-2", "bytes=-", "bytes=x-1", "bytes=\u0663-"):
         with pytest.raises(RegistryError) as exc:
             parse_range(bad, 10)
         assert exc.value.status == 416

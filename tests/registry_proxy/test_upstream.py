@@ -567,3 +567,42 @@ async def test_tls_verified_with_the_configured_ca(tmp_path: Path) -> None:
         async with client_for(url, retries=0) as client:
             with pytest.raises(UpstreamUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
                 await client.get_manifest("team/a", "v1")
+
+
+# --------------------------------------------------------------------------- hostile numbers
+
+
+@pytest.mark.parametrize(
+    "content_range",
+    [
+        "bytes 500-999/" + "9" * 5000,  # past int(): a ValueError, not a protocol error
+        "bytes 500-" + "9" * 5000 + "/1000",
+        "bytes 500-999/600",  # the range ends past the whole
+        "bytes 500-499/1000",
+        "bytes 400-999/1000",  # not the offset asked for
+    ],
+)
+async def test_a_206_with_an_impossible_content_range_is_a_protocol_error(
+    content_range: str,
+) -> None:
+    data = bytes(500)
+    hits: list[str] = []
+    app = scripted([lambda: Response(data, 206, headers={"Content-Range": content_range})], hits)
+    async with serve_app(app) as url, client_for(url) as client:
+        with pytest.raises(UpstreamProtocolError):
+            async with client.open_blob("team/a", Digest.of(bytes(1000)), offset=500):
+                pass
+
+
+async def test_deeply_nested_json_from_upstream_is_no_crash() -> None:
+    """An error body or an untyped manifest nested 100,000 deep: refused as what it is."""
+    deep = b"[" * 100_000 + b"]" * 100_000
+    hits: list[str] = []
+    app = scripted([lambda: Response(deep, 404)], hits)
+    async with serve_app(app) as url, client_for(url) as client:
+        with pytest.raises(UpstreamNotFound):
+            await client.get_manifest("team/a", "v1")
+    app = scripted([lambda: Response(deep, headers={"Content-Type": "text/plain"})], [])
+    async with serve_app(app) as url, client_for(url) as client:
+        with pytest.raises(UpstreamProtocolError):
+            await client.get_manifest("team/a", "v1")
