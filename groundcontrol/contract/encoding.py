@@ -3,10 +3,10 @@
 import base64
 import binascii
 import json
-import math
-from typing import Any, NoReturn
+from typing import Any
 
 from groundcontrol.contract.errors import MalformedDocument
+from registry_proxy import strict_json
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -37,40 +37,13 @@ def _b64decode(text: object, where: str) -> bytes:
 
 
 def _loads(data: bytes, where: str) -> Any:
-    """Strict JSON: UTF-8 only, no duplicate keys, no NaN/Infinity, bounded nesting."""
-
-    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        obj: dict[str, Any] = {}
-        for key, value in pairs:
-            if key in obj:
-                raise MalformedDocument(f"{where}: duplicate key {key!r}")
-            obj[key] = value
-        return obj
-
-    def finite_float(text: str) -> float:
-        value = float(text)
-        if not math.isfinite(value):
-            raise MalformedDocument(f"{where}: number {text} is out of range")
-        return value
-
-    def no_constant(name: str) -> NoReturn:
-        raise MalformedDocument(f"{where}: {name} is not valid JSON")
-
+    """Strict JSON (registry_proxy.strict_json, the project's one strict reader): UTF-8
+    without BOM, no duplicate keys, no NaN/Infinity or overflowing numbers, no lone
+    surrogates, bounded nesting. ``MalformedDocument`` names ``where``."""
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise MalformedDocument(f"{where}: not UTF-8") from exc
-    try:
-        return json.loads(
-            text,
-            object_pairs_hook=no_duplicates,
-            parse_float=finite_float,
-            parse_constant=no_constant,
-        )
-    except MalformedDocument:
-        raise
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError, int digit limit, nesting
-        raise MalformedDocument(f"{where}: invalid JSON: {exc}") from exc
+        return strict_json.loads(bytes(data))
+    except strict_json.StrictJSONError as exc:
+        raise MalformedDocument(f"{where}: {exc}") from exc
 
 
 def _typename(value: object) -> str:
