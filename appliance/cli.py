@@ -10,7 +10,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from appliance.config import Config, ConfigError, load, parse_listen, parse_upstream_flag
-from registry_proxy.app import RegistrySettings, create_app
+from registry_proxy import accesslog
+from registry_proxy.app import ACCESS_LOG, RegistrySettings, create_app
+from registry_proxy.deadline import BodyLimits
 from registry_proxy.proxy import Upstream
 from registry_proxy.store import ContentStore
 
@@ -29,6 +31,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--upstream", action="append", default=[], metavar="NAME=URL", help="an upstream"
     )
+    run.add_argument(
+        "--push",
+        action="store_true",
+        default=None,
+        help="accept pushes and deletes (registry.push; the default is read-only: a "
+        "pull-through cache and the content Ground Control sends)",
+    )
     verify = sub.add_parser("verify", help="rehash every stored blob and check the metadata")
     common(verify)
     return parser
@@ -41,6 +50,8 @@ def _config(args: argparse.Namespace) -> Config:
     if getattr(args, "listen", None):
         parse_listen(args.listen, "--listen")
         config = replace(config, listen=args.listen)
+    if getattr(args, "push", None):
+        config = replace(config, push=True)
     if getattr(args, "upstream", None):
         flags = tuple(parse_upstream_flag(v) for v in args.upstream)
         if not any(u.default for u in config.upstreams + flags):
@@ -72,6 +83,13 @@ async def _run(config: Config) -> int:
         RegistrySettings(push=config.push),
         _upstreams(config),
         tag_timeout=config.tag_timeout,
+        stale_after=config.stale_after,
+        body_limits=BodyLimits(
+            min_rate=config.body_min_rate,
+            window=config.body_rate_window,
+            timeout=config.body_timeout,
+        ),
+        access_log=config.log_format if config.log_access else None,
     )
     host, port = config.host_port
     await serve_until_signalled(app, host, port, zero_copy=config.zero_copy)
@@ -101,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    accesslog.configure(ACCESS_LOG, config.log_format)
     if args.command == "run":
         return asyncio.run(_run(config))
     if args.command == "verify":
