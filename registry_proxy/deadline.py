@@ -88,10 +88,18 @@ RenderError = Callable[[str], tuple[bytes, str]]  # message -> (body, content ty
 
 
 class BodyDeadline:
-    def __init__(self, app: ASGIApp, *, limits: BodyLimits, render: RenderError) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        limits: BodyLimits,
+        render: RenderError,
+        logger: logging.Logger = log,
+    ) -> None:
         self.app = app
         self.limits = limits
         self.render = render
+        self.log = logger
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in _NO_BODY_METHODS or not self.limits.active:
@@ -140,7 +148,7 @@ class BodyDeadline:
         except BodyTooSlow:
             pass
         except ClientDisconnect:
-            log.info(
+            self.log.info(
                 "client %s went away while sending the body of %s %s",
                 _client(scope),
                 scope["method"],
@@ -149,7 +157,7 @@ class BodyDeadline:
             return
         if too_slow is None:
             return
-        log.info(
+        self.log.info(
             "client %s too slow: %s; %s %s answered 408",
             _client(scope),
             too_slow,
