@@ -10,8 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from appliance.config import Config, ConfigError, load, parse_listen, parse_upstream_flag
-from registry_proxy import accesslog
-from registry_proxy.app import ACCESS_LOG, RegistrySettings, create_app
+from registry_proxy.app import RegistrySettings, create_app
 from registry_proxy.deadline import BodyLimits
 from registry_proxy.proxy import Upstream
 from registry_proxy.store import ContentStore
@@ -119,7 +118,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    accesslog.configure(ACCESS_LOG, config.log_format)
     if args.command == "run":
         return asyncio.run(_run(config))
     if args.command == "verify":
