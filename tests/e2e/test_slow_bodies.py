@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from groundcontrol.config import ConfigError, load_config
 from tests.conftest import SatelliteFactory
 from tests.support.groundcontrol import GroundControlProcess
 from tests.support.net import LOOPBACK
@@ -240,3 +241,23 @@ def test_groundcontrol_logs_a_client_gone_mid_body_at_info(
     assert "Traceback" not in log
     assert "unexpected error" not in log
     assert httpx.get(f"{groundcontrol.url}/healthz").status_code == 200
+
+
+def test_groundcontrol_body_deadline_config(tmp_path: Path) -> None:
+    path = tmp_path / "gc.toml"
+    path.write_text('[server]\nbody_min_rate = "4KiB"\nbody_rate_window = "1m"\n')
+    config = load_config(path, environ={"GROUNDCONTROL_SERVER_BODY_TIMEOUT": "10m"})
+    assert (config.body_min_rate, config.body_rate_window, config.body_timeout) == (
+        4096,
+        60,
+        600,
+    )
+    defaults = load_config(None, environ={})
+    assert (defaults.body_min_rate, defaults.body_rate_window, defaults.body_timeout) == (
+        1024,
+        30,
+        0,
+    )
+    path.write_text("[server]\nbody_rate_window = 0\n")
+    with pytest.raises(ConfigError, match=r"server\.body_rate_window"):
+        load_config(path, environ={})
