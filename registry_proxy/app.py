@@ -450,7 +450,8 @@ def create_app(
     """The registry app. The store (and the upstream clients) are opened and closed by
     the app's lifespan; a maintenance task flushes access times and keeps the budget.
     Request bodies are read under `body_limits` (a rate floor by default); `access_log`
-    writes one line per request to the ``satellite.access`` logger (None: no log)."""
+    writes one line per request on stderr, as the ``satellite.access`` logger's level
+    allows (None: no access log)."""
     metrics = metrics or Metrics()
     upstreams = upstreams or {}
     router = Router(
