@@ -1,8 +1,10 @@
 """One access-log line per HTTP request, the same shape for the satellite and Ground Control.
 
-    plain:  127.0.0.1 GET /v2/library/app/manifests/v1 200 1480 2.1ms hit
-    json:   {"time": "...", "client": "127.0.0.1", "method": "GET", "path": "/v2/...",
-             "status": 200, "bytes": 1480, "duration_ms": 2.1, "upstream": "hit"}
+    plain:  2026-11-28 12:33:42,131 INFO satellite.access: 127.0.0.1 GET
+            /v2/library/app/manifests/v1 200 1480 2.1ms hit          (one line)
+    json:   {"time": "2026-11-28T12:33:42.131Z", "client": "127.0.0.1", "method": "GET",
+             "path": "/v2/...", "status": 200, "bytes": 1480, "duration_ms": 2.1,
+             "upstream": "hit"}                                     (one line)
 
 Fields: client address, method, request target as sent (path and query, never decoded,
 so an encoded newline cannot forge a line), status (0: no response was sent), body bytes
@@ -82,12 +84,16 @@ class AccessLog:
             self.sink.write(self._line(scope, status, sent, duration_ms))
 
     def _now(self) -> tuple[str, int]:
-        """The local time to the second (formatted once a second) and the milliseconds."""
+        """The time to the second (formatted once a second) and the milliseconds: local
+        as in the program's other log lines (plain), ISO 8601 in UTC (json)."""
         now = time.time()
         second = int(now)
         if second != self._second:
             self._second = second
-            self._second_text = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+            if self.json:
+                self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            else:
+                self._second_text = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
         return self._second_text, int((now - second) * 1000)
 
     def _line(self, scope: Scope, status: int, sent: int, duration_ms: float) -> str:
@@ -102,7 +108,7 @@ class AccessLog:
         second, millis = self._now()
         if self.json:  # by hand: json.dumps of a dict costs more than the rest together
             return (
-                f'{{"time": "{second}.{millis:03d}", "client": {json.dumps(host)}, '
+                f'{{"time": "{second}.{millis:03d}Z", "client": {json.dumps(host)}, '
                 f'"method": {json.dumps(scope["method"])}, "path": {json.dumps(target)}, '
                 f'"status": {status}, "bytes": {sent}, "duration_ms": {duration_ms:.1f}, '
                 f'"upstream": "{upstream}"}}\n'

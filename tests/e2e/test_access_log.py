@@ -100,7 +100,7 @@ def test_satellite_json_lines(satellite_factory: SatelliteFactory) -> None:
         "upstream": "-",
     }
     assert isinstance(pull["duration_ms"], float)
-    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}", pull["time"])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", pull["time"])
 
 
 def test_satellite_access_log_can_be_turned_off(satellite_factory: SatelliteFactory) -> None:
