@@ -28,6 +28,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--upstream", action="append", default=[], metavar="NAME=URL", help="an upstream"
     )
+    run.add_argument(
+        "--push",
+        action="store_true",
+        default=None,
+        help="accept pushes and deletes (registry.push; the default is read-only: a "
+        "pull-through cache and the content Ground Control sends)",
+    )
     verify = sub.add_parser("verify", help="rehash every stored blob and check the metadata")
     common(verify)
     register = sub.add_parser(
@@ -72,6 +79,9 @@ def _config(args: argparse.Namespace) -> Config:
         parse_listen(args.listen, "--listen")
         config = replace(config, listen=args.listen)
         explicit.add("server.listen")
+    if getattr(args, "push", None):
+        config = replace(config, push=True)
+        explicit.add("registry.push")
     config = replace(config, explicit=frozenset(explicit))
     if getattr(args, "upstream", None):
         flags = tuple(parse_upstream_flag(v) for v in args.upstream)

@@ -10,6 +10,7 @@ Environment overrides are ``SATELLITE_<SECTION>_<KEY>`` for the scalar keys, e.g
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import tomllib
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from registry_proxy import names
+from registry_proxy.accesslog import Format as AccessLogFormat
 from registry_proxy.units import parse_duration
 
 DEFAULT_LISTEN = "0.0.0.0:8585"
@@ -61,6 +63,12 @@ class Config:
     max_bytes: int = DEFAULT_MAX_BYTES
     push: bool = False
     tag_timeout: float = 3.0
+    stale_after: float = 0.25
+    # request bodies: a rate floor over each window (not a fixed total, which would cut
+    # a large layer pushed over a slow link), and an optional overall limit (0: none)
+    body_min_rate: int = 1024
+    body_rate_window: float = 30.0
+    body_timeout: float = 0.0
     upstreams: tuple[Upstream, ...] = ()
     groundcontrol_url: str | None = None
     groundcontrol_ca_file: str | None = None
@@ -68,6 +76,8 @@ class Config:
     checkin_interval: float | None = None
     long_poll: bool = True
     log_level: str = "info"
+    log_access: bool = True
+    log_format: AccessLogFormat = "plain"
     # keys set by the file, the environment or a flag: these win over the signed config
     explicit: frozenset[str] = frozenset()
 
@@ -96,6 +106,22 @@ def _ca_file(value: object, key: str) -> Path | None:
     if not path.is_file():
         raise ConfigError(f"{key}: {path} is not a readable file")
     return path
+
+
+def parse_seconds(value: object, key: str, *, zero: bool = False) -> float:
+    """Seconds as a TOML number or a string of one (environment overrides)."""
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            value = float(value)
+    if (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and (value > 0 or (zero and value == 0))
+    ):
+        return float(value)
+    expected = "seconds >= 0" if zero else "seconds > 0"
+    raise ConfigError(f"{key}: expected {expected}, got {value!r}")
 
 
 def parse_bool(value: object, key: str) -> bool:
@@ -188,13 +214,17 @@ def from_mapping(doc: Mapping[str, Any]) -> Config:
     for name in doc:
         if name not in known:
             raise ConfigError(f"{name}: unknown section (known: {', '.join(sorted(known))})")
-    server = _table(doc, "server", {"listen", "zero_copy"})
+    server = _table(
+        doc,
+        "server",
+        {"listen", "zero_copy", "body_min_rate", "body_rate_window", "body_timeout"},
+    )
     storage = _table(doc, "storage", {"path", "max_bytes"})
-    registry = _table(doc, "registry", {"push", "tag_timeout"})
+    registry = _table(doc, "registry", {"push", "tag_timeout", "stale_after"})
     gc = _table(
         doc, "groundcontrol", {"url", "ca_file", "state_interval", "checkin_interval", "long_poll"}
     )
-    log = _table(doc, "log", {"level"})
+    log = _table(doc, "log", {"level", "access", "format"})
     config = Config()
     if "listen" in server:
         parse_listen(server["listen"], "server.listen")
@@ -208,13 +238,20 @@ def from_mapping(doc: Mapping[str, Any]) -> Config:
     if "push" in registry:
         config = replace(config, push=parse_bool(registry["push"], "registry.push"))
     if "tag_timeout" in registry:
-        value = registry["tag_timeout"]
-        if isinstance(value, str):
-            with contextlib.suppress(ValueError):
-                value = float(value)
-        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-            raise ConfigError(f"registry.tag_timeout: expected seconds > 0, got {value!r}")
-        config = replace(config, tag_timeout=float(value))
+        tag_timeout = parse_seconds(registry["tag_timeout"], "registry.tag_timeout")
+        config = replace(config, tag_timeout=tag_timeout)
+    if "stale_after" in registry:
+        stale_after = parse_seconds(registry["stale_after"], "registry.stale_after", zero=True)
+        config = replace(config, stale_after=stale_after)
+    if "body_min_rate" in server:
+        rate = parse_size(server["body_min_rate"], "server.body_min_rate")
+        config = replace(config, body_min_rate=rate)
+    if "body_rate_window" in server:
+        window = parse_seconds(server["body_rate_window"], "server.body_rate_window")
+        config = replace(config, body_rate_window=window)
+    if "body_timeout" in server:
+        body_timeout = parse_seconds(server["body_timeout"], "server.body_timeout", zero=True)
+        config = replace(config, body_timeout=body_timeout)
     if "url" in gc:
         url = _str(gc["url"], "groundcontrol.url")
         if not url.startswith(("http://", "https://")):
@@ -236,6 +273,13 @@ def from_mapping(doc: Mapping[str, Any]) -> Config:
         if level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log.level: expected debug, info, warning or error, got {level!r}")
         config = replace(config, log_level=level)
+    if "access" in log:
+        config = replace(config, log_access=parse_bool(log["access"], "log.access"))
+    if "format" in log:
+        fmt = _str(log["format"], "log.format").lower()
+        if fmt not in ("plain", "json"):
+            raise ConfigError(f"log.format: expected plain or json, got {fmt!r}")
+        config = replace(config, log_format="json" if fmt == "json" else "plain")
     if "upstream" in doc:
         config = replace(config, upstreams=_upstreams(doc["upstream"]))
     explicit = {
@@ -260,14 +304,20 @@ def _interval(value: object, key: str) -> float:
 _ENV_KEYS = {
     "SATELLITE_SERVER_LISTEN": ("server", "listen"),
     "SATELLITE_SERVER_ZERO_COPY": ("server", "zero_copy"),
+    "SATELLITE_SERVER_BODY_MIN_RATE": ("server", "body_min_rate"),
+    "SATELLITE_SERVER_BODY_RATE_WINDOW": ("server", "body_rate_window"),
+    "SATELLITE_SERVER_BODY_TIMEOUT": ("server", "body_timeout"),
     "SATELLITE_STORAGE_PATH": ("storage", "path"),
     "SATELLITE_STORAGE_MAX_BYTES": ("storage", "max_bytes"),
     "SATELLITE_REGISTRY_PUSH": ("registry", "push"),
     "SATELLITE_REGISTRY_TAG_TIMEOUT": ("registry", "tag_timeout"),
+    "SATELLITE_REGISTRY_STALE_AFTER": ("registry", "stale_after"),
     "SATELLITE_GROUNDCONTROL_URL": ("groundcontrol", "url"),
     "SATELLITE_GROUNDCONTROL_STATE_INTERVAL": ("groundcontrol", "state_interval"),
     "SATELLITE_GROUNDCONTROL_CHECKIN_INTERVAL": ("groundcontrol", "checkin_interval"),
     "SATELLITE_LOG_LEVEL": ("log", "level"),
+    "SATELLITE_LOG_ACCESS": ("log", "access"),
+    "SATELLITE_LOG_FORMAT": ("log", "format"),
 }
 
 

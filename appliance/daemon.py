@@ -33,6 +33,7 @@ from appliance.identity import Identity, UpstreamCredential, load_identity, swee
 from appliance.statereg import StateRegistryFallback
 from groundcontrol.contract import ImageStatus, StateDocument, TrustedState
 from registry_proxy.app import RegistrySettings, create_app
+from registry_proxy.deadline import BodyLimits
 from registry_proxy.digest import Digest
 from registry_proxy.errors import RegistryError
 from registry_proxy.metrics import Metrics
@@ -247,6 +248,13 @@ async def build(config: Config) -> Daemon:
         {},
         metrics=metrics,
         tag_timeout=config.tag_timeout,
+        stale_after=config.stale_after,
+        body_limits=BodyLimits(
+            min_rate=config.body_min_rate,
+            window=config.body_rate_window,
+            timeout=config.body_timeout,
+        ),
+        access_log=config.log_format if config.log_access else None,
     )
     consumer = RegistryConsumer(config, store, app, metrics)
     sweep_staged(config.data_dir)

@@ -24,9 +24,14 @@ Every run starts the proxy under test on a fresh, empty storage directory (a col
    the satellite's circuit breaker opened, then a paced phase (one request every 100 ms
    for longer than the breaker's 5 s open period, so a half-open probe happens during
    it); docker-registry gets fewer requests, each capped by a client timeout. Then the
-   same with the relay's port closed (connection refused) on a restarted proxy.
+   same with the relay's port closed (connection refused) on a restarted proxy;
+4. the first seconds of an outage (`--only outage`): a satellite with its default
+   `tag_timeout` (3 s) has the tag cached, the link goes dark (blackhole), and 12 clients
+   (a runtime pulling a dozen images) each GET the tag every 100 ms for 10 s: the worst
+   pull, with `registry.stale_after = 0` (wait for the upstream, as before stale while
+   revalidate) and with the default (0.25 s).
 
-The satellite runs with `registry.tag_timeout = 1` (the default is 3 s).
+Parts 1-3 run the satellite with `registry.tag_timeout = 1` (the default is 3 s).
 """
 
 from __future__ import annotations
@@ -73,6 +78,7 @@ ACCEPT = ", ".join(
 )
 JSON = dict[str, Any]
 
+ALL_PARTS = ["pull", "crowd", "offline", "outage"]
 SATELLITE = "satellite"
 DOCKER_REGISTRY = "docker-registry proxy"
 DIRECT = "direct (upstream)"
@@ -139,7 +145,12 @@ class Target:
 
 @contextlib.contextmanager
 def open_target(
-    kind: str, root: Path, upstream: UpstreamRegistry, *, relay: bool = True
+    kind: str,
+    root: Path,
+    upstream: UpstreamRegistry,
+    *,
+    relay: bool = True,
+    registry: dict[str, str | int] | None = None,
 ) -> Iterator[Target]:
     """The thing a client pulls from, on a fresh (empty) storage dir under `root`; a
     proxy reaches the upstream through a FaultRelay unless `relay` is false."""
@@ -158,7 +169,7 @@ def open_target(
             proc = SatelliteProcess(
                 root,
                 push=False,
-                registry={"tag_timeout": TAG_TIMEOUT},
+                registry={"tag_timeout": TAG_TIMEOUT} if registry is None else registry,
                 upstreams=[Upstream("up", upstream_url, default=True)],
             )
         elif kind == DOCKER_REGISTRY:
@@ -437,6 +448,73 @@ def offline_tags(kind: str, root: Path, upstream: UpstreamRegistry, p: Params) -
     return out
 
 
+# --------------------------------------------------------------------------- 4. outage
+
+
+OUTAGE_CLIENTS = 12
+OUTAGE_SECONDS = 10.0
+OUTAGE_INTERVAL = 0.1
+
+
+async def _outage_client(
+    client: httpx.AsyncClient, host: str, start: float, expect_digest: str
+) -> list[JSON]:
+    out: list[JSON] = []
+    while time.perf_counter() < start + OUTAGE_SECONDS:
+        t_start = time.perf_counter()
+        rec: JSON = {"status": None, "ok": False, "t": t_start - start}
+        try:
+            r = await client.get(
+                f"http://{host}/v2/{REPO}/manifests/{TAG}", headers={"Accept": ACCEPT}
+            )
+            rec["status"] = r.status_code
+            rec["ok"] = (
+                r.status_code == 200
+                and "sha256:" + hashlib.sha256(r.content).hexdigest() == expect_digest
+            )
+        except httpx.HTTPError as exc:
+            rec["status"] = type(exc).__name__
+        rec["seconds"] = time.perf_counter() - t_start
+        out.append(rec)
+        await asyncio.sleep(max(0.0, OUTAGE_INTERVAL - rec["seconds"]))
+    return out
+
+
+async def _outage_clients(host: str, expect_digest: str) -> list[JSON]:
+    # every client is made before the clock starts: making one (its TLS context) blocks
+    # the loop for tens of ms, which would show as latency of the others
+    clients = [httpx.AsyncClient(timeout=35.0, trust_env=False) for _ in range(OUTAGE_CLIENTS)]
+    try:
+        start = time.perf_counter()
+        per_client = await asyncio.gather(
+            *(_outage_client(c, host, start, expect_digest) for c in clients)
+        )
+    finally:
+        for c in clients:
+            await c.aclose()
+    return [rec for recs in per_client for rec in recs]
+
+
+def outage(root: Path, upstream: UpstreamRegistry, stale_after: str) -> JSON:
+    """Worst tag pull of a cached image in the first seconds of a blackholed link."""
+    registry: dict[str, str | int] = {"stale_after": stale_after}  # default tag_timeout
+    with open_target(SATELLITE, root, upstream, registry=registry) as target:
+        assert target.relay is not None
+        with httpx.Client(timeout=30, trust_env=False) as client:
+            r = client.get(
+                f"http://{target.host}/v2/{REPO}/manifests/{TAG}", headers={"Accept": ACCEPT}
+            )
+            r.raise_for_status()
+            digest = "sha256:" + hashlib.sha256(r.content).hexdigest()
+        target.relay.reset_counters()
+        target.relay.add_fault(Fault("/v2/", blackhole()))
+        records = asyncio.run(_outage_clients(target.host, digest))
+        out = summarize(records)
+        out["upstream_tag_requests"] = target.relay.count("/manifests/")
+        out["stale_after_s"] = float(stale_after)
+    return out
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -513,6 +591,21 @@ def render(results: JSON) -> str:
                 f"{s['max_ms']:.1f} | {s['ok']}/{s['n']} | {up} |"
             )
     add("")
+    add(
+        f"### 4. The first {OUTAGE_SECONDS:g} s of an outage: {OUTAGE_CLIENTS} clients each GET a "
+        f"cached tag every {OUTAGE_INTERVAL * 1000:g} ms, link blackholed, default tag_timeout (3 s)"
+    )
+    add("")
+    add(
+        "| registry.stale_after | n | p50 ms | p99 ms | worst ms | 200 + right digest | upstream tag requests |"
+    )
+    add("|---|---:|---:|---:|---:|---:|---:|")
+    for row in results["outage"].values():
+        add(
+            f"| {row['stale_after_s']:g} s | {row['n']} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | "
+            f"{row['max_ms']:.1f} | {row['ok']}/{row['n']} | {row['upstream_tag_requests']} |"
+        )
+    add("")
     add("### Goals")
     add("")
     for g in results["goals"]:
@@ -552,7 +645,18 @@ def goals(results: JSON) -> list[str]:
         f"{off['blackhole']['upstream_tag_requests']} request(s) paid the "
         f"{TAG_TIMEOUT} s tag timeout"
     )
+    out.append(outage_goal(results["outage"]))
     return out
+
+
+def outage_goal(rows: JSON) -> str:
+    worst = rows["stale_after_default"]["max_ms"]
+    before = rows["stale_after_0"]["max_ms"]
+    return (
+        f"worst tag pull of a cached image in the first {OUTAGE_SECONDS:g} s of an outage "
+        f"≤ 300 ms: {worst:.1f} ms ({'MET' if worst <= 300 else 'MISSED'}); "
+        f"{before:.1f} ms without stale while revalidate"
+    )
 
 
 # --------------------------------------------------------------------------- main
@@ -564,7 +668,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, help="keep everything here (default: a temp dir)")
     ap.add_argument("--json", type=Path, help="write raw results as JSON")
     ap.add_argument("--markdown", type=Path, help="write the tables as Markdown")
-    ap.add_argument("--only", choices=["pull", "crowd", "offline"], action="append")
+    ap.add_argument("--only", choices=ALL_PARTS, action="append")
     ap.add_argument("--upstream-netns", help="run the upstream in this network namespace")
     ap.add_argument("--upstream-address", default=LOOPBACK, help="the upstream's address")
     ap.add_argument("--_crowd", nargs=2, metavar=("HOST", "CLIENTS"), help=argparse.SUPPRESS)
@@ -576,7 +680,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     p = QUICK if args.quick else FULL
-    parts = set(args.only or ["pull", "crowd", "offline"])
+    parts = set(args.only or ALL_PARTS)
     tmp = None
     if args.workdir is None:
         tmp = tempfile.mkdtemp(prefix="satellite-bench-proxy-")
@@ -655,13 +759,22 @@ def main(argv: list[str] | None = None) -> int:
                 offline[kind] = offline_tags(kind, work / "offline", upstream, p)
                 log(f"offline {kind}: {json.dumps(offline[kind])}")
             results["offline"] = offline
+
+        if "outage" in parts:
+            results["outage"] = {
+                "stale_after_0": outage(work / "outage", upstream, "0"),
+                "stale_after_default": outage(work / "outage", upstream, "0.25"),
+            }
+            for name, row in results["outage"].items():
+                log(f"outage {name}: {json.dumps(row)}")
+            log(outage_goal(results["outage"]))
     finally:
         upstream.stop()
         results["machine"]["load1_end"] = loadavg()
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    if parts == {"pull", "crowd", "offline"}:
+    if parts == set(ALL_PARTS):
         results["goals"] = goals(results)
         text = render(results)
         print(text)
@@ -669,7 +782,7 @@ def main(argv: list[str] | None = None) -> int:
             args.markdown.write_text(text)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
-    elif parts != {"pull", "crowd", "offline"}:
+    elif parts != set(ALL_PARTS):
         print(json.dumps(results, indent=2))
     return 0
 

@@ -597,9 +597,10 @@ async def satellite_credentials(s: Services, name: str, now: float) -> list[dict
 
 
 async def register(ctx: Ctx) -> Response:
-    body = await read_json(ctx.request, 64 * 1024)
     client = ctx.request.client
     source = client.host if client else "unknown"
+    await registration.count_attempt(ctx.services.store, ctx.services.config, source, ctx.now)
+    body = await read_json(ctx.request, 64 * 1024)
     name, credential, kid = await registration.register(
         ctx.services.store, ctx.services.config, source, body, ctx.now
     )

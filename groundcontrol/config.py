@@ -132,6 +132,12 @@ def _str(value: object) -> str:
     return value
 
 
+def _positive(seconds: int) -> int:
+    if seconds <= 0:
+        raise ValueError("must be at least 1s")
+    return seconds
+
+
 def _int(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise ValueError(f"expected an integer, got {value!r}")
@@ -144,6 +150,11 @@ def _int(value: object) -> int:
 class Config:
     listen: str = DEFAULT_LISTEN
     data_dir: Path = Path(DEFAULT_DATA_DIR)
+    # request bodies: at least body_min_rate bytes/s over each body_rate_window seconds
+    # (the first window is the grace), and the whole body within body_timeout (0: none)
+    body_min_rate: int = 1024
+    body_rate_window: int = 30
+    body_timeout: int = 0
     database: str = ""  # empty: sqlite:///<data_dir>/gc.db
     # the central registry the images are resolved against at publish time
     registry_url: str = ""
@@ -195,6 +206,9 @@ class Config:
 _OPTIONS: dict[tuple[str, str], tuple[str, Callable[[object], Any]]] = {
     ("server", "listen"): ("listen", lambda v: (parse_listen(_str(v)), _str(v))[1]),
     ("server", "data_dir"): ("data_dir", lambda v: Path(_str(v))),
+    ("server", "body_min_rate"): ("body_min_rate", parse_size),
+    ("server", "body_rate_window"): ("body_rate_window", lambda v: _positive(parse_duration(v))),
+    ("server", "body_timeout"): ("body_timeout", parse_duration),
     ("database", "url"): ("database", _str),
     ("registry", "url"): ("registry_url", lambda v: parse_registry_url(_str(v))),
     ("registry", "username"): ("registry_username", _str),

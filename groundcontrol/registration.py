@@ -3,7 +3,8 @@
 1. the operator creates a satellite and a join token (shown once; stored as a hash;
    expiring; single use);
 2. the satellite POSTs the token and its freshly generated Ed25519 public key;
-3. Ground Control checks, in order: the source's attempt rate, the token's form, its hash
+3. Ground Control checks, in order: the source's attempt rate (before reading the body),
+   the token's form, its hash
    (a wrong secret counts against the token, which locks after a few), that it is unused
    and unexpired, that the satellite is not revoked; then atomically marks the token used
    and records the key and a new credential;
@@ -47,15 +48,22 @@ async def create_join_token(
     return {"satellite": name, "token": token, "token_id": token_id, "expires_at": expires}
 
 
-async def register(
-    store: Store, config: Config, source: str, body: Any, now: float
-) -> tuple[str, str, str]:
-    """Check everything; return (satellite name, credential, device keyid)."""
+async def count_attempt(store: Store, config: Config, source: str, now: float) -> None:
+    """Counts a registration attempt from `source` and refuses it past the rate limit.
+    Called before the body is read: a client trickling its body is counted at once."""
     stamp = int(now)
     async with store.transaction() as q:
         attempts = await q.count_register_attempt(source, stamp - stamp % RATE_WINDOW)
     if attempts > config.register_rate_limit:
         raise TooManyRequests("too many registration attempts from this address; wait a minute")
+
+
+async def register(
+    store: Store, config: Config, source: str, body: Any, now: float
+) -> tuple[str, str, str]:
+    """Check everything but the rate (``count_attempt``, done before the body is read);
+    return (satellite name, credential, device keyid)."""
+    stamp = int(now)
     if not isinstance(body, dict):
         raise BadRequest("expected an object with token and public_key")
     token, public_key = body.get("token"), body.get("public_key")

@@ -7,16 +7,41 @@ flight finish (bounded by ``graceful_timeout``), and the app's lifespan closes t
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 from typing import Any
 
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config as HypercornConfig
+from starlette.applications import Starlette
 
 from groundcontrol.app import create_app
 from groundcontrol.config import Config, parse_listen
+from groundcontrol.errors import GroundControlError
 from registry_proxy import framing
+from registry_proxy.accesslog import AccessLog
+from registry_proxy.deadline import BodyDeadline, BodyLimits
+
+
+def _body_timeout(message: str) -> tuple[bytes, str]:
+    error = GroundControlError(message, code="request_timeout")
+    return json.dumps(error.to_dict()).encode(), "application/json"
+
+
+def wrap(app: Starlette, config: Config) -> Starlette:
+    """Reads request bodies under the configured deadline (a public route such as
+    registration must not be held open by a client that trickles its body) and writes
+    one access-log line per request, in the satellite's shape."""
+    limits = BodyLimits(config.body_min_rate, config.body_rate_window, config.body_timeout)
+    app.add_middleware(
+        BodyDeadline,
+        limits=limits,
+        render=_body_timeout,
+        logger=logging.getLogger("groundcontrol.http"),
+    )
+    app.add_middleware(AccessLog, logger=logging.getLogger("groundcontrol.access"))
+    return app
 
 
 def hypercorn_config(config: Config) -> HypercornConfig:
@@ -24,7 +49,7 @@ def hypercorn_config(config: Config) -> HypercornConfig:
     hc = HypercornConfig()
     hc.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     hc.graceful_timeout = 10
-    hc.accesslog = logging.getLogger("groundcontrol.access")
+    hc.accesslog = None  # the app writes its own (registry_proxy.accesslog)
     hc.errorlog = logging.getLogger("groundcontrol.error")
     return hc
 
@@ -36,7 +61,7 @@ async def serve(config: Config) -> None:
         loop.add_signal_handler(sig, stop.set)
     framing.install()
     try:
-        app: Any = create_app(config)  # an ASGI app; hypercorn's own types are narrower
+        app: Any = wrap(create_app(config), config)  # hypercorn's own types are narrower
         await hypercorn_serve(app, hypercorn_config(config), shutdown_trigger=stop.wait)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):

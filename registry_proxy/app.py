@@ -24,18 +24,22 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from registry_proxy.accesslog import UPSTREAM_SCOPE_KEY, AccessLog
+from registry_proxy.accesslog import Format as AccessLogFormat
+from registry_proxy.deadline import BodyDeadline, BodyLimits
 from registry_proxy.digest import Digest
 from registry_proxy.errors import RegistryError
 from registry_proxy.manifest import MAX_MANIFEST_BYTES, OCI_INDEX, accepts
 from registry_proxy.metrics import CONTENT_TYPE_LATEST, Metrics
 from registry_proxy.names import parse_reference, validate_name
 from registry_proxy.numbers import DIGITS, parse_uint
-from registry_proxy.proxy import FillSource, Proxy, Upstream
+from registry_proxy.proxy import CacheStatus, FillSource, Proxy, Upstream
 from registry_proxy.responses import BlobResponse, StreamResponse, parse_range
 from registry_proxy.routing import Router, Target, UpstreamName
-from registry_proxy.store import ContentStore
+from registry_proxy.store import ContentStore, OpenBlob
 
 log = logging.getLogger("satellite.registry")
+ACCESS_LOG = logging.getLogger("satellite.access")
 API_VERSION_HEADER = (b"docker-distribution-api-version", b"registry/2.0")
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 MAX_PAGE = 10_000
@@ -145,8 +149,10 @@ class Registry:
             "etag": f'"{digest}"',
         }
         count = self.metrics.client_bytes.inc
+        source: OpenBlob | FillSource
         if t.upstream is not None and self.proxy is not None:
-            source = await self.proxy.blob(t, digest)
+            source, cache = await self.proxy.blob_answer(t, digest)
+            _note_cache(request, headers, cache)
         else:
             source = await self.store.open_blob(t.repo, digest)
         try:
@@ -226,8 +232,9 @@ class Registry:
 
     async def get_manifest(self, request: Request, t: Target, arg: str | None) -> Response:
         reference = parse_reference(arg or "")
+        cache = None
         if t.upstream is not None and self.proxy is not None:
-            row = await self.proxy.manifest(t, reference)
+            row, cache = await self.proxy.manifest_answer(t, reference)
         else:
             row = await self.store.resolve(t.repo, reference)
         # clients such as skopeo send one Accept line per media type
@@ -241,6 +248,8 @@ class Registry:
             "content-type": row.media_type,
             "etag": f'"{row.digest}"',
         }
+        if cache is not None:
+            _note_cache(request, headers, cache)
         if request.method == "HEAD":
             headers["content-length"] = str(row.size)
             return Response(status_code=200, headers=headers)
@@ -301,6 +310,21 @@ class Registry:
         ("tags", "GET"): tags,
         ("referrers", "GET"): referrers,
     }
+
+
+# RFC 9211 Cache-Status values; "stale" is a cached tag mapping the upstream has not
+# confirmed (it was slow or unreachable)
+_CACHE_STATUS = {
+    CacheStatus.HIT: "satellite; hit",
+    CacheStatus.MISS: "satellite; fwd=uri-miss",
+    CacheStatus.STALE: "satellite; hit; detail=stale",
+}
+
+
+def _note_cache(request: Request, headers: dict[str, str], cache: CacheStatus) -> None:
+    """Tells the client (Cache-Status) and the access log where an answer came from."""
+    headers["cache-status"] = _CACHE_STATUS[cache]
+    request.scope[UPSTREAM_SCOPE_KEY] = cache.value
 
 
 def _created(name: str, digest: Digest) -> Response:
@@ -420,6 +444,11 @@ class ApiVersionHeader:
         await self.app(scope, receive, send_with_header)
 
 
+def _body_timeout(message: str) -> tuple[bytes, str]:
+    error = RegistryError("REQUEST_TIMEOUT", message, status=408)
+    return json.dumps(error.body()).encode(), "application/json"
+
+
 async def _registry_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RegistryError)
     if request.method == "HEAD":
@@ -434,17 +463,23 @@ def create_app(
     *,
     metrics: Metrics | None = None,
     tag_timeout: float = 3.0,
+    stale_after: float = 0.25,
     maintenance_interval: float = 30.0,
+    body_limits: BodyLimits | None = None,
+    access_log: AccessLogFormat | None = None,
 ) -> Starlette:
     """The registry app. The store (and the upstream clients) are opened and closed by
-    the app's lifespan; a maintenance task flushes access times and keeps the budget."""
+    the app's lifespan; a maintenance task flushes access times and keeps the budget.
+    Request bodies are read under `body_limits` (a rate floor by default); `access_log`
+    writes one line per request on stderr, as the ``satellite.access`` logger's level
+    allows (None: no access log)."""
     metrics = metrics or Metrics()
     upstreams = upstreams or {}
     router = Router(
         [UpstreamName(name, up.client.url, up.default) for name, up in upstreams.items()]
     )
     # a proxy even without upstreams: a signed config may add some at runtime
-    proxy = Proxy(store, upstreams, metrics, tag_timeout=tag_timeout)
+    proxy = Proxy(store, upstreams, metrics, tag_timeout=tag_timeout, stale_after=stale_after)
     registry = Registry(store, settings or RegistrySettings(), router, proxy, metrics)
 
     async def maintain() -> None:
@@ -505,5 +540,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.add_middleware(ApiVersionHeader)
+    app.add_middleware(BodyDeadline, limits=body_limits or BodyLimits(), render=_body_timeout)
+    if access_log is not None:  # outermost: it sees the 408 of a body too slow
+        app.add_middleware(AccessLog, logger=ACCESS_LOG, fmt=access_log)
     app.state.registry = registry
     return app

@@ -31,6 +31,14 @@ class Metrics:
         self.client_bytes = Counter(
             "satellite_client_bytes", "Blob bytes sent to clients", registry=r
         )
+        self.stale_answers = Counter(
+            "satellite_stale_answers",
+            "Tag pulls answered from the cached mapping without the upstream's confirmation "
+            "(reason: slow, the upstream had not answered within registry.stale_after; "
+            "unreachable, it failed or its breaker was open)",
+            ["upstream", "reason"],
+            registry=r,
+        )
         self.upstream_errors = Counter(
             "satellite_upstream_errors",
             "Failed upstream requests",

@@ -4,8 +4,12 @@ By digest, content is served from the store when present; on a miss one cache fi
 digest fetches it (see fill.py) and every client streams from that fill. By tag, the
 upstream is asked with a short budget (a HEAD: the manifest is fetched only when its
 digest is not cached yet), and the last known local mapping answers when the upstream
-is unreachable or failing. A circuit breaker per upstream keeps an offline site from
-waiting on timeouts: while it is open, requests are answered from the store at once.
+is unreachable or failing. When the upstream has not answered within a short budget
+(``stale_after``) and a local mapping exists, that mapping answers at once (stale while
+revalidate) and the lookup goes on in the background: it refreshes the mapping and feeds
+the circuit breaker, which keeps an offline site from waiting on timeouts: while it is
+open, requests are answered from the store at once. Every answer says where it came from
+(``CacheStatus``: hit, miss, stale).
 
 A manifest fetched from upstream is answered as soon as it is verified and parsed; it
 is stored (file, fsync, database, tag) in the background, as blob fills are published
@@ -19,7 +23,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from enum import StrEnum
+from typing import Any, Generic, TypeVar
 
 from registry_proxy.breaker import CircuitBreaker
 from registry_proxy.digest import Digest
@@ -45,12 +50,28 @@ log = logging.getLogger("satellite.proxy")
 T = TypeVar("T")
 
 
+class CacheStatus(StrEnum):
+    """Where a pull-through answer came from."""
+
+    HIT = "hit"  # the store, current as far as the upstream said (or content by digest)
+    MISS = "miss"  # fetched from the upstream
+    STALE = "stale"  # the store's last known mapping, unconfirmed: upstream slow or down
+
+
 @dataclass
 class Upstream:
     client: UpstreamClient
     default: bool = False
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
     probe: asyncio.Task[None] | None = None
+
+
+@dataclass(frozen=True)
+class _Lookup(Generic[T]):
+    """A manifest lookup under way, and when it started (the event loop's clock)."""
+
+    task: asyncio.Task[T]
+    started: float
 
 
 @dataclass(frozen=True)
@@ -72,15 +93,17 @@ class Proxy:
         metrics: Metrics,
         *,
         tag_timeout: float = 3.0,
+        stale_after: float = 0.25,
         fill_idle_timeout: float = 60.0,
     ) -> None:
         self.store = store
         self.upstreams = upstreams
         self.metrics = metrics
         self.tag_timeout = tag_timeout
+        self.stale_after = stale_after  # 0: a cached tag waits for the upstream's answer
         self.fill_idle_timeout = fill_idle_timeout
         self._fills: dict[Digest, BlobFill] = {}
-        self._lookups: dict[tuple[str, str, str], asyncio.Task[ManifestRow]] = {}
+        self._lookups: dict[tuple[str, str, str], _Lookup[Any]] = {}
         self._storing: dict[str, set[asyncio.Task[None]]] = {}  # by repository
         self._budget: asyncio.Task[None] | None = None
         self._budget_again = False
@@ -130,6 +153,7 @@ class Proxy:
         storing = [task for tasks in self._storing.values() for task in tasks]
         await asyncio.gather(*storing, return_exceptions=True)
         tasks = [f.task for f in self._fills.values() if f.task is not None]
+        tasks += [lookup.task for lookup in self._lookups.values()]  # revalidations
         if self._budget is not None:
             tasks.append(self._budget)
         tasks += [u.probe for u in self.upstreams.values() if u.probe is not None]
@@ -188,21 +212,28 @@ class Proxy:
 
     # -- manifests -----------------------------------------------------------------
 
-    async def _once(
-        self, key: tuple[str, str, str], make: Callable[[], Coroutine[Any, Any, ManifestRow]]
-    ) -> ManifestRow:
+    def _lookup(
+        self, key: tuple[str, str, str], make: Callable[[], Coroutine[Any, Any, T]]
+    ) -> _Lookup[T]:
         """Single flight for manifest lookups: concurrent asks for the same reference
         share one upstream exchange, which a disconnecting client does not cancel."""
-        task = self._lookups.get(key)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(make())
-            self._lookups[key] = task
+        lookup = self._lookups.get(key)
+        if lookup is None:
+            loop = asyncio.get_running_loop()
+            task = loop.create_task(make())
+            lookup = _Lookup(task, loop.time())
+            self._lookups[key] = lookup
             task.add_done_callback(lambda t: self._lookup_done(key, t))
         else:
             self.metrics.coalesced.inc()
-        return await asyncio.shield(task)
+        return lookup
 
     async def manifest(self, target: Target, reference: str | Digest) -> ManifestRow:
+        return (await self.manifest_answer(target, reference))[0]
+
+    async def manifest_answer(
+        self, target: Target, reference: str | Digest
+    ) -> tuple[ManifestRow, CacheStatus]:
         up = self._upstream(target)
         assert target.upstream_repo is not None
         await self._stored(target.repo)
@@ -210,26 +241,27 @@ class Proxy:
             try:
                 row = await self.store.resolve(target.repo, reference)
                 self.metrics.cache_hits.labels("manifest").inc()
-                return row
+                return row, CacheStatus.HIT
             except RegistryError:
                 pass
             self.metrics.cache_misses.labels("manifest").inc()
             if not self._usable(up):
                 raise _offline(target, reference)
+            fetch = self._lookup(
+                ("digest", target.repo, str(reference)),
+                lambda: self._fetch_by_digest(target, up, reference),
+            )
             try:
-                return await self._once(
-                    ("digest", target.repo, str(reference)),
-                    lambda: self._fetch_by_digest(target, up, reference),
-                )
+                return await asyncio.shield(fetch.task), CacheStatus.MISS
             except UpstreamError as exc:
                 raise as_registry_error(exc, "MANIFEST_UNKNOWN", str(reference)) from exc
 
         if self._usable(up):
+            lookup = self._lookup(
+                ("tag", target.repo, reference), lambda: self._tag_online(target, up, reference)
+            )
             try:
-                return await self._once(
-                    ("tag", target.repo, reference),
-                    lambda: self._tag_online(target, up, reference),
-                )
+                return await self._revalidate(target, reference, lookup)
             except UpstreamNotFound as exc:
                 raise RegistryError(
                     "MANIFEST_UNKNOWN", f"{target.name}:{reference} is not known upstream"
@@ -242,14 +274,46 @@ class Proxy:
                     reference,
                     exc,
                 )
-        try:
-            row = await self.store.resolve(target.repo, reference)
-        except RegistryError:
-            raise _offline(target, reference) from None
+        cached = await self._cached(target, reference)
+        if cached is None:
+            raise _offline(target, reference)
         self.metrics.cache_hits.labels("manifest").inc()
-        return row
+        self.metrics.stale_answers.labels(up.client.name, "unreachable").inc()
+        return cached, CacheStatus.STALE
 
-    def _lookup_done(self, key: tuple[str, str, str], task: asyncio.Task[ManifestRow]) -> None:
+    async def _revalidate(
+        self,
+        target: Target,
+        tag: str,
+        lookup: _Lookup[tuple[ManifestRow, CacheStatus]],
+    ) -> tuple[ManifestRow, CacheStatus]:
+        """The upstream's answer if it comes within `stale_after` of the lookup's start;
+        else the cached mapping, if any, while the lookup goes on (it refreshes the
+        mapping and feeds the breaker); with nothing cached, the upstream's answer
+        whenever it comes. A pull that joins a lookup already late answers at once."""
+        task = lookup.task
+        if self.stale_after > 0 and not task.done():
+            left = lookup.started + self.stale_after - asyncio.get_running_loop().time()
+            done = False
+            if left > 0:
+                # asyncio.wait neither cancels the lookup nor makes a task of its own
+                done = bool((await asyncio.wait((task,), timeout=left))[0])
+            if not done:
+                row = await self._cached(target, tag)
+                if row is not None:
+                    assert target.upstream is not None
+                    self.metrics.cache_hits.labels("manifest").inc()
+                    self.metrics.stale_answers.labels(target.upstream, "slow").inc()
+                    return row, CacheStatus.STALE
+        return await asyncio.shield(task)
+
+    async def _cached(self, target: Target, reference: str) -> ManifestRow | None:
+        try:
+            return await self.store.resolve(target.repo, reference)
+        except RegistryError:
+            return None
+
+    def _lookup_done(self, key: tuple[str, str, str], task: asyncio.Task[Any]) -> None:
         self._lookups.pop(key, None)
         if not task.cancelled():
             task.exception()  # retrieved: every waiter may have gone away
@@ -293,7 +357,9 @@ class Proxy:
         if pending:
             await asyncio.gather(*(asyncio.shield(t) for t in pending), return_exceptions=True)
 
-    async def _tag_online(self, target: Target, up: Upstream, tag: str) -> ManifestRow:
+    async def _tag_online(
+        self, target: Target, up: Upstream, tag: str
+    ) -> tuple[ManifestRow, CacheStatus]:
         assert target.upstream_repo is not None
         head = await self._call(
             up, up.client.head_manifest(target.upstream_repo, tag, timeout=self.tag_timeout)
@@ -304,28 +370,33 @@ class Proxy:
             current = None
         if current is not None and current.digest == head.digest:
             self.metrics.cache_hits.labels("manifest").inc()
-            return current
+            return current, CacheStatus.HIT
         local = await self.store.meta.manifest_by_digest(target.repo, head.digest)
         if local is not None:  # moved to a manifest that is cached already
             self.metrics.cache_hits.labels("manifest").inc()
             await self.store.set_tag(target.repo, tag, head.digest)
-            return local
+            return local, CacheStatus.HIT
         self.metrics.cache_misses.labels("manifest").inc()
-        return await self._fetch_by_digest(target, up, head.digest, tag)
+        return await self._fetch_by_digest(target, up, head.digest, tag), CacheStatus.MISS
 
     # -- blobs ---------------------------------------------------------------------
 
     async def blob(self, target: Target, digest: Digest) -> OpenBlob | FillSource:
+        return (await self.blob_answer(target, digest))[0]
+
+    async def blob_answer(
+        self, target: Target, digest: Digest
+    ) -> tuple[OpenBlob | FillSource, CacheStatus]:
         try:
             opened = await self.store.open_blob(target.repo, digest)
             self.metrics.cache_hits.labels("blob").inc()
-            return opened
+            return opened, CacheStatus.HIT
         except RegistryError:
             pass
         # the same bytes fetched for another repository: content addressing makes them ours
         if await self.store.mount_blob(target.repo, digest, None):
             self.metrics.cache_hits.labels("blob").inc()
-            return await self.store.open_blob(target.repo, digest)
+            return await self.store.open_blob(target.repo, digest), CacheStatus.HIT
         up = self._upstream(target)
         fill = self._fills.get(digest)
         if fill is not None and not fill.finished:
@@ -354,13 +425,13 @@ class Proxy:
             raise fill.error
         if not fill.done and fill.size is not None:
             try:
-                return FillSource(fill.reader(), fill.size)
+                return FillSource(fill.reader(), fill.size), CacheStatus.MISS
             except FileNotFoundError:
                 pass  # it is being published right now
         await fill.wait()
         if fill.error is not None:
             raise fill.error
-        return await self.store.open_blob(target.repo, digest)
+        return await self.store.open_blob(target.repo, digest), CacheStatus.MISS
 
     def _fill_done(
         self, target: Target, up: Upstream, fill: BlobFill, exc: BaseException | None

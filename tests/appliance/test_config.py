@@ -43,6 +43,13 @@ def test_file_then_environment(tmp_path: Path) -> None:
         ("[[upstream]]\nname = 'a'\nurl = 'ftp://x'\n", "upstream[0].url"),
         ("[[upstream]]\nurl = 'http://x'\n", "upstream[0].name"),
         ("[log]\nlevel = 'loud'\n", "log.level"),
+        ("[log]\naccess = 'sometimes'\n", "log.access"),
+        ("[log]\nformat = 'xml'\n", "log.format"),
+        ("[registry]\nstale_after = -1\n", "registry.stale_after"),
+        ("[registry]\ntag_timeout = 0\n", "registry.tag_timeout"),
+        ("[server]\nbody_min_rate = 'fast'\n", "server.body_min_rate"),
+        ("[server]\nbody_rate_window = 0\n", "server.body_rate_window"),
+        ("[server]\nbody_timeout = 'nan'\n", "server.body_timeout"),
         (
             "[[upstream]]\nname = 'a'\nurl = 'https://x'\nca_file = '/nonexistent/ca.pem'\n",
             "upstream[0].ca_file",
@@ -54,6 +61,31 @@ def test_bad_config_names_the_key(tmp_path: Path, text: str, key: str) -> None:
     path.write_text(text)
     with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
         load(path, environ={})
+
+
+def test_body_deadline_stale_after_and_access_log_keys(tmp_path: Path) -> None:
+    defaults = load(None, environ={})
+    assert (defaults.body_min_rate, defaults.body_rate_window, defaults.body_timeout) == (
+        1024,
+        30.0,
+        0.0,
+    )
+    assert defaults.stale_after == 0.25
+    assert (defaults.log_access, defaults.log_format) == (True, "plain")
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[server]\nbody_min_rate = "4KiB"\nbody_rate_window = 10\nbody_timeout = 600\n'
+        "[registry]\nstale_after = 0\n"
+        '[log]\naccess = false\nformat = "json"\n'
+    )
+    config = load(path, environ={"SATELLITE_LOG_ACCESS": "true"})
+    assert (config.body_min_rate, config.body_rate_window, config.body_timeout) == (
+        4096,
+        10.0,
+        600.0,
+    )
+    assert config.stale_after == 0.0  # 0: a cached tag always waits for the upstream
+    assert (config.log_access, config.log_format) == (True, "json")
 
 
 def test_sizes() -> None:
