@@ -21,7 +21,13 @@ from typing import Any
 
 import httpx
 
-from groundcontrol.config import Config, ConfigError, load_config, parse_listen
+from groundcontrol.config import (
+    Config,
+    ConfigError,
+    load_config,
+    parse_database_url,
+    parse_listen,
+)
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -43,10 +49,13 @@ def _config(args: argparse.Namespace) -> Config:
             raise ConfigError(f"--listen: {exc}") from None
         overrides["listen"] = args.listen
     if getattr(args, "database", None):
-        overrides["database"] = args.database
+        try:
+            overrides["database"] = parse_database_url(args.database)
+        except ValueError as exc:
+            raise ConfigError(f"--database: {exc}") from None
     if getattr(args, "data_dir", None):
         overrides["data_dir"] = Path(args.data_dir)
-    return config.with_overrides(**overrides)
+    return config.with_overrides(**overrides).anchored(Path.cwd())
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -98,6 +98,17 @@ def parse_repository_prefix(value: str) -> str:
     return value
 
 
+def parse_database_url(value: str) -> str:
+    """``sqlite:///PATH`` (relative to the working directory; ``sqlite:////abs`` absolute)
+    or ``postgresql://…``; empty means the SQLite file under the data directory."""
+    if value and not (
+        (value.startswith("sqlite:///") and value != "sqlite:///")
+        or value.startswith(("postgresql://", "postgres://"))
+    ):
+        raise ValueError(f"expected sqlite:///PATH or postgresql://USER@HOST/DB, got {value!r}")
+    return value
+
+
 def _str(value: object) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected a string, got {value!r}")
@@ -163,12 +174,21 @@ class Config:
     def with_overrides(self, **kwargs: Any) -> Config:
         return replace(self, **{k: v for k, v in kwargs.items() if v is not None})
 
+    def anchored(self, cwd: Path) -> Config:
+        """Relative paths (the data directory, a ``sqlite:///relative`` database) made
+        absolute against ``cwd``, once at start, so that logs name the real files."""
+        data_dir = cwd / self.data_dir
+        database = self.database
+        if database.startswith("sqlite:///") and database != "sqlite:///:memory:":
+            database = f"sqlite:///{cwd / database.removeprefix('sqlite:///')}"
+        return replace(self, data_dir=data_dir, database=database)
+
 
 # (section, key) -> (dataclass field, parser)
 _OPTIONS: dict[tuple[str, str], tuple[str, Callable[[object], Any]]] = {
     ("server", "listen"): ("listen", lambda v: (parse_listen(_str(v)), _str(v))[1]),
     ("server", "data_dir"): ("data_dir", lambda v: Path(_str(v))),
-    ("database", "url"): ("database", _str),
+    ("database", "url"): ("database", lambda v: parse_database_url(_str(v))),
     ("registry", "url"): ("registry_url", lambda v: _str(v).rstrip("/")),
     ("registry", "username"): ("registry_username", _str),
     ("registry", "password"): ("registry_password", _str),
