@@ -9,7 +9,14 @@ route answers without the right credential. Kinds of access:
 - ``operator``: an operator API token;
 - ``satellite``: the satellite named in the path, or an operator;
 - ``self``: only the satellite named in the path (its own check-ins and credentials);
-- ``any``: any valid credential (the public trust-root chain).
+- ``any``: any valid credential (the public trust-root chain);
+- ``dashboard``: the dashboard's HTML, for an operator's browser session (or an operator
+  token on GET);
+- ``login``: the dashboard's login form.
+
+Every state-changing request with a body must say ``Content-Type: application/json``
+(:func:`require_json_body`): a browser form can only send ``text/plain``,
+``application/x-www-form-urlencoded`` or ``multipart/form-data`` across sites.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from groundcontrol.auth import (
     Operator,
     Principal,
     SatellitePrincipal,
+    Session,
     authenticate,
     bearer_token,
     hash_token,
@@ -46,6 +54,7 @@ from groundcontrol.errors import (
     PayloadTooLarge,
     Unauthorized,
     Unprocessable,
+    UnsupportedMediaType,
 )
 from groundcontrol.models import (
     REGISTRY_HOST,
@@ -64,7 +73,7 @@ from groundcontrol.status import derive_status
 from groundcontrol.store import Queries
 
 log = logging.getLogger("groundcontrol")
-Access = Literal["public", "join", "operator", "satellite", "self", "any"]
+Access = Literal["public", "join", "operator", "satellite", "self", "any", "dashboard", "login"]
 MAX_BODY = 1024 * 1024
 MAX_CHECKIN_BODY = 16 * 1024 * 1024
 
@@ -75,6 +84,7 @@ class Ctx:
     services: Services
     principal: Principal | None
     now: float
+    session: Session | None = None  # the dashboard's browser session, if that is the caller
 
     def param(self, name: str) -> str:
         return str(self.request.path_params[name])
@@ -96,6 +106,31 @@ def iso(ts: int | float | None) -> str | None:
     if ts is None:
         return None
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def media_type(request: Request) -> str | None:
+    value = request.headers.get("content-type")
+    return None if value is None else value.split(";", 1)[0].strip().lower()
+
+
+def require_json_body(request: Request) -> None:
+    """A state-changing request that carries a body, or names a type, says JSON; else 415.
+
+    This is what keeps a cross-site form post (``text/plain`` crafted to look like JSON)
+    from reaching a handler, whatever credentials it carries."""
+    if request.method not in STATE_CHANGING:
+        return
+    kind = media_type(request)
+    if kind == "application/json":
+        return
+    if kind is None and not _has_body(request):
+        return  # POST …/revoke, …/publish: nothing to read
+    raise UnsupportedMediaType(
+        f"the body must be application/json, got {kind or 'no Content-Type'}"
+    )
 
 
 async def read_json(request: Request, max_bytes: int = MAX_BODY) -> Any:
@@ -362,7 +397,7 @@ async def delete_satellite(ctx: Ctx) -> Response:
 
 
 async def create_join_token(ctx: Ctx) -> Response:
-    body = await read_json(ctx.request) if await _has_body(ctx.request) else {}
+    body = await read_json(ctx.request) if _has_body(ctx.request) else {}
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object", code="invalid_json")
     only_keys(body, {"ttl"})
@@ -372,7 +407,7 @@ async def create_join_token(ctx: Ctx) -> Response:
     return ok(token, 201)
 
 
-async def _has_body(request: Request) -> bool:
+def _has_body(request: Request) -> bool:
     return request.headers.get("content-length", "0") not in ("", "0") or (
         "transfer-encoding" in request.headers
     )
@@ -856,7 +891,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
 async def check_access(endpoint_access: Access, ctx: Ctx) -> None:
     """Refuse before the handler runs unless the principal may use this kind of route."""
     p = ctx.principal
-    if endpoint_access in ("public", "join"):
+    if endpoint_access in ("public", "join", "login"):
         return
     if endpoint_access == "operator":
         require_operator(p)
@@ -864,6 +899,8 @@ async def check_access(endpoint_access: Access, ctx: Ctx) -> None:
         require_satellite(p, ctx.param("name"))
     elif endpoint_access == "self":
         require_own_satellite(p, ctx.param("name"))
+    elif endpoint_access == "dashboard":
+        require_operator(p)
     elif p is None:
         raise Unauthorized("a satellite credential or an operator API token is required")
 

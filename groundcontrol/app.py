@@ -16,11 +16,18 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from groundcontrol import dashboard
-from groundcontrol.api import ENDPOINTS, Ctx, Endpoint, check_access, principal_of
+from groundcontrol.api import (
+    ENDPOINTS,
+    Ctx,
+    Endpoint,
+    check_access,
+    principal_of,
+    require_json_body,
+)
 from groundcontrol.config import Config
 from groundcontrol.errors import GroundControlError, Unauthorized
 from groundcontrol.services import Services
@@ -33,22 +40,28 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_la
 def _error_response(exc: GroundControlError, request: Request) -> Response:
     headers = {}
     if isinstance(exc, Unauthorized):
-        if request.url.path.startswith("/dashboard"):
-            headers["WWW-Authenticate"] = 'Basic realm="Ground Control", charset="UTF-8"'
-        else:
-            headers["WWW-Authenticate"] = 'Bearer realm="Ground Control"'
+        if request.url.path.startswith("/dashboard") and "authorization" not in request.headers:
+            # a browser without a session: to the login form
+            return RedirectResponse(dashboard.LOGIN_PATH, status_code=303)
+        headers["WWW-Authenticate"] = 'Bearer realm="Ground Control"'
     return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
 
 
 def _route(endpoint: Endpoint) -> Route:
+    browser = endpoint.access in ("dashboard", "login")
+
     async def run(request: Request) -> Response:
         services: Services = request.app.state.services
         now = services.now()
         try:
-            principal = None
-            if endpoint.access not in ("public", "join"):
-                principal = await principal_of(services, request, now)
-            ctx = Ctx(request, services, principal, now)
+            principal, session = None, None
+            if browser:
+                principal, session = await dashboard.caller(services, request, endpoint.access, now)
+            else:
+                require_json_body(request)
+                if endpoint.access not in ("public", "join"):
+                    principal = await principal_of(services, request, now)
+            ctx = Ctx(request, services, principal, now, session)
             await check_access(endpoint.access, ctx)
             return await endpoint.handler(ctx)
         except GroundControlError as exc:

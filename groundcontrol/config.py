@@ -162,6 +162,8 @@ class Config:
     harbor_username: str = ""
     harbor_password: str = ""
     harbor_robot_ttl_days: int = 30
+    # dashboard login
+    dashboard_session_ttl: int = 12 * 3600
 
     @property
     def database_url(self) -> str:
@@ -217,6 +219,7 @@ _OPTIONS: dict[tuple[str, str], tuple[str, Callable[[object], Any]]] = {
     ("harbor", "username"): ("harbor_username", _str),
     ("harbor", "password"): ("harbor_password", _str),
     ("harbor", "robot_ttl_days"): ("harbor_robot_ttl_days", _int),
+    ("dashboard", "session_ttl"): ("dashboard_session_ttl", parse_duration),
 }
 
 
@@ -244,6 +247,8 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
     config = Config(**values)
     if config.offline_after < config.stale_after:
         raise ConfigError("status.offline_after: must not be shorter than status.stale_after")
+    if config.dashboard_session_ttl <= 0:
+        raise ConfigError("dashboard.session_ttl: must be positive")
     if config.state_refresh_before >= config.state_expires:
         raise ConfigError("state.refresh_before: must be shorter than state.expires")
     return config

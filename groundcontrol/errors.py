@@ -12,6 +12,7 @@ one place, the exception handler in :mod:`groundcontrol.app`.
     ├── NotFound            404  not_found / <kind>_not_found
     ├── Conflict            409  <kind>_exists / group_in_use / ...
     ├── PayloadTooLarge     413  payload_too_large
+    ├── UnsupportedMediaType 415 unsupported_media_type
     ├── Unprocessable       422  image_not_found / registry_not_configured
     ├── TooManyRequests     429  rate_limited
     ├── UpstreamError       502  registry_unavailable / image_unresolvable
@@ -63,6 +64,11 @@ class Conflict(GroundControlError):
 class PayloadTooLarge(GroundControlError):
     status = 413
     code = "payload_too_large"
+
+
+class UnsupportedMediaType(GroundControlError):
+    status = 415
+    code = "unsupported_media_type"
 
 
 class Unprocessable(GroundControlError):
