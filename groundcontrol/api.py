@@ -507,20 +507,18 @@ async def fleet_status(ctx: Ctx) -> Response:
 async def list_tokens(ctx: Ctx) -> Response:
     async with ctx.services.store.transaction() as q:
         rows = await q.list_api_tokens()
-    return ok(
-        {
-            "tokens": [
-                {
-                    "id": r["id"],
-                    "name": r["name"],
-                    "created_at": iso(r["created_at"]),
-                    "revoked_at": iso(r["revoked_at"]),
-                    "last_used_at": iso(r["last_used_at"]),
-                }
-                for r in rows
-            ]
-        }
-    )
+    return ok({"tokens": [token_json(r) for r in rows]})
+
+
+def token_json(row: Any) -> dict[str, Any]:
+    """An operator token as the API and ``admin token list`` show it (never its hash)."""
+    return {
+        "id": row["id"],
+        "name": row["name"],
+        "created_at": iso(row["created_at"]),
+        "revoked_at": iso(row["revoked_at"]),
+        "last_used_at": iso(row["last_used_at"]),
+    }
 
 
 async def create_token(ctx: Ctx) -> Response:
