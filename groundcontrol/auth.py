@@ -176,8 +176,16 @@ async def session_of(q: Queries, conn: HTTPConnection, now: int) -> Session | No
     return Session(id_hash, Operator(row["token_id"], row["name"]), row["csrf"])
 
 
+def over_tls(conn: HTTPConnection) -> bool:
+    """The browser's side of the connection is TLS: served over TLS, or by a proxy that
+    says so in ``X-Forwarded-Proto`` (a header no cross-site form can set)."""
+    forwarded = conn.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+    return conn.url.scheme == "https" or forwarded == "https"
+
+
 def own_origin(conn: HTTPConnection) -> str:
-    return f"{conn.url.scheme}://{conn.headers.get('host', '')}"
+    scheme = "https" if over_tls(conn) else "http"
+    return f"{scheme}://{conn.headers.get('host', '')}"
 
 
 def same_origin(conn: HTTPConnection) -> bool:

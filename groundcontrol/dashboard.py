@@ -34,6 +34,7 @@ from groundcontrol.auth import (
     Principal,
     Session,
     open_session,
+    over_tls,
     same_origin,
     session_of,
 )
@@ -175,7 +176,7 @@ async def login(ctx: Ctx) -> Response:
         cookie,
         max_age=services.config.dashboard_session_ttl,
         path="/dashboard",
-        secure=ctx.request.url.scheme == "https",
+        secure=over_tls(ctx.request),
         httponly=True,
         samesite="strict",
     )
@@ -190,7 +191,7 @@ async def logout(ctx: Ctx) -> Response:
     response.delete_cookie(
         SESSION_COOKIE,
         path="/dashboard",
-        secure=ctx.request.url.scheme == "https",
+        secure=over_tls(ctx.request),
         httponly=True,
         samesite="strict",
     )

@@ -326,3 +326,19 @@ async def test_session_cookie_is_secure_over_tls(services: Services, operator_to
         )
         assert r.status_code == 303
         assert "; secure" in r.headers["set-cookie"].lower()
+    # behind a TLS-terminating proxy that says so
+    transport = httpx.ASGITransport(app=build_app(services), client=("127.0.0.1", 40000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://gc.example") as c:
+        r = await c.post(
+            "/dashboard/login",
+            content=f"token={operator_token}".encode(),
+            headers={"origin": "https://gc.example", "x-forwarded-proto": "https", **FORM},
+        )
+        assert r.status_code == 303
+        assert "; secure" in r.headers["set-cookie"].lower()
+        r = await c.post(
+            "/dashboard/login",
+            content=f"token={operator_token}".encode(),
+            headers={"origin": "https://gc.example", **FORM},
+        )
+        assert r.status_code == 403  # the proxy did not say TLS: the origins differ
