@@ -113,10 +113,17 @@ class Browser:
     def click(self, css: str) -> None:
         self._call("POST", f"/element/{self._element(css)}/click", {})
 
-    def wait_title(self, title: str, timeout: float = 60) -> None:
+    def _wait(self, probe: Any, want: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         for _ in range(int(timeout / 0.1) + 1):
-            if self.title() == title or time.monotonic() > deadline:
+            if probe() == want or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
-        assert self.title() == title, self.source()[-2000:]
+        assert probe() == want, self.source()[-2000:]
+
+    def wait_title(self, title: str, timeout: float = 60) -> None:
+        self._wait(self.title, title, timeout)
+
+    def wait_url(self, url: str, timeout: float = 30) -> None:
+        """A click that submits a form may return before the next page is there."""
+        self._wait(self.url, url, timeout)

@@ -4,6 +4,7 @@ every state-changing request while the browser holds a signed-in session."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import threading
@@ -122,8 +123,9 @@ def forged_page(gc_url: str, attacker_token: str) -> str:
             f'<iframe name="f{i}"></iframe><form target="f{i}" method="post" '
             f'action="{gc_url}{path}" enctype="{enctype}">{inputs}</form>'
         )
+    # simple requests (no preflight) with the browser's cookies ...
     fetches = [
-        [f"{gc_url}{path}", kind, body]
+        [f"{gc_url}{path}", "POST", "no-cors", kind, body]
         for path, body in (
             ("/api/v1/tokens", '{"name": "evil"}'),
             ("/api/v1/satellites/victim/revoke", "{}"),
@@ -131,6 +133,16 @@ def forged_page(gc_url: str, attacker_token: str) -> str:
             ("/dashboard/login", f"token={attacker_token}"),
         )
         for kind in ("text/plain", "application/x-www-form-urlencoded")
+    ]
+    # ... and requests that need a CORS preflight, which Ground Control never grants
+    fetches += [
+        [f"{gc_url}{path}", method, "cors", "application/json", body]
+        for method, path, body in (
+            ("POST", "/api/v1/tokens", '{"name": "evil"}'),
+            ("DELETE", "/api/v1/satellites/victim", ""),
+            ("PATCH", "/api/v1/satellites/victim", '{"labels": {"evil": "1"}}'),
+            ("PUT", "/api/v1/upstream-credentials/evil.example", '{"username": "u"}'),
+        )
     ]
     script = f"""
 const forms = document.querySelectorAll("form");
@@ -141,9 +153,9 @@ for (const form of forms) {{
   document.getElementsByName(form.target)[0].addEventListener("load", one, {{once: true}});
   form.submit();
 }}
-for (const [url, type, body] of fetches) {{
-  fetch(url, {{method: "POST", mode: "no-cors", credentials: "include",
-               headers: {{"Content-Type": type}}, body}}).then(one, one);
+for (const [url, method, mode, type, body] of fetches) {{
+  fetch(url, {{method, mode, credentials: "include", headers: {{"Content-Type": type}},
+               body: body || undefined}}).then(one, one);
 }}
 """
     return (
@@ -206,7 +218,7 @@ async def test_dashboard_in_the_browser_and_forged_requests(tmp_path: Path) -> N
             assert "shop-1" not in browser.source()
             browser.type("input[name=token]", token)
             browser.click("#login button")
-            assert browser.url() == f"{server.url}/dashboard"
+            browser.wait_url(f"{server.url}/dashboard")
 
             fleet = parse(browser.source())
             assert set(fleet.rows) == {"shop-1", "train-7", "victim"}
@@ -234,10 +246,17 @@ async def test_dashboard_in_the_browser_and_forged_requests(tmp_path: Path) -> N
                 browser.get(page)
                 browser.wait_title("done")
             assert snapshot(data / "gc.db") == before
-            log = server.log_tail(200_000)
-            assert '"POST /api/v1/tokens 1.1" 415' in log  # they did reach the server
-            assert '"POST /dashboard/logout 1.1" 403' in log
-            assert '"POST /dashboard/login 1.1" 403' in log
+            # they did reach the server (the access log line follows the response)
+            for line in (
+                '"POST /api/v1/tokens 1.1" 415',
+                '"POST /dashboard/logout 1.1" 403',
+                '"POST /dashboard/login 1.1" 403',
+            ):
+                for _ in range(100):
+                    if line in server.log_tail(200_000):
+                        break
+                    await asyncio.sleep(0.1)
+                assert line in server.log_tail(200_000), server.log_tail()
 
             # still signed in, as the operator (not as the attacker's token)
             browser.get(f"{server.url}/dashboard")
@@ -247,7 +266,7 @@ async def test_dashboard_in_the_browser_and_forged_requests(tmp_path: Path) -> N
 
             # the real sign-out button works under the page's CSP
             browser.click("#logout button")
-            assert browser.url() == f"{server.url}/dashboard/login"
+            browser.wait_url(f"{server.url}/dashboard/login")
             browser.get(f"{server.url}/dashboard")
             assert browser.url() == f"{server.url}/dashboard/login"
         assert snapshot(data / "gc.db")["dashboard_sessions"] == []
