@@ -4,6 +4,11 @@ Errors are raised deep (store, registration, publishing) as
 :class:`~groundcontrol.errors.GroundControlError` and become
 ``{"error": {"code", "message"}}`` in :func:`_error_response`, the one place that knows
 about HTTP statuses. Anything unexpected is logged and answered with ``internal_error``.
+
+Before a handler runs, an API request must carry JSON if it changes state (else 415) and
+is identified by its Bearer token alone; a dashboard request is identified (and checked
+for forgery) by :func:`groundcontrol.dashboard.caller`. A browser without a dashboard
+session is sent to the login form.
 """
 
 from __future__ import annotations
