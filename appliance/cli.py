@@ -15,18 +15,35 @@ from registry_proxy.store import ContentStore
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="satellite", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="satellite",
+        description="Satellite, an offline-first edge registry for container images.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", type=Path, help="TOML config file")
-        p.add_argument("--data-dir", type=Path, help="data directory (storage.path)")
+        p.add_argument("--config", type=Path, metavar="FILE", help="TOML config file")
+        p.add_argument(
+            "--data-dir",
+            type=Path,
+            metavar="DIR",
+            help="data directory (storage.path, default /var/lib/satellite)",
+        )
 
     run = sub.add_parser("run", help="serve the registry")
     common(run)
-    run.add_argument("--listen", help="HOST:PORT (server.listen)")
     run.add_argument(
-        "--upstream", action="append", default=[], metavar="NAME=URL", help="an upstream"
+        "--listen",
+        metavar="HOST:PORT",
+        help="address to serve on (server.listen, default 0.0.0.0:8585)",
+    )
+    run.add_argument(
+        "--upstream",
+        action="append",
+        default=[],
+        metavar="NAME=URL",
+        help="an upstream registry to pull through from, added to the config's [[upstream]] "
+        "tables (repeat for several; the first is the default unless one is)",
     )
     run.add_argument(
         "--push",

@@ -9,7 +9,14 @@ route answers without the right credential. Kinds of access:
 - ``operator``: an operator API token;
 - ``satellite``: the satellite named in the path, or an operator;
 - ``self``: only the satellite named in the path (its own check-ins and credentials);
-- ``any``: any valid credential (the public trust-root chain).
+- ``any``: any valid credential (the public trust-root chain);
+- ``dashboard``: the dashboard's HTML, for an operator's browser session (or an operator
+  token on GET);
+- ``login``: the dashboard's login form.
+
+Every state-changing request with a body must say ``Content-Type: application/json``
+(:func:`require_json_body`): a browser form can only send ``text/plain``,
+``application/x-www-form-urlencoded`` or ``multipart/form-data`` across sites.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from groundcontrol.auth import (
     Operator,
     Principal,
     SatellitePrincipal,
+    Session,
     authenticate,
     bearer_token,
     hash_token,
@@ -47,6 +55,7 @@ from groundcontrol.errors import (
     PayloadTooLarge,
     Unauthorized,
     Unprocessable,
+    UnsupportedMediaType,
 )
 from groundcontrol.models import (
     Group,
@@ -66,7 +75,7 @@ from groundcontrol.store import Queries
 from registry_proxy import strict_json
 
 log = logging.getLogger("groundcontrol")
-Access = Literal["public", "join", "operator", "satellite", "self", "any"]
+Access = Literal["public", "join", "operator", "satellite", "self", "any", "dashboard", "login"]
 MAX_BODY = 1024 * 1024
 MAX_CHECKIN_BODY = 16 * 1024 * 1024
 
@@ -77,6 +86,7 @@ class Ctx:
     services: Services
     principal: Principal | None
     now: float
+    session: Session | None = None  # the dashboard's browser session, if that is the caller
 
     def param(self, name: str) -> str:
         return str(self.request.path_params[name])
@@ -98,6 +108,31 @@ def iso(ts: int | float | None) -> str | None:
     if ts is None:
         return None
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def media_type(request: Request) -> str | None:
+    value = request.headers.get("content-type")
+    return None if value is None else value.split(";", 1)[0].strip().lower()
+
+
+def require_json_body(request: Request) -> None:
+    """A state-changing request that carries a body, or names a type, says JSON; else 415.
+
+    This is what keeps a cross-site form post (``text/plain`` crafted to look like JSON)
+    from reaching a handler, whatever credentials it carries."""
+    if request.method not in STATE_CHANGING:
+        return
+    kind = media_type(request)
+    if kind == "application/json":
+        return
+    if kind is None and not _has_body(request):
+        return  # POST …/revoke, …/publish: nothing to read
+    raise UnsupportedMediaType(
+        f"the body must be application/json, got {kind or 'no Content-Type'}"
+    )
 
 
 async def read_json(request: Request, max_bytes: int = MAX_BODY) -> Any:
@@ -363,7 +398,7 @@ async def delete_satellite(ctx: Ctx) -> Response:
 
 
 async def create_join_token(ctx: Ctx) -> Response:
-    body = await read_json(ctx.request) if await _has_body(ctx.request) else {}
+    body = await read_json(ctx.request) if _has_body(ctx.request) else {}
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object", code="invalid_json")
     only_keys(body, {"ttl"})
@@ -373,7 +408,7 @@ async def create_join_token(ctx: Ctx) -> Response:
     return ok(token, 201)
 
 
-async def _has_body(request: Request) -> bool:
+def _has_body(request: Request) -> bool:
     return request.headers.get("content-length", "0") not in ("", "0") or (
         "transfer-encoding" in request.headers
     )
@@ -478,20 +513,18 @@ async def fleet_status(ctx: Ctx) -> Response:
 async def list_tokens(ctx: Ctx) -> Response:
     async with ctx.services.store.transaction() as q:
         rows = await q.list_api_tokens()
-    return ok(
-        {
-            "tokens": [
-                {
-                    "id": r["id"],
-                    "name": r["name"],
-                    "created_at": iso(r["created_at"]),
-                    "revoked_at": iso(r["revoked_at"]),
-                    "last_used_at": iso(r["last_used_at"]),
-                }
-                for r in rows
-            ]
-        }
-    )
+    return ok({"tokens": [token_json(r) for r in rows]})
+
+
+def token_json(row: Any) -> dict[str, Any]:
+    """An operator token as the API and ``admin token list`` show it (never its hash)."""
+    return {
+        "id": row["id"],
+        "name": row["name"],
+        "created_at": iso(row["created_at"]),
+        "revoked_at": iso(row["revoked_at"]),
+        "last_used_at": iso(row["last_used_at"]),
+    }
 
 
 async def create_token(ctx: Ctx) -> Response:
@@ -857,7 +890,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
 async def check_access(endpoint_access: Access, ctx: Ctx) -> None:
     """Refuse before the handler runs unless the principal may use this kind of route."""
     p = ctx.principal
-    if endpoint_access in ("public", "join"):
+    if endpoint_access in ("public", "join", "login"):
         return
     if endpoint_access == "operator":
         require_operator(p)
@@ -865,6 +898,8 @@ async def check_access(endpoint_access: Access, ctx: Ctx) -> None:
         require_satellite(p, ctx.param("name"))
     elif endpoint_access == "self":
         require_own_satellite(p, ctx.param("name"))
+    elif endpoint_access == "dashboard":
+        require_operator(p)
     elif p is None:
         raise Unauthorized("a satellite credential or an operator API token is required")
 

@@ -4,6 +4,11 @@ Errors are raised deep (store, registration, publishing) as
 :class:`~groundcontrol.errors.GroundControlError` and become
 ``{"error": {"code", "message"}}`` in :func:`_error_response`, the one place that knows
 about HTTP statuses. Anything unexpected is logged and answered with ``internal_error``.
+
+Before a handler runs, an API request must carry JSON if it changes state (else 415) and
+is identified by its Bearer token alone; a dashboard request is identified (and checked
+for forgery) by :func:`groundcontrol.dashboard.caller`. A browser without a dashboard
+session is sent to the login form.
 """
 
 from __future__ import annotations
@@ -16,11 +21,18 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from groundcontrol import dashboard
-from groundcontrol.api import ENDPOINTS, Ctx, Endpoint, check_access, principal_of
+from groundcontrol.api import (
+    ENDPOINTS,
+    Ctx,
+    Endpoint,
+    check_access,
+    principal_of,
+    require_json_body,
+)
 from groundcontrol.config import Config
 from groundcontrol.errors import GroundControlError, Unauthorized
 from groundcontrol.services import Services
@@ -33,22 +45,28 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_la
 def _error_response(exc: GroundControlError, request: Request) -> Response:
     headers = {}
     if isinstance(exc, Unauthorized):
-        if request.url.path.startswith("/dashboard"):
-            headers["WWW-Authenticate"] = 'Basic realm="Ground Control", charset="UTF-8"'
-        else:
-            headers["WWW-Authenticate"] = 'Bearer realm="Ground Control"'
+        if request.url.path.startswith("/dashboard") and "authorization" not in request.headers:
+            # a browser without a session: to the login form
+            return RedirectResponse(dashboard.LOGIN_PATH, status_code=303)
+        headers["WWW-Authenticate"] = 'Bearer realm="Ground Control"'
     return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
 
 
 def _route(endpoint: Endpoint) -> Route:
+    browser = endpoint.access in ("dashboard", "login")
+
     async def run(request: Request) -> Response:
         services: Services = request.app.state.services
         now = services.now()
         try:
-            principal = None
-            if endpoint.access not in ("public", "join"):
-                principal = await principal_of(services, request, now)
-            ctx = Ctx(request, services, principal, now)
+            principal, session = None, None
+            if browser:
+                principal, session = await dashboard.caller(services, request, endpoint.access, now)
+            else:
+                require_json_body(request)
+                if endpoint.access not in ("public", "join"):
+                    principal = await principal_of(services, request, now)
+            ctx = Ctx(request, services, principal, now, session)
             await check_access(endpoint.access, ctx)
             return await endpoint.handler(ctx)
         except GroundControlError as exc:

@@ -1,4 +1,4 @@
-"""``groundcontrol``: serve, migrate, local admin (tokens, keys), and the operator CLI.
+"""The ``groundcontrol`` command: serve, migrate, local admin (tokens, keys), operator CLI.
 
 Local commands open the database and key directory named by the config directly:
 ``serve``, ``migrate``, ``admin token …``, ``keys …``. Operator commands talk to a running
@@ -21,7 +21,15 @@ from typing import Any
 
 import httpx
 
-from groundcontrol.config import Config, ConfigError, load_config, parse_int, parse_listen
+from groundcontrol.config import (
+    Config,
+    ConfigError,
+    load_config,
+    parse_database_url,
+    parse_int,
+    parse_listen,
+)
+from groundcontrol.status import SUMMARIES
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -43,10 +51,13 @@ def _config(args: argparse.Namespace) -> Config:
             raise ConfigError(f"--listen: {exc}") from None
         overrides["listen"] = args.listen
     if getattr(args, "database", None):
-        overrides["database"] = args.database
+        try:
+            overrides["database"] = parse_database_url(args.database)
+        except ValueError as exc:
+            raise ConfigError(f"--database: {exc}") from None
     if getattr(args, "data_dir", None):
         overrides["data_dir"] = Path(args.data_dir)
-    return config.with_overrides(**overrides)
+    return config.with_overrides(**overrides).anchored(Path.cwd())
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -88,11 +99,15 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             await db.close()
 
     applied = asyncio.run(run())
-    print(f"applied migrations: {applied}" if applied else "schema is up to date")
+    if args.json:
+        _print({"applied": applied})
+    else:
+        print(f"applied migrations: {applied}" if applied else "schema is up to date")
     return 0
 
 
 def cmd_token(args: argparse.Namespace) -> int:
+    from groundcontrol.api import token_json
     from groundcontrol.auth import hash_token, new_operator_token
 
     config = _config(args)
@@ -109,16 +124,28 @@ def cmd_token(args: argparse.Namespace) -> int:
                 if args.token_cmd == "revoke":
                     await q.revoke_api_token(args.id, now)
                     return {"revoked": args.id}
-                return {"tokens": await q.list_api_tokens()}
+                return {"tokens": [token_json(r) for r in await q.list_api_tokens()]}
         finally:
             await services.close()
 
     result = asyncio.run(run())
-    if args.token_cmd == "create" and not args.json:
+    if args.json:
+        _print(result)
+    elif args.token_cmd == "create":
         print(result["token"])
         print(f"(token id {result['id']}; shown once, stored hashed)", file=sys.stderr)
+    elif args.token_cmd == "revoke":
+        print(f"revoked token {result['revoked']}")
     else:
-        _print(result)
+        _table(
+            [
+                (t["id"], t["name"], t["created_at"], t["last_used_at"], t["revoked_at"])
+                for t in result["tokens"]
+            ],
+            ("ID", "NAME", "CREATED", "LAST USED", "REVOKED"),
+            args,
+            result,
+        )
     return 0
 
 
@@ -303,10 +330,11 @@ def cmd_satellite(args: argparse.Namespace) -> int:
             )
     elif cmd == "update":
         body = {}
+        # both replace what the satellite has; an empty value stands for "none"
         if args.group is not None:
-            body["groups"] = args.group
+            body["groups"] = [g for g in args.group if g]
         if args.label is not None:
-            body["labels"] = _pairs(args.label, "--label")
+            body["labels"] = _pairs([v for v in args.label if v], "--label")
         if args.config_set:
             body["config"] = _config_values(args.config_set)
         _print(api.call("PATCH", f"/satellites/{args.name}", body))
@@ -399,136 +427,221 @@ def _status_table(items: list[dict[str, Any]], args: argparse.Namespace, raw: An
 # --- parser ----------------------------------------------------------------------------
 
 
+DESCRIPTION = (
+    "Ground Control, the fleet controller for Satellite appliances. serve, migrate, admin and "
+    "keys work on the database and key directory directly; the other commands talk to a "
+    "running Ground Control over its API (--url, --token)."
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="groundcontrol", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="groundcontrol", description=DESCRIPTION)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def json_flag(p: argparse.ArgumentParser, what: str = "print JSON instead of a table") -> None:
+        p.add_argument("--json", action="store_true", help=what)
 
     def local(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", help="TOML config file")
-        p.add_argument("--database", help="sqlite:///PATH or postgresql://USER@HOST/DB")
-        p.add_argument("--data-dir", help="data directory (keys, default SQLite database)")
-        p.add_argument("--json", action="store_true", help="print JSON")
+        p.add_argument("--config", metavar="FILE", help="TOML config file")
+        p.add_argument(
+            "--database",
+            metavar="URL",
+            help="sqlite:///PATH (relative to the working directory; sqlite:////PATH is "
+            "absolute) or postgresql://USER@HOST/DB; default sqlite:///DATA_DIR/gc.db",
+        )
+        p.add_argument(
+            "--data-dir",
+            metavar="DIR",
+            help="data directory: signing keys, and the default SQLite database "
+            "(default /var/lib/groundcontrol)",
+        )
 
     def remote(p: argparse.ArgumentParser) -> None:
         p.add_argument("--url", help=f"Ground Control URL (GROUNDCONTROL_URL, {DEFAULT_URL})")
         p.add_argument("--token", help="operator API token (GROUNDCONTROL_TOKEN)")
-        p.add_argument("--json", action="store_true", help="print JSON")
 
-    p = sub.add_parser("serve", help="run the API server")
+    def name_arg(p: argparse.ArgumentParser, what: str) -> None:
+        p.add_argument("name", help=f"the {what}'s name")
+
+    p = sub.add_parser("serve", help="run the API server and the dashboard")
     local(p)
-    p.add_argument("--listen", help="HOST:PORT (default 0.0.0.0:8080)")
+    p.add_argument(
+        "--listen", metavar="HOST:PORT", help="address to serve on (default 0.0.0.0:8080)"
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("migrate", help="apply database migrations")
     local(p)
+    json_flag(p, "print the applied migrations as JSON")
     p.set_defaults(func=cmd_migrate)
 
     admin = sub.add_parser("admin", help="local administration").add_subparsers(
-        dest="admin_cmd", required=True
+        dest="admin_cmd", required=True, metavar="COMMAND"
     )
     tok = admin.add_parser("token", help="operator API tokens").add_subparsers(
-        dest="token_cmd", required=True
+        dest="token_cmd", required=True, metavar="COMMAND"
     )
     p = tok.add_parser("create", help="create a token (printed once)")
     local(p)
-    p.add_argument("name")
+    json_flag(p, "print the token's id, name and secret as JSON")
+    p.add_argument("name", help="who or what the token is for")
     p.set_defaults(func=cmd_token)
-    p = tok.add_parser("list")
+    p = tok.add_parser("list", help="list tokens (never their secrets)")
     local(p)
+    json_flag(p)
     p.set_defaults(func=cmd_token)
-    p = tok.add_parser("revoke")
+    p = tok.add_parser("revoke", help="revoke a token (and end its dashboard sessions)")
     local(p)
-    p.add_argument("id")
+    json_flag(p, "print the result as JSON")
+    p.add_argument("id", help="the token id (see: admin token list)")
     p.set_defaults(func=cmd_token)
 
-    keys = sub.add_parser("keys", help="signing keys and the trust root").add_subparsers(
-        dest="keys_cmd", required=True
-    )
+    keys = sub.add_parser(
+        "keys", help="signing keys and the trust root (printed as JSON)"
+    ).add_subparsers(dest="keys_cmd", required=True, metavar="COMMAND")
     p = keys.add_parser("init", help="create root version 1 (no-op when one exists)")
     local(p)
     for role in ("root", "state"):
-        p.add_argument(f"--{role}-keys", type=int, default=1)
-        p.add_argument(f"--{role}-threshold", type=int, default=1)
+        p.add_argument(
+            f"--{role}-keys", type=int, default=1, metavar="N", help=f"{role} keys (default 1)"
+        )
+        p.add_argument(
+            f"--{role}-threshold",
+            type=int,
+            default=1,
+            metavar="T",
+            help=f"{role} signatures required (default 1)",
+        )
     p.set_defaults(func=cmd_keys)
     p = keys.add_parser("rotate", help="publish root N+1 with fresh root or state keys")
     local(p)
-    p.add_argument("role", choices=["root", "state"])
-    p.add_argument("--count", type=int)
-    p.add_argument("--threshold", type=int)
+    p.add_argument("role", choices=["root", "state"], help="which keys to replace")
+    p.add_argument("--count", type=int, metavar="N", help="new keys (default: as many as now)")
+    p.add_argument(
+        "--threshold", type=int, metavar="T", help="signatures required (default: as now)"
+    )
     p.set_defaults(func=cmd_keys)
     p = keys.add_parser("show", help="print the current trust root")
     local(p)
     p.set_defaults(func=cmd_keys)
 
-    group = sub.add_parser("group", help="groups").add_subparsers(dest="group_cmd", required=True)
-    for name in ("list", "show", "create", "set-images", "delete"):
-        p = group.add_parser(name)
-        remote(p)
-        p.set_defaults(func=cmd_group)
-        if name != "list":
-            p.add_argument("name")
-        if name in ("create", "set-images"):
-            p.add_argument(
-                "--image", action="append", default=[], help="REF or REF=os/arch,os/arch"
-            )
-        if name == "create":
-            p.add_argument("--description", default="")
+    group = sub.add_parser("group", help="groups of satellites and their images").add_subparsers(
+        dest="group_cmd", required=True, metavar="COMMAND"
+    )
+    image_help = "an image every member holds: REF or REF=os/arch,os/arch (repeat for several)"
+    p = group.add_parser("list", help="list groups")
+    remote(p)
+    json_flag(p)
+    p = group.add_parser("show", help="print a group as JSON")
+    remote(p)
+    name_arg(p, "group")
+    p = group.add_parser("create", help="create a group (its images must resolve)")
+    remote(p)
+    name_arg(p, "group")
+    p.add_argument("--image", action="append", default=[], metavar="REF", help=image_help)
+    p.add_argument("--description", default="", help="free text")
+    p = group.add_parser("set-images", help="replace a group's images and publish to its members")
+    remote(p)
+    name_arg(p, "group")
+    p.add_argument("--image", action="append", default=[], metavar="REF", help=image_help)
+    p = group.add_parser("delete", help="delete a group that has no members")
+    remote(p)
+    name_arg(p, "group")
+    for action in group.choices.values():
+        action.set_defaults(func=cmd_group)
 
     sat = sub.add_parser("satellite", help="satellites and join tokens").add_subparsers(
-        dest="satellite_cmd", required=True
+        dest="satellite_cmd", required=True, metavar="COMMAND"
     )
-    for name in (
-        "list",
-        "show",
-        "create",
-        "update",
-        "delete",
-        "revoke",
-        "publish",
-        "join-token",
-    ):
-        p = sat.add_parser(name)
-        remote(p)
-        p.set_defaults(func=cmd_satellite)
-        if name != "list":
-            p.add_argument("name")
-        if name == "list":
-            p.add_argument("--group")
-            p.add_argument("--status")
-        if name in ("create", "update"):
-            default: list[str] | None = [] if name == "create" else None
-            p.add_argument("--group", action="append", default=default)
-            p.add_argument("--label", action="append", default=default, help="KEY=VALUE")
-            p.add_argument(
-                "--config-set",
-                action="append",
-                default=[],
-                help="KEY=VALUE (state_interval, checkin_interval, cache_max_bytes, "
-                "bandwidth_bytes_per_second, upstreams as JSON)",
-            )
-        if name == "join-token":
-            p.add_argument("--ttl", type=int, help="seconds")
-
-    p = sub.add_parser("status", help="fleet status")
+    config_help = (
+        "KEY=VALUE, repeat for several (state_interval, checkin_interval, cache_max_bytes, "
+        "bandwidth_bytes_per_second, upstreams as JSON; an empty VALUE resets to the default)"
+    )
+    p = sat.add_parser("list", help="list satellites with their status")
     remote(p)
+    json_flag(p)
+    p.add_argument("--group", help="only the members of this group")
+    p.add_argument("--status", choices=SUMMARIES, help="only satellites with this status")
+    p = sat.add_parser("show", help="print a satellite as JSON")
+    remote(p)
+    name_arg(p, "satellite")
+    p = sat.add_parser("create", help="create a satellite and print its join token")
+    remote(p)
+    json_flag(p, "print the satellite and its join token as JSON")
+    name_arg(p, "satellite")
+    p.add_argument(
+        "--group", action="append", default=[], help="a group it belongs to (repeat for several)"
+    )
+    p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="a label")
+    p.add_argument(
+        "--config-set", action="append", default=[], metavar="KEY=VALUE", help=config_help
+    )
+    p = sat.add_parser(
+        "update",
+        help="change a satellite: --group and --label replace the current groups or labels, "
+        "--config-set changes the keys given",
+    )
+    remote(p)
+    name_arg(p, "satellite")
+    p.add_argument(
+        "--group",
+        action="append",
+        metavar="GROUP",
+        help="replaces the satellite's groups with the ones given (repeat for several); "
+        "--group '' leaves it in no group",
+    )
+    p.add_argument(
+        "--label",
+        action="append",
+        metavar="KEY=VALUE",
+        help="replaces the satellite's labels with the ones given (repeat for several); "
+        "--label '' removes them all",
+    )
+    p.add_argument(
+        "--config-set", action="append", default=[], metavar="KEY=VALUE", help=config_help
+    )
+    for name, what in (
+        ("delete", "delete a satellite"),
+        ("revoke", "revoke a satellite's credential (it gets nothing further)"),
+        ("publish", "re-resolve and re-sign a satellite's state"),
+    ):
+        p = sat.add_parser(name, help=what)
+        remote(p)
+        name_arg(p, "satellite")
+    p = sat.add_parser("join-token", help="issue a new one-time join token")
+    remote(p)
+    json_flag(p, "print the token and its expiry as JSON")
+    name_arg(p, "satellite")
+    p.add_argument("--ttl", type=int, metavar="SECONDS", help="lifetime (default [join] token_ttl)")
+    for action in sat.choices.values():
+        action.set_defaults(func=cmd_satellite)
+
+    p = sub.add_parser("status", help="the fleet's status table")
+    remote(p)
+    json_flag(p)
     p.set_defaults(func=cmd_status)
 
     cred = sub.add_parser("credential", help="upstream registry credentials").add_subparsers(
-        dest="credential_cmd", required=True
+        dest="credential_cmd", required=True, metavar="COMMAND"
     )
-    p = cred.add_parser("list")
+    p = cred.add_parser("list", help="list credentials (never their passwords)")
     remote(p)
-    p.set_defaults(func=cmd_credential)
-    p = cred.add_parser("set", help="password is read from stdin")
+    json_flag(p)
+    p = cred.add_parser("set", help="set a registry's credential; the password is read from stdin")
     remote(p)
-    p.add_argument("registry")
-    p.add_argument("--username", required=True)
-    p.add_argument("--group", action="append", default=[])
-    p.set_defaults(func=cmd_credential)
-    p = cred.add_parser("delete")
+    p.add_argument("registry", help="registry host[:port]")
+    p.add_argument("--username", required=True, help="user name at the registry")
+    p.add_argument(
+        "--group",
+        action="append",
+        default=[],
+        help="only for members of this group (repeat for several; default: every satellite)",
+    )
+    p = cred.add_parser("delete", help="remove a registry's credential")
     remote(p)
-    p.add_argument("registry")
-    p.set_defaults(func=cmd_credential)
+    p.add_argument("registry", help="registry host[:port]")
+    for action in cred.choices.values():
+        action.set_defaults(func=cmd_credential)
     return parser
 
 

@@ -126,6 +126,17 @@ def parse_repository_prefix(value: str) -> str:
     return value
 
 
+def parse_database_url(value: str) -> str:
+    """``sqlite:///PATH`` (relative to the working directory; ``sqlite:////abs`` absolute)
+    or ``postgresql://…``; empty means the SQLite file under the data directory."""
+    if value and not (
+        (value.startswith("sqlite:///") and value != "sqlite:///")
+        or value.startswith(("postgresql://", "postgres://"))
+    ):
+        raise ValueError(f"expected sqlite:///PATH or postgresql://USER@HOST/DB, got {value!r}")
+    return value
+
+
 def _str(value: object) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected a string, got {value!r}")
@@ -189,6 +200,8 @@ class Config:
     harbor_username: str = ""
     harbor_password: str = ""
     harbor_robot_ttl_days: int = 30
+    # dashboard login
+    dashboard_session_ttl: int = 12 * 3600
 
     @property
     def database_url(self) -> str:
@@ -201,6 +214,15 @@ class Config:
     def with_overrides(self, **kwargs: Any) -> Config:
         return replace(self, **{k: v for k, v in kwargs.items() if v is not None})
 
+    def anchored(self, cwd: Path) -> Config:
+        """Relative paths (the data directory, a ``sqlite:///relative`` database) made
+        absolute against ``cwd``, once at start, so that logs name the real files."""
+        data_dir = cwd / self.data_dir
+        database = self.database
+        if database.startswith("sqlite:///") and database != "sqlite:///:memory:":
+            database = f"sqlite:///{cwd / database.removeprefix('sqlite:///')}"
+        return replace(self, data_dir=data_dir, database=database)
+
 
 # (section, key) -> (dataclass field, parser)
 _OPTIONS: dict[tuple[str, str], tuple[str, Callable[[object], Any]]] = {
@@ -209,7 +231,7 @@ _OPTIONS: dict[tuple[str, str], tuple[str, Callable[[object], Any]]] = {
     ("server", "body_min_rate"): ("body_min_rate", parse_size),
     ("server", "body_rate_window"): ("body_rate_window", lambda v: _positive(parse_duration(v))),
     ("server", "body_timeout"): ("body_timeout", parse_duration),
-    ("database", "url"): ("database", _str),
+    ("database", "url"): ("database", lambda v: parse_database_url(_str(v))),
     ("registry", "url"): ("registry_url", lambda v: parse_registry_url(_str(v))),
     ("registry", "username"): ("registry_username", _str),
     ("registry", "password"): ("registry_password", _str),
@@ -238,6 +260,7 @@ _OPTIONS: dict[tuple[str, str], tuple[str, Callable[[object], Any]]] = {
     ("harbor", "username"): ("harbor_username", _str),
     ("harbor", "password"): ("harbor_password", _str),
     ("harbor", "robot_ttl_days"): ("harbor_robot_ttl_days", _int),
+    ("dashboard", "session_ttl"): ("dashboard_session_ttl", parse_duration),
 }
 
 
@@ -265,6 +288,8 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
     config = Config(**values)
     if config.offline_after < config.stale_after:
         raise ConfigError("status.offline_after: must not be shorter than status.stale_after")
+    if config.dashboard_session_ttl <= 0:
+        raise ConfigError("dashboard.session_ttl: must be positive")
     if config.state_refresh_before >= config.state_expires:
         raise ConfigError("state.refresh_before: must be shorter than state.expires")
     return config

@@ -1,8 +1,13 @@
 """The fleet dashboard: server-rendered HTML, no scripts, no build step.
 
-Operators sign in with their API token as the password of HTTP Basic auth (any user
-name), so a browser prompts for it; the pages are the same data as ``/api/v1/status``.
-Every value is escaped with :func:`html.escape`.
+Operators sign in at ``/dashboard/login`` by pasting an operator token; that opens a
+server-side session (:mod:`groundcontrol.auth`) held in a cookie that is ``HttpOnly``,
+``SameSite=Strict``, limited to ``Path=/dashboard`` and ``Secure`` when the request came
+over TLS. Every form that changes state carries the session's CSRF token in a hidden
+field and must come from a page of this server (``Origin``, else ``Referer``); the login
+form, which has no session yet, is checked by its origin alone. Pages also answer an
+operator token sent as ``Authorization: Bearer`` on GET, for scripts. The pages are the
+same data as ``/api/v1/status``; every value is escaped with :func:`html.escape`.
 """
 
 from __future__ import annotations
@@ -10,11 +15,42 @@ from __future__ import annotations
 import json
 from html import escape
 from typing import Any
+from urllib.parse import parse_qsl
 
-from starlette.responses import HTMLResponse, Response
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from groundcontrol.api import Ctx, Endpoint, fleet_items, iso, satellite_json
+from groundcontrol.api import (
+    Ctx,
+    Endpoint,
+    fleet_items,
+    iso,
+    media_type,
+    principal_of,
+    satellite_json,
+)
+from groundcontrol.auth import (
+    SESSION_COOKIE,
+    Principal,
+    Session,
+    open_session,
+    over_tls,
+    same_origin,
+    session_of,
+)
 from groundcontrol.contract import Envelope, StateDocument
+from groundcontrol.errors import (
+    BadRequest,
+    Forbidden,
+    PayloadTooLarge,
+    Unauthorized,
+    UnsupportedMediaType,
+)
+from groundcontrol.services import Services
+
+FORM_TYPE = "application/x-www-form-urlencoded"
+MAX_FORM_BYTES = 16 * 1024
+LOGIN_PATH = "/dashboard/login"
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem;color:#222}
@@ -28,17 +64,138 @@ code{font-size:.85em}
 """
 
 
-def _page(title: str, body: str) -> HTMLResponse:
+def _page(
+    title: str, body: str, session: Session | None = None, status_code: int = 200
+) -> HTMLResponse:
+    nav = ""
+    if session is not None:
+        nav = (
+            f'<form id="logout" method="post" action="/dashboard/logout">'
+            f'<input type="hidden" name="csrf" value="{escape(session.csrf)}">'
+            f"<span>{escape(session.operator.name)}</span> "
+            '<button type="submit">Sign out</button></form>'
+        )
     return HTMLResponse(
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f"<title>{escape(title)} · Ground Control</title><style>{STYLE}</style></head>"
-        f'<body><header><a href="/dashboard">Ground Control</a></header>{body}</body></html>',
+        f'<body><header><a href="/dashboard">Ground Control</a>{nav}</header>{body}</body></html>',
+        status_code=status_code,
         headers={
             "Cache-Control": "no-store",
-            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+            "Content-Security-Policy": (
+                "default-src 'none'; style-src 'unsafe-inline'; "
+                "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+            ),
             "X-Frame-Options": "DENY",
+            "Referrer-Policy": "same-origin",
         },
     )
+
+
+# --- who is asking ---------------------------------------------------------------------
+
+
+async def read_form(request: Request) -> dict[str, str]:
+    """The urlencoded body of a dashboard form (capped); anything else is 415."""
+    if media_type(request) != FORM_TYPE:
+        raise UnsupportedMediaType(f"a dashboard form must be sent as {FORM_TYPE}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            raise PayloadTooLarge(f"form body exceeds {MAX_FORM_BYTES} bytes")
+    try:
+        pairs = parse_qsl(body.decode("ascii"), keep_blank_values=True, max_num_fields=10)
+    except (UnicodeDecodeError, ValueError):
+        raise BadRequest("the form body is not valid", code="invalid_form") from None
+    return dict(pairs)
+
+
+async def caller(
+    services: Services, request: Request, access: str, now: float
+) -> tuple[Principal | None, Session | None]:
+    """The principal and session of a dashboard request, checked for forgery; the form of
+    a POST is left in ``request.state.form``.
+
+    GET: an operator's Bearer token, else the session cookie. POST to the login form:
+    same origin only. Any other POST: the session cookie, same origin, and the session's
+    CSRF token in the form; a Bearer token does not count (scripts use the API)."""
+    if request.method in ("GET", "HEAD"):
+        if "authorization" in request.headers:
+            return await principal_of(services, request, now), None
+        async with services.store.transaction() as q:
+            session = await session_of(q, request, int(now))
+        return (session.operator if session else None), session
+    if not same_origin(request):
+        raise Forbidden("a dashboard form must come from this server's pages", code="csrf_failed")
+    form = request.state.form = await read_form(request)
+    if access == "login":
+        return None, None
+    async with services.store.transaction() as q:
+        session = await session_of(q, request, int(now))
+    if session is None:
+        raise Unauthorized("sign in at /dashboard/login")
+    if not session.csrf_matches(form.get("csrf", "")):
+        raise Forbidden("the form's CSRF token does not match the session", code="csrf_failed")
+    return session.operator, session
+
+
+# --- login and logout ------------------------------------------------------------------
+
+
+def _login_page(error: str = "", status_code: int = 200) -> HTMLResponse:
+    message = f'<p id="error" role="alert">{escape(error)}</p>' if error else ""
+    body = (
+        f"<h1>Sign in</h1>{message}"
+        f'<form id="login" method="post" action="{LOGIN_PATH}">'
+        '<label>Operator token <input type="password" name="token" '
+        'autocomplete="current-password" required></label> '
+        '<button type="submit">Sign in</button></form>'
+        "<p>Create a token with <code>groundcontrol admin token create NAME</code>.</p>"
+    )
+    return _page("Sign in", body, status_code=status_code)
+
+
+async def login_form(ctx: Ctx) -> Response:
+    return _login_page()
+
+
+async def login(ctx: Ctx) -> Response:
+    token = ctx.request.state.form.get("token", "").strip()
+    services = ctx.services
+    async with services.store.transaction() as q:
+        opened = await open_session(q, token, int(ctx.now), services.config.dashboard_session_ttl)
+    if opened is None:
+        page = _login_page("That is not a valid operator token.", 401)
+        page.headers["WWW-Authenticate"] = 'Bearer realm="Ground Control"'
+        return page
+    cookie, _session = opened
+    response = RedirectResponse("/dashboard", status_code=303)
+    response.set_cookie(
+        SESSION_COOKIE,
+        cookie,
+        max_age=services.config.dashboard_session_ttl,
+        path="/dashboard",
+        secure=over_tls(ctx.request),
+        httponly=True,
+        samesite="strict",
+    )
+    return response
+
+
+async def logout(ctx: Ctx) -> Response:
+    assert ctx.session is not None  # caller() admits no other POST
+    async with ctx.services.store.transaction() as q:
+        await q.delete_dashboard_session(ctx.session.id_hash)
+    response = RedirectResponse(LOGIN_PATH, status_code=303)
+    response.delete_cookie(
+        SESSION_COOKIE,
+        path="/dashboard",
+        secure=over_tls(ctx.request),
+        httponly=True,
+        samesite="strict",
+    )
+    return response
 
 
 def _status(value: str) -> str:
@@ -76,7 +233,7 @@ async def fleet(ctx: Ctx) -> Response:
         "<th>Applied</th><th>Published</th><th>Failing images</th></tr></thead>"
         f"<tbody>{''.join(rows)}</tbody></table>"
     )
-    return _page("Fleet", body)
+    return _page("Fleet", body, ctx.session)
 
 
 async def satellite_page(ctx: Ctx) -> Response:
@@ -129,12 +286,15 @@ async def satellite_page(ctx: Ctx) -> Response:
         '<h2>Recent check-ins</h2><table id="checkins"><thead><tr><th>Seq</th><th>Received</th>'
         f"<th>State version</th><th>Errors</th></tr></thead><tbody>{report_rows}</tbody></table>"
     )
-    return _page(name, body)
+    return _page(name, body, ctx.session)
 
 
 ENDPOINTS: tuple[Endpoint, ...] = (
-    Endpoint("GET", "/dashboard", fleet, "operator", "Fleet dashboard (HTML)"),
+    Endpoint("GET", "/dashboard", fleet, "dashboard", "Fleet dashboard (HTML)"),
     Endpoint(
-        "GET", "/dashboard/satellites/{name}", satellite_page, "operator", "Satellite page (HTML)"
+        "GET", "/dashboard/satellites/{name}", satellite_page, "dashboard", "Satellite page (HTML)"
     ),
+    Endpoint("GET", LOGIN_PATH, login_form, "login", "Dashboard login form (HTML)"),
+    Endpoint("POST", LOGIN_PATH, login, "login", "Open a dashboard session with an operator token"),
+    Endpoint("POST", "/dashboard/logout", logout, "dashboard", "End the dashboard session"),
 )

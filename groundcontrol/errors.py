@@ -6,13 +6,14 @@ registration, publishing) and turned into ``{"error": {"code", "message"}}`` in 
 one place, the exception handler in :mod:`groundcontrol.app`.
 
     GroundControlError
-    ├── BadRequest          400  invalid_request / invalid_json / invalid_<field>
+    ├── BadRequest          400  invalid_request / invalid_json / invalid_form / invalid_<field>
     ├── Unauthorized        401  unauthorized
-    ├── Forbidden           403  forbidden / satellite_revoked
+    ├── Forbidden           403  forbidden / satellite_revoked / csrf_failed
     ├── NotFound            404  not_found / <kind>_not_found
     ├── Conflict            409  <kind>_exists / group_in_use / ...
     ├── PayloadTooLarge     413  payload_too_large
-    ├── Unprocessable       422  image_not_found / registry_not_configured
+    ├── UnsupportedMediaType 415 unsupported_media_type
+    ├── Unprocessable       422  image_not_found / registry_not_configured / harbor_not_configured
     ├── TooManyRequests     429  rate_limited
     ├── UpstreamError       502  registry_unavailable / image_unresolvable
     └── Unavailable         503  signing_unavailable
@@ -63,6 +64,11 @@ class Conflict(GroundControlError):
 class PayloadTooLarge(GroundControlError):
     status = 413
     code = "payload_too_large"
+
+
+class UnsupportedMediaType(GroundControlError):
+    status = 415
+    code = "unsupported_media_type"
 
 
 class Unprocessable(GroundControlError):

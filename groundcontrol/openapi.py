@@ -30,7 +30,10 @@ _SECURITY: dict[str, list[dict[str, list[str]]]] = {
     "satellite": [{"satelliteCredential": []}, {"operatorToken": []}],
     "self": [{"satelliteCredential": []}],
     "any": [{"satelliteCredential": []}, {"operatorToken": []}],
+    "dashboard": [{"operatorToken": []}],
+    "login": [],
 }
+_ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
 
 
 def openapi_document(endpoints: Iterable[Endpoint]) -> dict[str, Any]:
@@ -44,9 +47,7 @@ def openapi_document(endpoints: Iterable[Endpoint]) -> dict[str, Any]:
             "responses": {
                 "default": {
                     "description": "error",
-                    "content": {
-                        "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
-                    },
+                    "content": _ERROR_CONTENT,
                 },
                 "200": {"description": "success"},
             },
@@ -59,6 +60,12 @@ def openapi_document(endpoints: Iterable[Endpoint]) -> dict[str, Any]:
             ]
         if ep.method in ("POST", "PUT", "PATCH"):
             op["requestBody"] = {"content": {"application/json": {"schema": {"type": "object"}}}}
+        if ep.method in ("POST", "PUT", "PATCH", "DELETE"):
+            op["responses"]["415"] = {
+                "description": "unsupported_media_type: a body (or a Content-Type) that is "
+                "not application/json",
+                "content": _ERROR_CONTENT,
+            }
         paths.setdefault(ep.path, {})[ep.method.lower()] = op
     return {
         "openapi": "3.1.0",
@@ -66,7 +73,9 @@ def openapi_document(endpoints: Iterable[Endpoint]) -> dict[str, Any]:
             "title": "Ground Control",
             "version": "1",
             "description": "Fleet controller for Satellite edge registries. "
-            'Errors are {"error": {"code", "message"}} with a stable code.',
+            'Errors are {"error": {"code", "message"}} with a stable code. Credentials are '
+            "accepted only as Authorization: Bearer; a state-changing request whose body is "
+            "not application/json is refused with 415 unsupported_media_type.",
         },
         "paths": paths,
         "components": {

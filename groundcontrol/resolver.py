@@ -83,12 +83,12 @@ class Resolver:
         target = ref.digest or ref.tag or "latest"
         path = f"/v2/{ref.repository}/manifests/{target}"
         headers = {"Accept": ", ".join(MANIFEST_MEDIA_TYPES)}
-        response = await self._request("HEAD", path, ref.repository, headers)
+        response = await self._request("HEAD", path, ref, headers)
         digest = response.headers.get("docker-content-digest", "")
         media_type = response.headers.get("content-type", "").split(";")[0].strip()
         length = response.headers.get("content-length", "")
         if response.status_code != 200 or not digest or not length.isdigit():
-            response = await self._request("GET", path, ref.repository, headers)
+            response = await self._request("GET", path, ref, headers)
             body = response.content
             digest = "sha256:" + hashlib.sha256(body).hexdigest()
             if ref.digest and ref.digest.startswith("sha512:"):
@@ -116,8 +116,9 @@ class Resolver:
             raise UpstreamError(f"{ref.reference}: bad answer from registry: {exc}") from None
 
     async def _request(
-        self, method: str, path: str, repository: str, headers: dict[str, str]
+        self, method: str, path: str, ref: ImageRef, headers: dict[str, str]
     ) -> httpx.Response:
+        repository = ref.repository
         scope = f"repository:{repository}:pull"
         for attempt in range(2):
             h = dict(headers)
@@ -143,7 +144,7 @@ class Resolver:
                     continue
             break
         if response.status_code == 404:
-            raise ImageNotFound(f"{repository}: {path.rsplit('/', 1)[1]} not found in the registry")
+            raise ImageNotFound(f"{ref.reference} not found in the registry")
         if response.status_code in (401, 403):
             raise UpstreamError(
                 f"central registry refused access to {repository} ({response.status_code})",

@@ -8,6 +8,8 @@ from typing import Any, Literal
 from groundcontrol.models import Satellite
 
 Connectivity = Literal["pending", "revoked", "online", "stale", "offline"]
+# the one-word summaries, most urgent first
+SUMMARIES = ("revoked", "pending", "offline", "failing", "stale", "behind", "online")
 
 
 @dataclass(frozen=True)

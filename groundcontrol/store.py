@@ -104,6 +104,36 @@ class Queries:
             row = await self.tx.fetchone("SELECT id FROM api_tokens WHERE id = ?", token_id)
             if row is None:
                 raise NotFound(f"no API token {token_id}", code="token_not_found")
+        await self.tx.execute("DELETE FROM dashboard_sessions WHERE token_id = ?", token_id)
+
+    # --- dashboard sessions -------------------------------------------------------------
+
+    async def insert_dashboard_session(
+        self, id_hash: str, token_id: str, csrf: str, now: int, expires_at: int
+    ) -> None:
+        await self.tx.execute("DELETE FROM dashboard_sessions WHERE expires_at <= ?", now)
+        await self.tx.execute(
+            "INSERT INTO dashboard_sessions (id_hash, token_id, csrf, created_at, expires_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            id_hash,
+            token_id,
+            csrf,
+            now,
+            expires_at,
+        )
+
+    async def dashboard_session(self, id_hash: str, now: int) -> Row | None:
+        """A live session whose operator token is not revoked, else None."""
+        return await self.tx.fetchone(
+            "SELECT s.token_id, s.csrf, t.name FROM dashboard_sessions s "
+            "JOIN api_tokens t ON t.id = s.token_id "
+            "WHERE s.id_hash = ? AND s.expires_at > ? AND t.revoked_at IS NULL",
+            id_hash,
+            now,
+        )
+
+    async def delete_dashboard_session(self, id_hash: str) -> None:
+        await self.tx.execute("DELETE FROM dashboard_sessions WHERE id_hash = ?", id_hash)
 
     # --- groups -----------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 RUN_PACKAGES=(python3 python3-venv ca-certificates)   # what the daemon itself needs
-TEST_PACKAGES=(skopeo docker-registry nginx-light wrk containerd postgresql chromium
+TEST_PACKAGES=(skopeo docker-registry nginx-light wrk containerd postgresql chromium chromium-driver umoci
                apache2-utils tar gzip iproute2)
 want=${SATELLITE_BOOTSTRAP:-full}   # "run" installs only what the daemon needs
 packages=("${RUN_PACKAGES[@]}")

@@ -141,6 +141,22 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        3,
+        "dashboard sessions",
+        (
+            # id_hash: SHA-256 of the session cookie; a session lives only as long as the
+            # operator token it was opened with (revoked tokens are joined out)
+            """CREATE TABLE dashboard_sessions (
+                id_hash TEXT PRIMARY KEY,
+                token_id TEXT NOT NULL REFERENCES api_tokens (id) ON DELETE CASCADE,
+                csrf TEXT NOT NULL,
+                created_at BIGINT NOT NULL,
+                expires_at BIGINT NOT NULL
+            )""",
+            "CREATE INDEX dashboard_sessions_token ON dashboard_sessions (token_id)",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -21,11 +21,12 @@ from groundcontrol.db import DatabaseError, IntegrityError, Row
 
 
 def sqlite_path(url: str) -> str:
-    """``sqlite:///abs/path`` → ``/abs/path``; ``sqlite:///:memory:`` → ``:memory:``."""
-    rest = url.removeprefix("sqlite://")
-    if not rest.startswith("/"):
+    """What follows ``sqlite:///``, as SQLAlchemy reads it: ``sqlite:///gc-data/gc.db`` is
+    relative to the working directory, ``sqlite:////srv/gc/gc.db`` absolute, and
+    ``sqlite:///:memory:`` is ``:memory:``."""
+    if not url.startswith("sqlite:///") or url == "sqlite:///":
         raise ValueError(f"expected sqlite:///PATH, got {url!r}")
-    return rest[1:] if rest == "/:memory:" else rest
+    return url.removeprefix("sqlite:///")
 
 
 class SQLiteTransaction:

@@ -116,7 +116,9 @@ async def test_bad_input_never_gives_500(
 
 async def test_oversize_body_is_refused(client: httpx.AsyncClient, op: dict[str, str]) -> None:
     r = await client.post(
-        "/api/v1/groups", content=b'{"name": "' + b"a" * (2 * 1024 * 1024) + b'"}', headers=op
+        "/api/v1/groups",
+        content=b'{"name": "' + b"a" * (2 * 1024 * 1024) + b'"}',
+        headers={**op, "content-type": "application/json"},
     )
     assert r.status_code == 413 and error(r) == "payload_too_large"
 

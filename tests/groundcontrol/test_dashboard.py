@@ -1,46 +1,30 @@
-"""The fleet dashboard rendered by Debian's headless chromium against a real server."""
+"""The fleet dashboard in Debian's headless chromium (driven by chromedriver) against a
+real server: signing in, the pages, signing out, and a page on another origin that tries
+every state-changing request while the browser holds a signed-in session."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import tempfile
+import asyncio
+import json
+import sqlite3
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from html import escape
 from html.parser import HTMLParser
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
-import pytest
 
 from groundcontrol.contract import ImageStatus
+from tests.groundcontrol.browser import Browser
 from tests.groundcontrol.fleet import SimSatellite
 from tests.groundcontrol.test_serve import gc
 from tests.support.groundcontrol import GroundControlProcess
-
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-quic",
-]
-
-
-def dump_dom(url: str) -> str:
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.fail("`chromium` not found: install the Debian package `chromium`", pytrace=False)
-    with tempfile.TemporaryDirectory(prefix="gc-chromium-") as profile:
-        done = subprocess.run(
-            [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", url],
-            capture_output=True,
-            timeout=90,
-        )
-    assert done.returncode == 0, done.stderr.decode()[-2000:]
-    return done.stdout.decode()
+from tests.support.net import LOOPBACK
 
 
 class Dom(HTMLParser):
@@ -90,16 +74,136 @@ def parse(html: str) -> Dom:
     return dom
 
 
-async def test_dashboard_shows_fleet_and_satellite(tmp_path: Path) -> None:
+def snapshot(db: Path) -> dict[str, list[Any]]:
+    """Every row of every table, except when a token was last used."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        conn.row_factory = sqlite3.Row
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        out: dict[str, list[Any]] = {}
+        for table in sorted(tables):
+            rows = [
+                {k: r[k] for k in r.keys() if k != "last_used_at"}  # noqa: SIM118
+                for r in conn.execute(f"SELECT * FROM {table}")
+            ]
+            out[table] = sorted(rows, key=lambda row: json.dumps(row, sort_keys=True))
+        return out
+    finally:
+        conn.close()
+
+
+def forged_page(gc_url: str, attacker_token: str) -> str:
+    """Auto-submitting forms (text/plain crafted as JSON, urlencoded, multipart) and
+    no-cors fetches, each at one state-changing route of Ground Control."""
+    json_bodies = {
+        "/api/v1/tokens": '{"name": "evil", "pad": "',
+        "/api/v1/groups": '{"name": "evil", "pad": "',
+        "/api/v1/satellites": '{"name": "evil", "pad": "',
+        "/api/v1/satellites/victim/revoke": '{"pad": "',
+        "/api/v1/satellites/victim/join-tokens": '{"ttl": 600, "pad": "',
+        "/api/v1/satellites/victim/publish": '{"pad": "',
+        "/api/v1/register": '{"token": "gcj_0000000000000000.x", "pad": "',
+    }
+    forms: list[tuple[str, str, dict[str, str]]] = []
+    for path, head in json_bodies.items():
+        forms.append((path, "text/plain", {head: '"}'}))
+        forms.append((path, "application/x-www-form-urlencoded", {"name": "evil"}))
+        forms.append((path, "multipart/form-data", {"name": "evil"}))
+    for enctype in ("application/x-www-form-urlencoded", "text/plain", "multipart/form-data"):
+        forms.append(("/dashboard/logout", enctype, {"csrf": "guess"}))
+        forms.append(("/dashboard/logout", enctype, {}))
+        forms.append(("/dashboard/login", enctype, {"token": attacker_token}))
+    html = []
+    for i, (path, enctype, fields) in enumerate(forms):
+        inputs = "".join(
+            f'<input type="hidden" name="{escape(k)}" value="{escape(v)}">'
+            for k, v in fields.items()
+        )
+        html.append(
+            f'<iframe name="f{i}"></iframe><form target="f{i}" method="post" '
+            f'action="{gc_url}{path}" enctype="{enctype}">{inputs}</form>'
+        )
+    # simple requests (no preflight) with the browser's cookies ...
+    fetches = [
+        [f"{gc_url}{path}", "POST", "no-cors", kind, body]
+        for path, body in (
+            ("/api/v1/tokens", '{"name": "evil"}'),
+            ("/api/v1/satellites/victim/revoke", "{}"),
+            ("/dashboard/logout", "csrf=guess"),
+            ("/dashboard/login", f"token={attacker_token}"),
+        )
+        for kind in ("text/plain", "application/x-www-form-urlencoded")
+    ]
+    # ... and requests that need a CORS preflight, which Ground Control never grants
+    fetches += [
+        [f"{gc_url}{path}", method, "cors", "application/json", body]
+        for method, path, body in (
+            ("POST", "/api/v1/tokens", '{"name": "evil"}'),
+            ("DELETE", "/api/v1/satellites/victim", ""),
+            ("PATCH", "/api/v1/satellites/victim", '{"labels": {"evil": "1"}}'),
+            ("PUT", "/api/v1/upstream-credentials/evil.example", '{"username": "u"}'),
+        )
+    ]
+    script = f"""
+const forms = document.querySelectorAll("form");
+const fetches = {json.dumps(fetches)};
+let pending = forms.length + fetches.length;
+const one = () => {{ pending -= 1; if (pending === 0) document.title = "done"; }};
+for (const form of forms) {{
+  document.getElementsByName(form.target)[0].addEventListener("load", one, {{once: true}});
+  form.submit();
+}}
+for (const [url, method, mode, type, body] of fetches) {{
+  fetch(url, {{method, mode, credentials: "include", headers: {{"Content-Type": type}},
+               body: body || undefined}}).then(one, one);
+}}
+"""
+    return (
+        "<!doctype html><html><head><title>loading</title></head><body>"
+        + "".join(html)
+        + f"<script>{script}</script></body></html>"
+    )
+
+
+@contextmanager
+def serve_page(html: str) -> Iterator[str]:
+    """`html` at / on another loopback port (another origin than Ground Control)."""
+    body = html.encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{LOOPBACK}:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+async def test_dashboard_in_the_browser_and_forged_requests(tmp_path: Path) -> None:
     data = tmp_path / "data"
     server = GroundControlProcess(tmp_path, "--data-dir", str(data)).launch()
     try:
         server.wait()
         token = gc("admin", "token", "create", "ops", "--data-dir", str(data)).strip()
+        attacker = gc("admin", "token", "create", "attacker", "--data-dir", str(data)).strip()
         remote = ["--url", server.url, "--token", token]
         gc("group", "create", "shops", *remote)
         join = gc("satellite", "create", "shop-1", "--group", "shops", *remote).strip()
         gc("satellite", "create", "train-7", *remote)
+        gc("satellite", "create", "victim", *remote)
         async with httpx.AsyncClient(base_url=server.url) as client:
             sat = SimSatellite(client, "shop-1")
             await sat.register(join, time.time())
@@ -107,27 +211,64 @@ async def test_dashboard_shows_fleet_and_satellite(tmp_path: Path) -> None:
             r = await sat.post([sat.checkin(time.time(), 1, (bad,))])
             assert r.json()["accepted"] == [1]
 
-        base = server.url.replace("http://", f"http://op:{token}@")
-        fleet = parse(dump_dom(f"{base}/dashboard"))
-        assert set(fleet.rows) == {"shop-1", "train-7"}
-        assert fleet.rows["shop-1"]["data-status"] == "failing"
-        assert fleet.rows["shop-1"]["status"] == "failing"
-        assert fleet.rows["train-7"]["status"] == "pending"
-        assert fleet.rows["shop-1"]["applied"] == "1"
-        assert fleet.rows["shop-1"]["published"] == "1"
-        assert "<disk full>" in fleet.rows["shop-1"]["failing"]  # escaped, shown as text
-        assert fleet.rows["train-7"]["last-seen"] == "—"
-        assert fleet.text["total"] == "2 satellite(s)"
+        with Browser(tmp_path) as browser:
+            # without a session the browser gets the login form, no data
+            browser.get(f"{server.url}/dashboard")
+            assert browser.url() == f"{server.url}/dashboard/login"
+            assert "shop-1" not in browser.source()
+            browser.type("input[name=token]", token)
+            browser.click("#login button")
+            browser.wait_url(f"{server.url}/dashboard")
 
-        detail = parse(dump_dom(f"{base}/dashboard/satellites/shop-1"))
-        assert detail.text["satellite"] == "shop-1"
-        assert detail.text["status"] == "failing"
-        assert detail.text["groups"] == "shops"
-        assert "library/app@sha256:" in detail.text["failing"]
-        assert "1" in detail.text["checkins"]
+            fleet = parse(browser.source())
+            assert set(fleet.rows) == {"shop-1", "train-7", "victim"}
+            assert fleet.rows["shop-1"]["data-status"] == "failing"
+            assert fleet.rows["shop-1"]["status"] == "failing"
+            assert fleet.rows["train-7"]["status"] == "pending"
+            assert fleet.rows["shop-1"]["applied"] == "1"
+            assert fleet.rows["shop-1"]["published"] == "1"
+            assert "<disk full>" in fleet.rows["shop-1"]["failing"]  # escaped, shown as text
+            assert fleet.rows["train-7"]["last-seen"] == "—"
+            assert fleet.text["total"] == "3 satellite(s)"
+            assert "ops" in fleet.text["logout"]
 
-        # without the token the browser gets no page
-        denied = dump_dom(f"{server.url}/dashboard")
-        assert "shop-1" not in denied
+            browser.get(f"{server.url}/dashboard/satellites/shop-1")
+            detail = parse(browser.source())
+            assert detail.text["satellite"] == "shop-1"
+            assert detail.text["status"] == "failing"
+            assert detail.text["groups"] == "shops"
+            assert "library/app@sha256:" in detail.text["failing"]
+            assert "1" in detail.text["checkins"]
+
+            # a page on another origin tries every state-changing request
+            before = snapshot(data / "gc.db")
+            with serve_page(forged_page(server.url, attacker)) as page:
+                browser.get(page)
+                browser.wait_title("done")
+            assert snapshot(data / "gc.db") == before
+            # they did reach the server (the access log line follows the response)
+            for line in (
+                '"POST /api/v1/tokens 1.1" 415',
+                '"POST /dashboard/logout 1.1" 403',
+                '"POST /dashboard/login 1.1" 403',
+            ):
+                for _ in range(100):
+                    if line in server.log_tail(200_000):
+                        break
+                    await asyncio.sleep(0.1)
+                assert line in server.log_tail(200_000), server.log_tail()
+
+            # still signed in, as the operator (not as the attacker's token)
+            browser.get(f"{server.url}/dashboard")
+            fleet = parse(browser.source())
+            assert "ops" in fleet.text["logout"] and "attacker" not in fleet.text["logout"]
+            assert fleet.rows["victim"]["status"] == "pending"
+
+            # the real sign-out button works under the page's CSP
+            browser.click("#logout button")
+            browser.wait_url(f"{server.url}/dashboard/login")
+            browser.get(f"{server.url}/dashboard")
+            assert browser.url() == f"{server.url}/dashboard/login"
+        assert snapshot(data / "gc.db")["dashboard_sessions"] == []
     finally:
         assert server.stop() == 0

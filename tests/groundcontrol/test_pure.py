@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from groundcontrol.config import ConfigError, load_config, parse_duration, parse_size
+from groundcontrol.config import Config, ConfigError, load_config, parse_duration, parse_size
+from groundcontrol.db.sqlite import sqlite_path
 from groundcontrol.errors import BadRequest
 from groundcontrol.models import (
     Satellite,
@@ -36,6 +37,16 @@ def test_config_file_env_and_defaults(tmp_path: Path) -> None:
     assert config.listen == "127.0.0.1:9000"
     assert config.stale_after == 300
     assert config.database_url == "sqlite:////srv/gc/gc.db"
+    # relative paths are anchored at the working directory, once, by the CLI
+    relative = Config(data_dir=Path("gc-data"), database="sqlite:///db/gc.db")
+    anchored = relative.anchored(Path("/work/here"))
+    assert anchored.data_dir == Path("/work/here/gc-data")
+    assert anchored.database_url == "sqlite:////work/here/db/gc.db"
+    assert Config(data_dir=Path("gc-data")).anchored(Path("/w")).database_url == (
+        "sqlite:////w/gc-data/gc.db"
+    )
+    assert sqlite_path("sqlite:///gc.db") == "gc.db"
+    assert sqlite_path("sqlite:////srv/gc.db") == "/srv/gc.db"
     assert load_config(None, environ={}).listen == "0.0.0.0:8080"
 
 
@@ -47,6 +58,9 @@ def test_config_file_env_and_defaults(tmp_path: Path) -> None:
         ("", {"GROUNDCONTROL_JOIN_TOKEN_TTL": "x"}, "GROUNDCONTROL_JOIN_TOKEN_TTL"),
         ("[status]\nstale_after = 100\noffline_after = 10\n", {}, "status.offline_after"),
         ("not toml [", {}, "not valid TOML"),
+        ("[dashboard]\nsession_ttl = 0\n", {}, "dashboard.session_ttl"),
+        ("[database]\nurl = 'sqlite://gc.db'\n", {}, "database.url"),
+        ("", {"GROUNDCONTROL_DATABASE_URL": "/srv/gc.db"}, "GROUNDCONTROL_DATABASE_URL"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, text: str, env: dict[str, str], key: str) -> None:

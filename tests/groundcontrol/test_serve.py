@@ -101,7 +101,7 @@ def test_default_sqlite_database_and_migrate(tmp_path: Path) -> None:
         token = gc("admin", "token", "create", "ops", "--data-dir", str(data)).strip()
         keys = json.loads(gc("keys", "show", "--data-dir", str(data)))
         assert keys["version"] == 1
-        listing = json.loads(gc("admin", "token", "list", "--data-dir", str(data)))
+        listing = json.loads(gc("admin", "token", "list", "--json", "--data-dir", str(data)))
         assert [t["name"] for t in listing["tokens"]] == ["ops"]
         r = httpx.get(f"{server.url}/api/v1/status", headers={"Authorization": f"Bearer {token}"})
         assert r.status_code == 200 and r.json()["counts"] == {}
