@@ -67,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="HEX",
-        help="a root keyid the trust root must list (from `groundcontrol keys show`);"
+        help="a root keyid the trust root must list (from groundcontrol keys show);"
         " without it the first root is trusted on first use",
     )
     register.add_argument(

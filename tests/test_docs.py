@@ -161,6 +161,9 @@ def test_shell_block_runs_as_written(block: Block, tmp_path: Path) -> None:
     work, home = tmp_path / "work", tmp_path / "home"
     work.mkdir()
     home.mkdir()
+    # blocks are written for a clone's root, where the setup left .venv and scripts/
+    (work / ".venv").symlink_to(Path(sys.executable).parent.parent, True)
+    (work / "scripts").symlink_to(REPO_ROOT / "scripts", True)
     script = tmp_path / "block.sh"
     script.write_text(block.code)
     output = tmp_path / "output.log"
