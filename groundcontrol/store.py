@@ -426,17 +426,33 @@ class Queries:
         now: int,
     ) -> bool:
         """Store one report; False when (satellite, seq) was already ingested."""
-        n = await self.tx.execute(
-            "INSERT INTO checkins (satellite, seq, received_at, state_version, report, envelope) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (satellite, seq) DO NOTHING",
-            satellite,
-            seq,
-            now,
-            state_version,
-            _json(report),
-            envelope,
+        return seq in await self.insert_checkins(
+            satellite, [(seq, state_version, report, envelope)], now
         )
-        return n == 1
+
+    async def insert_checkins(
+        self,
+        satellite: str,
+        reports: Sequence[tuple[int, int, dict[str, Any], str]],
+        now: int,
+    ) -> set[int]:
+        """Store (seq, state_version, report, envelope) rows with one statement per
+        chunk; return the seqs that were new (the others were already ingested)."""
+        inserted: set[int] = set()
+        for start in range(0, len(reports), CHECKIN_ROWS_PER_STATEMENT):
+            chunk = reports[start : start + CHECKIN_ROWS_PER_STATEMENT]
+            args: list[Any] = []
+            for seq, state_version, report, envelope in chunk:
+                args += [satellite, seq, now, state_version, _json(report), envelope]
+            rows = await self.tx.fetchall(
+                "INSERT INTO checkins (satellite, seq, received_at, state_version, report, "
+                "envelope) VALUES "
+                + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk))
+                + " ON CONFLICT (satellite, seq) DO NOTHING RETURNING seq",
+                *args,
+            )
+            inserted.update(int(r["seq"]) for r in rows)
+        return inserted
 
     async def checkin_bounds(self, satellite: str) -> tuple[int, int]:
         row = await self.tx.fetchone(
@@ -573,6 +589,8 @@ class Queries:
         )
 
 
+# 6 parameters a row: well under SQLite's 32,766 and PostgreSQL's 32,767 per statement
+CHECKIN_ROWS_PER_STATEMENT = 500
 NAME_FILTER_MAX = 500  # names in one IN (...); more than that and the whole table is read
 
 
