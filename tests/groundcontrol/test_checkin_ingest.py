@@ -36,10 +36,10 @@ def hand_signed(sat: SimSatellite, seq: int, now: float) -> tuple[bytes, bytes]:
     payload = json.dumps(report.to_dict(), indent=3, ensure_ascii=False).encode()
     signed = sign_envelope(CHECKIN_PAYLOAD_TYPE, payload, [sat.key])
     sig = signed.signatures[0]
+    b64 = base64.b64encode(payload).decode()
     envelope = (
-        '{ "signatures" :[ {"sig":"%s" ,"keyid": "%s"} ],\n'
-        '  "payload":  "%s",  "note": "envoyé ✓",\t"payloadType" : "%s" }'
-        % (sig.sig, sig.keyid, base64.b64encode(payload).decode(), CHECKIN_PAYLOAD_TYPE)
+        f'{{ "signatures" :[ {{"sig":"{sig.sig}" ,"keyid": "{sig.keyid}"}} ],\n'
+        f'  "payload":  "{b64}",  "note": "envoyé ✓",\t"payloadType" : "{CHECKIN_PAYLOAD_TYPE}" }}'
     ).encode()
     return payload, envelope
 
