@@ -10,13 +10,14 @@ processes might race on is a single atomic statement (``UPDATE ... RETURNING``,
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 from groundcontrol.db import Database, IntegrityError, Row, Transaction
 from groundcontrol.errors import Conflict, NotFound
 from groundcontrol.models import Group, ImageRef, Satellite, parse_image
+from groundcontrol.watch import STATE_CHANNEL, notify_payloads
 
 
 def _json(value: Any) -> str:
@@ -49,18 +50,32 @@ def _satellite(row: Row, groups: tuple[str, ...]) -> Satellite:
 
 
 class Store:
-    def __init__(self, db: Database) -> None:
+    """``on_state_change`` is called after a commit with the satellites whose state
+    answer changed (:class:`groundcontrol.watch.StateWatch` wakes their long-polls); the
+    other processes on the database are told by a notification sent in the transaction."""
+
+    def __init__(
+        self, db: Database, on_state_change: Callable[[set[str]], None] | None = None
+    ) -> None:
         self.db = db
+        self.on_state_change = on_state_change
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Queries]:
         async with self.db.transaction() as tx:
-            yield Queries(tx)
+            q = Queries(tx)
+            yield q
+            for payload in notify_payloads(q.state_changed):
+                await tx.notify(STATE_CHANNEL, payload)
+        if q.state_changed and self.on_state_change is not None:
+            self.on_state_change(q.state_changed)
 
 
 class Queries:
     def __init__(self, tx: Transaction) -> None:
         self.tx = tx
+        # satellites whose state endpoint answers differently once this commits
+        self.state_changed: set[str] = set()
 
     # --- operator API tokens ----------------------------------------------------------
 
@@ -256,12 +271,14 @@ class Queries:
         )
 
     async def delete_satellite(self, name: str) -> None:
+        self.state_changed.add(name)
         n = await self.tx.execute("DELETE FROM satellites WHERE name = ?", name)
         if n == 0:
             raise NotFound(f"no satellite {name}", code="satellite_not_found")
 
     async def revoke_satellite(self, name: str, now: int) -> None:
         await self.satellite(name)
+        self.state_changed.add(name)  # its long-polls end
         await self.tx.execute(
             "UPDATE satellites SET revoked_at = ?, credential_hash = NULL, updated_at = ? "
             "WHERE name = ? AND revoked_at IS NULL",
@@ -395,6 +412,7 @@ class Queries:
         expires_at: int,
         keep: int,
     ) -> None:
+        self.state_changed.add(satellite)
         await self.tx.execute(
             "INSERT INTO states (satellite, version, envelope, content_hash, issued_at, "
             "expires_at) VALUES (?, ?, ?, ?, ?, ?)",
