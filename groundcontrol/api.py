@@ -873,7 +873,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         f"{V1}/satellites/{{name}}/state",
         get_state,
         "satellite",
-        "The signed state (?have=N gives 304 when not newer)",
+        "The signed state (?have=N gives 304 when not newer; &wait=S long-polls)",
     ),
     Endpoint(
         "GET",

@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from groundcontrol import api
-from groundcontrol.config import Config
+from groundcontrol.config import Config, ConfigError, load_config
 from groundcontrol.contract import verify_state
 from groundcontrol.services import Services
 from groundcontrol.watch import StateWatch, notify_payloads
@@ -225,3 +226,15 @@ async def test_a_notification_wakes_only_the_named_satellites() -> None:
         watch.on_connect()  # after a reconnect every waiter re-reads
         assert b.is_set()
     assert watch.waiting == 0
+
+
+def test_long_poll_options(tmp_path: Path) -> None:
+    path = tmp_path / "gc.toml"
+    path.write_text('[state]\nlong_poll_max = "2m"\nlong_poll_waiters = 5\n')
+    config = load_config(path, environ={})
+    assert (config.long_poll_max, config.long_poll_waiters) == (120, 5)
+    assert load_config(None, environ={}).long_poll_max == 60
+    for bad in ('long_poll_max = "2h"', "long_poll_waiters = -1", 'long_poll_max = "soon"'):
+        path.write_text(f"[state]\n{bad}\n")
+        with pytest.raises(ConfigError, match=r"state\.long_poll_"):
+            load_config(path, environ={})
