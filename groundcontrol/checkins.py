@@ -197,14 +197,15 @@ def verify_batch(
 async def ingest(
     store: Store, name: str, envelopes: Sequence[bytes | None], now: float, keep: int
 ) -> IngestResult:
+    """Verify and store one batch in one transaction (verification is CPU work that
+    holds the event loop anyway, so holding the transaction through it costs nothing)."""
     async with store.transaction() as q:
-        sat = await q.satellite(name)
-    if sat.revoked_at is not None or sat.public_key is None:
-        raise Forbidden(f"satellite {name} is not registered", code="satellite_revoked")
-    verified, rejected = verify_batch(name, sat.public_key, envelopes)
-    result = IngestResult(rejected=rejected)
-    async with store.transaction() as q:
-        _last_seq, floor = await q.checkin_bounds(name)
+        target = await q.checkin_target(name)
+        if target["revoked_at"] is not None or target["public_key"] is None:
+            raise Forbidden(f"satellite {name} is not registered", code="satellite_revoked")
+        verified, rejected = verify_batch(name, target["public_key"], envelopes)
+        result = IngestResult(rejected=rejected)
+        last_seq, floor = int(target["last_seq"]), int(target["seq_floor"])
         fresh: dict[int, tuple[CheckIn, bytes]] = {}
         for checkin, data in sorted(verified, key=lambda v: v[0].seq):
             if checkin.seq <= floor or checkin.seq in fresh:
@@ -231,6 +232,7 @@ async def ingest(
             applied_version=newest.state_version if newest else None,
             last_report=newest.to_dict() if newest else None,
         )
-        if result.accepted:
+        # rows lie in (floor, highest seq]: only more than `keep` of those can need pruning
+        if result.accepted and max(last_seq, result.accepted[-1]) - floor > keep:
             await q.prune_checkins(name, keep)
     return result

@@ -472,6 +472,17 @@ class Queries:
             inserted.update(int(r["seq"]) for r in rows)
         return inserted
 
+    async def checkin_target(self, satellite: str) -> Row:
+        """What ingest needs of a satellite, in one read: its device key, whether it is
+        revoked, and its sequence bounds."""
+        row = await self.tx.fetchone(
+            "SELECT public_key, revoked_at, last_seq, seq_floor FROM satellites WHERE name = ?",
+            satellite,
+        )
+        if row is None:
+            raise NotFound(f"no satellite {satellite}", code="satellite_not_found")
+        return row
+
     async def checkin_bounds(self, satellite: str) -> tuple[int, int]:
         row = await self.tx.fetchone(
             "SELECT last_seq, seq_floor FROM satellites WHERE name = ?", satellite
@@ -487,18 +498,28 @@ class Queries:
         applied_version: int | None,
         last_report: dict[str, Any] | None,
     ) -> None:
-        """Advance last_seen, and, when a newer report arrived, what it says."""
-        await self.tx.execute("UPDATE satellites SET last_seen = ? WHERE name = ?", now, satellite)
-        if last_seq is not None:
+        """Advance last_seen, and, when a newer report arrived, what it says (one
+        statement: every right-hand side sees the row as it was)."""
+        if last_seq is None:
             await self.tx.execute(
-                "UPDATE satellites SET last_seq = ?, applied_version = ?, last_report = ? "
-                "WHERE name = ? AND last_seq < ?",
-                last_seq,
-                applied_version,
-                _json(last_report),
-                satellite,
-                last_seq,
+                "UPDATE satellites SET last_seen = ? WHERE name = ?", now, satellite
             )
+            return
+        await self.tx.execute(
+            "UPDATE satellites SET last_seen = ?, "
+            "applied_version = CASE WHEN last_seq < ? THEN ? ELSE applied_version END, "
+            "last_report = CASE WHEN last_seq < ? THEN ? ELSE last_report END, "
+            "last_seq = CASE WHEN last_seq < ? THEN ? ELSE last_seq END "
+            "WHERE name = ?",
+            now,
+            last_seq,
+            applied_version,
+            last_seq,
+            _json(last_report),
+            last_seq,
+            last_seq,
+            satellite,
+        )
 
     async def prune_checkins(self, satellite: str, keep: int) -> None:
         row = await self.tx.fetchone(
