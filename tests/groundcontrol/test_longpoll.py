@@ -7,6 +7,7 @@ test_longpoll_serve.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
@@ -18,8 +19,10 @@ import pytest
 from groundcontrol import api
 from groundcontrol.config import Config, ConfigError, load_config
 from groundcontrol.contract import verify_state
+from groundcontrol.db import Database
 from groundcontrol.services import Services
-from groundcontrol.watch import StateWatch, notify_payloads
+from groundcontrol.store import Store
+from groundcontrol.watch import STATE_CHANNEL, StateWatch, notify_payloads
 from tests.groundcontrol.conftest import FakeClock
 from tests.groundcontrol.fleet import at
 from tests.groundcontrol.test_api import error, registered
@@ -238,3 +241,33 @@ def test_long_poll_options(tmp_path: Path) -> None:
         path.write_text(f"[state]\n{bad}\n")
         with pytest.raises(ConfigError, match=r"state\.long_poll_"):
             load_config(path, environ={})
+
+
+async def test_a_big_publish_is_announced_whole(db: Database) -> None:
+    """3,000 satellites of 60-character names: more than one NOTIFY payload can carry;
+    the listener (PostgreSQL) and this process's callback each hear every name once the
+    transaction commits, and nothing before."""
+    names = {f"{i:06d}-" + "x" * 53 for i in range(3000)}
+    local: set[str] = set()
+    heard: set[str] = set()
+    connected = asyncio.Event()
+    listener = asyncio.create_task(
+        db.listen(STATE_CHANNEL, lambda p: heard.update(p.split(",")), connected.set)
+    )
+    try:
+        if db.dialect == "postgresql":
+            await asyncio.wait_for(connected.wait(), 30)
+        store = Store(db, on_state_change=local.update)
+        async with store.transaction() as q:
+            q.state_changed.update(names)
+            await q.root_versions()
+            assert not local
+        assert local == names
+        if db.dialect == "postgresql":
+            await until(lambda: heard == names, "every name notified")
+        else:
+            assert listener.done() and not heard  # one process: nothing to hear
+    finally:
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
