@@ -724,9 +724,8 @@ async def _long_poll(ctx: Ctx, name: str, have: int, wait: int) -> dict[str, Any
 
     The waiter subscribes, then reads again (the caller's read came before it
     subscribed), and clears its event before each read, so a publish that commits
-    between a read and the wait still wakes it. Each pass
-    needs a wake-up, and wake-ups come from commits, so the loop is bounded by the
-    deadline; server shutdown wakes it and ends it; a revocation ends it."""
+    between a read and the wait still wakes it. Each further pass needs a wake-up and
+    the deadline bounds them all; shutdown and a revocation end the wait at once."""
     watch = ctx.services.watch
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
