@@ -2,6 +2,13 @@
 
     .venv/bin/python -m bench.groundcontrol_checkins [--backend sqlite|postgresql]
         [--satellites 10000] [--batch 20] [--batches 1] [--concurrency 32] [--servers 1]
+    .venv/bin/python -m bench.groundcontrol_checkins --drain 10000 [--batch 100] [--backend ...]
+
+``--drain N`` is the other shape of load: one satellite back from an outage empties an
+outbox of N queued check-ins, in batches of ``--batch``, one request at a time as its
+outbox sends them (each batch waits for the previous one's acknowledgement; with
+``--concurrency K``, K batches are in flight). It is ``--satellites 1 --batches N/batch
+--concurrency 1`` plus the warm-up batch.
 
 What it does, on 127.0.0.1 only:
 
@@ -28,6 +35,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -73,6 +81,15 @@ def postgres(unsafe: bool) -> Iterator[str]:
 
 
 # --- Ground Control processes ------------------------------------------------------------
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a process so far (Linux /proc): a figure that, unlike the
+    wall time, a busy shared machine inflates little."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def server(workdir: Path, database: str) -> GroundControlProcess:
@@ -242,7 +259,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         "-f",
                         "raw",
                         "-p",
-                        str(s.proc.pid),
+                        str(s.pid),
                         "-r",
                         "200",
                     ],
@@ -252,14 +269,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for i, s in enumerate(servers)
             ]
             time.sleep(1)
+        cpu_before = sum(cpu_seconds(s.pid) for s in servers)
         elapsed, accepted, requests = asyncio.run(
             drive([s.url for s in servers], measured, args.batch, args.concurrency)
         )
+        server_cpu = sum(cpu_seconds(s.pid) for s in servers) - cpu_before
         if args.profile:
             for p in pyspy:
                 p.send_signal(2)
                 p.wait(timeout=60)
     return {
+        "mode": "drain" if args.drain is not None else "fleet",
         "backend": args.backend + (" (fsync off)" if args.pg_unsafe else ""),
         "servers": args.servers,
         "satellites": args.satellites,
@@ -271,6 +291,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "checkins_per_s": round(accepted / elapsed),
         "requests_per_s": round(requests / elapsed, 1),
         "presign_seconds": round(sign_s, 1),
+        # the servers' CPU per check-in, and the rate one fully available core would give
+        "server_cpu_us_per_checkin": round(server_cpu / accepted * 1e6),
+        "checkins_per_server_cpu_s": round(accepted / server_cpu) if server_cpu else None,
+        "load_average_1m": round(os.getloadavg()[0], 1),
     }
 
 
@@ -284,7 +308,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--servers", type=int, default=1, help="groundcontrol serve processes")
     p.add_argument("--pg-unsafe", action="store_true", help="PostgreSQL with fsync off")
     p.add_argument("--profile", metavar="PREFIX", help="py-spy raw profiles of the servers")
+    p.add_argument(
+        "--drain",
+        type=int,
+        metavar="N",
+        help="one satellite drains N queued check-ins in sequential batches of --batch",
+    )
     args = p.parse_args(argv)
+    if args.drain is not None:
+        if args.drain % args.batch:
+            p.error("--drain must be a multiple of --batch")
+        # one more batch than measured: the first one is the warm-up
+        args.satellites, args.servers = 1, 1
+        if args.concurrency == p.get_default("concurrency"):
+            args.concurrency = 1  # unless asked for: batches in flight at once
+        args.batches = args.drain // args.batch + 1
     if args.servers > 1 and args.backend != "postgresql":
         p.error("--servers > 1 needs --backend postgresql")
     result = run(args)

@@ -21,6 +21,8 @@ Every state-changing request with a body must say ``Content-Type: application/js
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import logging
 from collections import Counter
@@ -135,12 +137,17 @@ def require_json_body(request: Request) -> None:
     )
 
 
-async def read_json(request: Request, max_bytes: int = MAX_BODY) -> Any:
+async def read_body(request: Request, max_bytes: int = MAX_BODY) -> bytes:
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > max_bytes:
             raise PayloadTooLarge(f"request body exceeds {max_bytes} bytes")
+    return bytes(body)
+
+
+async def read_json(request: Request, max_bytes: int = MAX_BODY) -> Any:
+    body = await read_body(request, max_bytes)
     if not body:
         raise BadRequest("a JSON body is required", code="invalid_json")
     try:
@@ -681,6 +688,10 @@ async def _root_envelope(ctx: Ctx, version: int | None = None) -> str:
 
 async def _current_state(ctx: Ctx, name: str) -> dict[str, Any] | None:
     """The latest state, re-signed with a new version first when it nears expiry."""
+    return (await _satellite_state(ctx, name))[1]
+
+
+async def _satellite_state(ctx: Ctx, name: str) -> tuple[Satellite, dict[str, Any] | None]:
     async with ctx.services.store.transaction() as q:
         sat = await q.satellite(name)
         latest = await q.latest_state(name)
@@ -694,23 +705,82 @@ async def _current_state(ctx: Ctx, name: str) -> dict[str, Any] | None:
                 raise
             # the early refresh exists for outages like this one: the state still holds
             log.warning("state of %s not re-signed yet: %s", name, exc.message)
-            return latest
+            return sat, latest
         async with ctx.services.store.transaction() as q:
             latest = await q.latest_state(name)
-    return latest
+    return sat, latest
+
+
+WAIT_DIGITS_MAX = 6
+
+
+def _wait_param(request: Request, cap: int) -> int | None:
+    """``?wait=SECONDS``: ASCII digits only, at most ``cap`` honoured."""
+    raw = request.query_params.get("wait")
+    if raw is None:
+        return None
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > WAIT_DIGITS_MAX:
+        raise BadRequest(
+            f"wait must be a whole number of seconds with at most {WAIT_DIGITS_MAX} digits",
+            code="invalid_wait",
+        )
+    return min(int(raw), cap)
 
 
 async def get_state(ctx: Ctx) -> Response:
+    """The latest signed state; ``?have=N`` answers 304 when it is not newer than N, and
+    ``&wait=S`` holds that 304 for up to S seconds (capped by ``[state] long_poll_max``)
+    until a newer state is published. ``X-State-Wait`` tells the caller how long the
+    server holds, so a satellite knows that long-polling works here."""
     name = ctx.param("name")
     have = _int_param(ctx.request, "have", None, 0)
+    wait = _wait_param(ctx.request, ctx.services.config.long_poll_max)
+    extra = {} if wait is None else {"X-State-Wait": str(wait)}
     latest = await _current_state(ctx, name)
+    if wait and have is not None and latest is not None and int(latest["version"]) <= have:
+        latest = await _long_poll(ctx, name, have, wait)
     if latest is None:
         raise NotFound(f"no state published for {name}", code="state_not_found")
     version = int(latest["version"])
-    headers = {"ETag": f'"{version}"', "X-State-Version": str(version), "Cache-Control": "no-store"}
+    headers = {
+        "ETag": f'"{version}"',
+        "X-State-Version": str(version),
+        "Cache-Control": "no-store",
+        **extra,
+    }
     if have is not None and have >= version:
         return Response(status_code=304, headers=headers)
     return Response(latest["envelope"], media_type="application/json", headers=headers)
+
+
+async def _long_poll(ctx: Ctx, name: str, have: int, wait: int) -> dict[str, Any] | None:
+    """Read until a state newer than ``have`` is there or the deadline passes.
+
+    The waiter subscribes, then reads again (the caller's read came before it
+    subscribed), and clears its event before each read, so a publish that commits
+    between a read and the wait still wakes it. Each further pass needs a wake-up and
+    the deadline bounds them all; shutdown and a revocation end the wait at once."""
+    watch = ctx.services.watch
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    with watch.subscribe(name) as woken:
+        while True:
+            woken.clear()
+            now = ctx.services.now()
+            sat, latest = await _satellite_state(dataclasses.replace(ctx, now=now), name)
+            if sat.revoked_at is not None:
+                if isinstance(ctx.principal, SatellitePrincipal):
+                    raise Forbidden(f"satellite {name} is revoked", code="satellite_revoked")
+                return latest
+            if latest is None or int(latest["version"]) > have or watch.closed:
+                return latest
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return latest
+            try:
+                await asyncio.wait_for(woken.wait(), remaining)
+            except TimeoutError:
+                return latest
 
 
 async def list_roots(ctx: Ctx) -> Response:
@@ -732,11 +802,8 @@ async def get_root(ctx: Ctx) -> Response:
 
 async def post_checkins(ctx: Ctx) -> Response:
     name = ctx.param("name")
-    body = await read_object(ctx.request, MAX_CHECKIN_BODY)
-    only_keys(body, {"checkins"})
-    envelopes = body.get("checkins")
-    if not isinstance(envelopes, list) or not envelopes:
-        raise BadRequest("checkins must be a non-empty list of envelopes", code="invalid_checkins")
+    # each envelope is kept as the bytes that arrived: never parsed and re-serialised
+    envelopes = checkins.split_batch(await read_body(ctx.request, MAX_CHECKIN_BODY))
     if len(envelopes) > ctx.services.config.checkin_batch_max:
         raise PayloadTooLarge(
             f"at most {ctx.services.config.checkin_batch_max} check-ins per batch"
@@ -839,7 +906,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         f"{V1}/satellites/{{name}}/state",
         get_state,
         "satellite",
-        "The signed state (?have=N gives 304 when not newer)",
+        "The signed state (?have=N gives 304 when not newer; &wait=S long-polls)",
     ),
     Endpoint(
         "GET",

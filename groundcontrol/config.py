@@ -157,6 +157,12 @@ def _int(value: object) -> int:
     return parse_int(value.strip(" "))
 
 
+def _at_most(value: int, limit: int) -> int:
+    if not 0 <= value <= limit:
+        raise ValueError(f"must be between 0 and {limit}")
+    return value
+
+
 @dataclass(frozen=True)
 class Config:
     listen: str = DEFAULT_LISTEN
@@ -176,6 +182,9 @@ class Config:
     state_expires: int = 7 * 86400
     state_refresh_before: int = 2 * 86400
     states_kept: int = 20
+    # long-poll: the longest a state request is held (?wait=), and how many at once
+    long_poll_max: int = 60
+    long_poll_waiters: int = 10_000
     # status derivation
     stale_after: int = 10 * 60
     offline_after: int = 60 * 60
@@ -239,6 +248,8 @@ _OPTIONS: dict[tuple[str, str], tuple[str, Callable[[object], Any]]] = {
     ("state", "expires"): ("state_expires", parse_duration),
     ("state", "refresh_before"): ("state_refresh_before", parse_duration),
     ("state", "kept"): ("states_kept", _int),
+    ("state", "long_poll_max"): ("long_poll_max", lambda v: _at_most(parse_duration(v), 3600)),
+    ("state", "long_poll_waiters"): ("long_poll_waiters", lambda v: _at_most(_int(v), 1_000_000)),
     ("status", "stale_after"): ("stale_after", parse_duration),
     ("status", "offline_after"): ("offline_after", parse_duration),
     ("checkins", "kept"): ("checkins_kept", _int),

@@ -10,6 +10,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from groundcontrol.config import Config, parse_duration, parse_size
 from groundcontrol.errors import BadRequest
@@ -157,6 +158,18 @@ class Upstream:
 
 
 @dataclass(frozen=True)
+class StateRegistry:
+    """Where a satellite finds its signed state as an OCI artifact when Ground Control is
+    down: ``<url host>/<repository>/<satellite>:latest`` (see groundcontrol.artifacts)."""
+
+    url: str
+    repository: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"url": self.url, "repository": self.repository}
+
+
+@dataclass(frozen=True)
 class SatelliteConfig:
     """What a satellite is told to do, carried in its signed state."""
 
@@ -165,15 +178,19 @@ class SatelliteConfig:
     cache_max_bytes: int
     bandwidth_bytes_per_second: int  # 0: no cap
     upstreams: tuple[Upstream, ...] = ()
+    state_registry: StateRegistry | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "state_interval": self.state_interval,
             "checkin_interval": self.checkin_interval,
             "cache_max_bytes": self.cache_max_bytes,
             "bandwidth_bytes_per_second": self.bandwidth_bytes_per_second,
             "upstreams": [u.to_dict() for u in self.upstreams],
         }
+        if self.state_registry is not None:
+            out["state_registry"] = self.state_registry.to_dict()
+        return out
 
 
 CONFIG_KEYS = (
@@ -232,9 +249,33 @@ def _parse_upstreams(raw: object) -> tuple[Upstream, ...]:
     return tuple(ups)
 
 
+def central_upstream(registry_url: str) -> Upstream | None:
+    """The central registry (``[registry] url``) as a satellite's default upstream, named
+    by its ``host[:port]`` (the name its upstream credentials are kept under)."""
+    if not registry_url:
+        return None
+    host = urlsplit(registry_url).netloc.lower()
+    if not names.is_registry_host(host):
+        return None  # not a host[:port] a satellite could name (an IPv6 literal, say)
+    return Upstream(host, registry_url.rstrip("/"), default=True)
+
+
 def effective_config(defaults: Config, overrides: Mapping[str, Any]) -> SatelliteConfig:
-    """The config a satellite gets: Ground Control's defaults under its overrides."""
-    upstreams = _parse_upstreams(overrides.get("upstreams", []))
+    """The config a satellite gets: Ground Control's defaults under its overrides.
+
+    Without an ``upstreams`` override the central registry is the one, default upstream;
+    with ``[state_registry] url`` set, the satellite is told where its state artifact is.
+    """
+    if "upstreams" in overrides:
+        upstreams = _parse_upstreams(overrides["upstreams"])
+    else:
+        central = central_upstream(defaults.registry_url)
+        upstreams = (central,) if central is not None else ()
+    state_registry = None
+    if defaults.state_registry_url:
+        state_registry = StateRegistry(
+            defaults.state_registry_url, defaults.state_registry_repository
+        )
     return SatelliteConfig(
         state_interval=int(overrides.get("state_interval", defaults.state_interval)),
         checkin_interval=int(overrides.get("checkin_interval", defaults.checkin_interval)),
@@ -243,6 +284,7 @@ def effective_config(defaults: Config, overrides: Mapping[str, Any]) -> Satellit
             overrides.get("bandwidth_bytes_per_second", defaults.bandwidth_bytes_per_second)
         ),
         upstreams=upstreams,
+        state_registry=state_registry,
     )
 
 

@@ -1,7 +1,8 @@
 """``groundcontrol serve``: the app on hypercorn, started programmatically.
 
-SIGTERM and SIGINT trip the shutdown trigger; hypercorn stops accepting, lets requests in
-flight finish (bounded by ``graceful_timeout``), and the app's lifespan closes the database.
+SIGTERM and SIGINT trip the shutdown trigger; held state long-polls are answered at once,
+hypercorn stops accepting, lets requests in flight finish (bounded by
+``graceful_timeout``), and the app's lifespan closes the database.
 """
 
 from __future__ import annotations
@@ -60,9 +61,17 @@ async def serve(config: Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     framing.install()
+    app: Any = wrap(create_app(config, listen=True), config)  # hypercorn's types are narrower
+
+    async def shutdown_trigger() -> None:
+        await stop.wait()
+        # answer held long-polls now: hypercorn waits for requests in flight to finish
+        services = getattr(app.state, "services", None)
+        if services is not None:
+            services.watch.close()
+
     try:
-        app: Any = wrap(create_app(config), config)  # hypercorn's own types are narrower
-        await hypercorn_serve(app, hypercorn_config(config), shutdown_trigger=stop.wait)
+        await hypercorn_serve(app, hypercorn_config(config), shutdown_trigger=shutdown_trigger)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

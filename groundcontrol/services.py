@@ -18,6 +18,7 @@ from groundcontrol.publish import Publisher
 from groundcontrol.resolver import RegistryAuth, Resolver
 from groundcontrol.sealing import Sealer
 from groundcontrol.store import Store
+from groundcontrol.watch import StateWatch
 
 Clock = Callable[[], float]
 
@@ -34,6 +35,7 @@ class Services:
     sealer: Sealer
     clock: Clock
     artifacts: ArtifactPusher
+    watch: StateWatch
     harbor: HarborRobots | None = None
 
     def now(self) -> float:
@@ -49,12 +51,16 @@ class Services:
         init_keys: bool = True,
         registry_transport: httpx.AsyncBaseTransport | None = None,
         harbor_transport: httpx.AsyncBaseTransport | None = None,
+        listen: bool = False,
     ) -> Services:
+        """``listen``: hear other processes' publishes on PostgreSQL (``serve`` does;
+        a CLI command has no long-polls to wake)."""
         db = await open_database(config.database_url)
+        watch = StateWatch(config.long_poll_waiters)
         try:
             if apply_migrations:
                 await migrate(db, now=clock())
-            store = Store(db)
+            store = Store(db, on_state_change=watch.wake)
             keys = KeyStore(config.keys_dir)
             if init_keys:
                 await init_trust(store, keys, clock())
@@ -82,11 +88,25 @@ class Services:
                 transport=harbor_transport,
             )
             harbor = HarborRobots(client, sealer, config.harbor_robot_ttl_days)
+        if listen:
+            watch.start_listening(db)
         return cls(
-            config, db, store, keys, signer, resolver, publisher, sealer, clock, artifacts, harbor
+            config,
+            db,
+            store,
+            keys,
+            signer,
+            resolver,
+            publisher,
+            sealer,
+            clock,
+            artifacts,
+            watch,
+            harbor,
         )
 
     async def close(self) -> None:
+        await self.watch.aclose()
         await self.artifacts.aclose()
         if self.harbor is not None:
             await self.harbor.client.aclose()

@@ -10,13 +10,14 @@ processes might race on is a single atomic statement (``UPDATE ... RETURNING``,
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 from groundcontrol.db import Database, IntegrityError, Row, Transaction
 from groundcontrol.errors import Conflict, NotFound
 from groundcontrol.models import Group, ImageRef, Satellite, parse_image
+from groundcontrol.watch import STATE_CHANNEL, notify_payloads
 
 
 def _json(value: Any) -> str:
@@ -49,18 +50,32 @@ def _satellite(row: Row, groups: tuple[str, ...]) -> Satellite:
 
 
 class Store:
-    def __init__(self, db: Database) -> None:
+    """``on_state_change`` is called after a commit with the satellites whose state
+    answer changed (:class:`groundcontrol.watch.StateWatch` wakes their long-polls); the
+    other processes on the database are told by a notification sent in the transaction."""
+
+    def __init__(
+        self, db: Database, on_state_change: Callable[[set[str]], None] | None = None
+    ) -> None:
         self.db = db
+        self.on_state_change = on_state_change
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Queries]:
         async with self.db.transaction() as tx:
-            yield Queries(tx)
+            q = Queries(tx)
+            yield q
+            for payload in notify_payloads(q.state_changed):
+                await tx.notify(STATE_CHANNEL, payload)
+        if q.state_changed and self.on_state_change is not None:
+            self.on_state_change(q.state_changed)
 
 
 class Queries:
     def __init__(self, tx: Transaction) -> None:
         self.tx = tx
+        # satellites whose state endpoint answers differently once this commits
+        self.state_changed: set[str] = set()
 
     # --- operator API tokens ----------------------------------------------------------
 
@@ -286,12 +301,14 @@ class Queries:
         )
 
     async def delete_satellite(self, name: str) -> None:
+        self.state_changed.add(name)
         n = await self.tx.execute("DELETE FROM satellites WHERE name = ?", name)
         if n == 0:
             raise NotFound(f"no satellite {name}", code="satellite_not_found")
 
     async def revoke_satellite(self, name: str, now: int) -> None:
         await self.satellite(name)
+        self.state_changed.add(name)  # its long-polls end
         await self.tx.execute(
             "UPDATE satellites SET revoked_at = ?, credential_hash = NULL, updated_at = ? "
             "WHERE name = ? AND revoked_at IS NULL",
@@ -425,6 +442,7 @@ class Queries:
         expires_at: int,
         keep: int,
     ) -> None:
+        self.state_changed.add(satellite)
         await self.tx.execute(
             "INSERT INTO states (satellite, version, envelope, content_hash, issued_at, "
             "expires_at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -456,17 +474,44 @@ class Queries:
         now: int,
     ) -> bool:
         """Store one report; False when (satellite, seq) was already ingested."""
-        n = await self.tx.execute(
-            "INSERT INTO checkins (satellite, seq, received_at, state_version, report, envelope) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (satellite, seq) DO NOTHING",
-            satellite,
-            seq,
-            now,
-            state_version,
-            _json(report),
-            envelope,
+        return seq in await self.insert_checkins(
+            satellite, [(seq, state_version, report, envelope)], now
         )
-        return n == 1
+
+    async def insert_checkins(
+        self,
+        satellite: str,
+        reports: Sequence[tuple[int, int, dict[str, Any], str]],
+        now: int,
+    ) -> set[int]:
+        """Store (seq, state_version, report, envelope) rows with one statement per
+        chunk; return the seqs that were new (the others were already ingested)."""
+        inserted: set[int] = set()
+        for start in range(0, len(reports), CHECKIN_ROWS_PER_STATEMENT):
+            chunk = reports[start : start + CHECKIN_ROWS_PER_STATEMENT]
+            args: list[Any] = []
+            for seq, state_version, report, envelope in chunk:
+                args += [satellite, seq, now, state_version, _json(report), envelope]
+            rows = await self.tx.fetchall(
+                "INSERT INTO checkins (satellite, seq, received_at, state_version, report, "
+                "envelope) VALUES "
+                + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk))
+                + " ON CONFLICT (satellite, seq) DO NOTHING RETURNING seq",
+                *args,
+            )
+            inserted.update(int(r["seq"]) for r in rows)
+        return inserted
+
+    async def checkin_target(self, satellite: str) -> Row:
+        """What ingest needs of a satellite, in one read: its device key, whether it is
+        revoked, and its sequence bounds."""
+        row = await self.tx.fetchone(
+            "SELECT public_key, revoked_at, last_seq, seq_floor FROM satellites WHERE name = ?",
+            satellite,
+        )
+        if row is None:
+            raise NotFound(f"no satellite {satellite}", code="satellite_not_found")
+        return row
 
     async def checkin_bounds(self, satellite: str) -> tuple[int, int]:
         row = await self.tx.fetchone(
@@ -483,18 +528,28 @@ class Queries:
         applied_version: int | None,
         last_report: dict[str, Any] | None,
     ) -> None:
-        """Advance last_seen, and, when a newer report arrived, what it says."""
-        await self.tx.execute("UPDATE satellites SET last_seen = ? WHERE name = ?", now, satellite)
-        if last_seq is not None:
+        """Advance last_seen, and, when a newer report arrived, what it says (one
+        statement: every right-hand side sees the row as it was)."""
+        if last_seq is None:
             await self.tx.execute(
-                "UPDATE satellites SET last_seq = ?, applied_version = ?, last_report = ? "
-                "WHERE name = ? AND last_seq < ?",
-                last_seq,
-                applied_version,
-                _json(last_report),
-                satellite,
-                last_seq,
+                "UPDATE satellites SET last_seen = ? WHERE name = ?", now, satellite
             )
+            return
+        await self.tx.execute(
+            "UPDATE satellites SET last_seen = ?, "
+            "applied_version = CASE WHEN last_seq < ? THEN ? ELSE applied_version END, "
+            "last_report = CASE WHEN last_seq < ? THEN ? ELSE last_report END, "
+            "last_seq = CASE WHEN last_seq < ? THEN ? ELSE last_seq END "
+            "WHERE name = ?",
+            now,
+            last_seq,
+            applied_version,
+            last_seq,
+            _json(last_report),
+            last_seq,
+            last_seq,
+            satellite,
+        )
 
     async def prune_checkins(self, satellite: str, keep: int) -> None:
         row = await self.tx.fetchone(
@@ -603,6 +658,8 @@ class Queries:
         )
 
 
+# 6 parameters a row: well under SQLite's 32,766 and PostgreSQL's 32,767 per statement
+CHECKIN_ROWS_PER_STATEMENT = 500
 NAME_FILTER_MAX = 500  # names in one IN (...); more than that and the whole table is read
 
 

@@ -15,6 +15,7 @@ suite runs against both backends.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
@@ -38,6 +39,11 @@ class Transaction(Protocol):
 
     async def fetchone(self, sql: str, *args: Any) -> Row | None: ...
 
+    async def notify(self, channel: str, payload: str) -> None:
+        """Tell the other processes' :meth:`Database.listen` when this transaction
+        commits (PostgreSQL ``NOTIFY``; nothing on SQLite, which has one process)."""
+        ...
+
 
 class Database(Protocol):
     dialect: str
@@ -48,6 +54,14 @@ class Database(Protocol):
 
     def migration_lock(self) -> AbstractAsyncContextManager[Transaction]:
         """A transaction holding the lock that serialises migrations across processes."""
+        ...
+
+    async def listen(
+        self, channel: str, on_payload: Callable[[str], None], on_connect: Callable[[], None]
+    ) -> None:
+        """Until cancelled, pass every payload notified on ``channel`` by any process to
+        ``on_payload``; call ``on_connect`` after each (re)connection, since what was
+        notified while disconnected is lost. Returns at once on SQLite."""
         ...
 
     async def close(self) -> None: ...

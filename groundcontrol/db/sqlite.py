@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,9 @@ class SQLiteTransaction:
         rows = await self.fetchall(sql, *args)
         return rows[0] if rows else None
 
+    async def notify(self, channel: str, payload: str) -> None:
+        """Nothing to do: one process uses the database, and the store wakes it."""
+
 
 class SQLiteDatabase:
     dialect = "sqlite"
@@ -99,6 +102,11 @@ class SQLiteDatabase:
     def migration_lock(self) -> Any:
         # BEGIN IMMEDIATE already excludes every other writer, in this process and others.
         return self.transaction()
+
+    async def listen(
+        self, channel: str, on_payload: Callable[[str], None], on_connect: Callable[[], None]
+    ) -> None:
+        """Nothing to hear: only this process publishes (see :meth:`notify`)."""
 
     async def close(self) -> None:
         await self._conn.close()
