@@ -43,14 +43,16 @@ def test_register_then_follow_a_group_change(fleet: Fleet) -> None:
     with sat:
         wait_until(lambda: status(sat)["running"], what="admin socket")
         assert oct(os.stat(sat.data_dir / "admin.sock").st_mode & 0o777) == "0o600"
-        # a group change publishes version 2; sync --now fetches it at once
+        # a change publishes version 2; the open long-poll brings it within seconds
         fleet.api("PATCH", "/api/v1/satellites/shop-1", {"config": {"checkin_interval": "2s"}})
+        wait_until(lambda: state_version(sat) == 2, timeout=10, what="version 2 followed")
         done = run_satellite_cli("sync", "--now", "--data-dir", str(sat.data_dir))
-        assert done.stdout.startswith("accepted: state version 2"), done.stdout
+        assert done.stdout.startswith("current: state version 2"), done.stdout
         current = status(sat)
         assert current["state"]["version"] == 2
         assert current["config"]["checkin_interval"] == {"value": 2, "source": "signed"}
         assert current["groundcontrol"]["reachable"] is True
+        assert current["groundcontrol"]["long_poll"] is True  # the answer said X-State-Wait
         # the acceptance is reported: Ground Control sees the applied version
         wait_until(
             lambda: fleet.api("GET", "/api/v1/satellites/shop-1")["applied_version"] == 2,

@@ -76,7 +76,11 @@ async def test_envelopes_from_the_sim_satellite_are_stored_verbatim(
     sat = await registered(client, op, clock, "s1")
     envs: list[object] = [sat.checkin(clock.now, 1), "not an envelope", sat.checkin(clock.now, 1)]
     body = json.dumps({"checkins": envs}).encode()  # ", " and ": " separators
-    r = await client.post("/api/v1/satellites/s1/checkins", content=body, headers=sat.headers)
+    r = await client.post(
+        "/api/v1/satellites/s1/checkins",
+        content=body,
+        headers={**sat.headers, "Content-Type": "application/json"},
+    )
     assert r.json()["accepted"] == [1, 2]
     assert [x["index"] for x in r.json()["rejected"]] == [1]
     async with services.store.transaction() as q:
@@ -122,5 +126,9 @@ async def test_bad_bodies_get_a_clear_error(
 ) -> None:
     sat = await registered(client, op, clock, "s1")
     for body, code in ((b"{", "invalid_json"), (b'{"checkins": 5}', "invalid_checkins")):
-        r = await client.post("/api/v1/satellites/s1/checkins", content=body, headers=sat.headers)
+        r = await client.post(
+            "/api/v1/satellites/s1/checkins",
+            content=body,
+            headers={**sat.headers, "Content-Type": "application/json"},
+        )
         assert r.status_code == 400 and error(r) == code
