@@ -10,7 +10,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 from starlette.types import ASGIApp
 
-from appliance import zerocopy
+from appliance import notify, zerocopy
 
 log = logging.getLogger("satellite")
 
@@ -30,15 +30,37 @@ def hypercorn_config(host: str, port: int) -> HypercornConfig:
 
 
 async def serve_until_signalled(
-    app: ASGIApp, host: str, port: int, *, zero_copy: bool = True
+    app: ASGIApp,
+    host: str,
+    port: int,
+    *,
+    zero_copy: bool = True,
+    notifier: notify.Notifier | None = None,
 ) -> None:
-    """Runs until SIGTERM or SIGINT, then stops accepting and drains in-flight requests."""
+    """Runs until SIGTERM or SIGINT, then stops accepting and drains in-flight requests.
+    Under systemd (Type=notify) it says READY=1 once the store is open on a bound port,
+    pings the watchdog from this event loop and says STOPPING=1 on the signal."""
     if zero_copy:
         zerocopy.install()
+    notifier = notifier or notify.Notifier.from_environ()
     stop = asyncio.Event()
+
+    def on_signal() -> None:
+        notifier.stopping()
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
+    config = hypercorn_config(host, port)
+    config.bind = [f"fd://{notify.listening_socket(host, port, config.backlog)}"]
+    app = notify.on_startup_complete(app, lambda: notifier.ready(f"serving on {host}:{port}"))
+    watchdog = loop.create_task(notifier.watchdog())
     log.info("listening on http://%s:%d", host, port)
-    await serve(app, hypercorn_config(host, port), shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+    try:
+        await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+    finally:
+        watchdog.cancel()
+        await asyncio.gather(watchdog, return_exceptions=True)
+        notifier.close()
     log.info("stopped")
