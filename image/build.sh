@@ -21,7 +21,7 @@ python=${PYTHON:-python3}
 arch=${SATELLITE_IMAGE_ARCH:-$(dpkg --print-architecture)}
 suite=bookworm
 image_python=3.11 # bookworm's python3
-base_epoch=1700000000 # the Debian layer's clock: fixed, so the layer survives new commits
+base_epoch=1700000000 # layers 1 and 2 keep this clock: fixed, so they survive new commits
 packages=python3,ca-certificates
 cache=${SATELLITE_IMAGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/satellite-image}
 sources=${SATELLITE_IMAGE_SOURCES:-}
@@ -94,7 +94,8 @@ if [ ! -s "$deps.tar.gz" ]; then
   find "$work/deps/$site" -name direct_url.json -delete
   "$python" -m compileall -q -j0 --invalidation-mode unchecked-hash -s "$work/deps" -p / "$work/deps/$site" >/dev/null
   cp "$work/requirements.txt" "$work/deps/opt/satellite/requirements.txt"
-  "$python" "$layout_py" tar "$work/deps" "$work/deps.tar"
+  # the fixed clock, as for layer 1: the layer's bytes depend on the pins alone
+  SOURCE_DATE_EPOCH=$base_epoch "$python" "$layout_py" tar "$work/deps" "$work/deps.tar"
   "$python" "$layout_py" gzip "$work/deps.tar" "$work/deps.tar.gz"
   mv "$work/deps.tar.gz" "$deps.tar.gz"
 else
