@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +55,9 @@ RANCHER_REGISTRIES = {
     "rke2": PurePosixPath("etc/rancher/rke2/registries.yaml"),
 }
 BACKUP_DIR = PurePosixPath("var/backups/satellite/runtime-config")
+_REGISTRY_HOST = re.compile(
+    r"(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?"
+)
 HEADER = "written by `satellite runtime-config {runtime}`; `--revert` restores what was here"
 
 
@@ -134,6 +138,11 @@ def mirrors(upstreams: Sequence[Upstream]) -> list[Mirror]:
             registry = upstream.name
         else:
             registry = urlsplit(upstream.url).netloc
+        if not _REGISTRY_HOST.fullmatch(registry):
+            # it names a directory (certs.d/<host>) and a TOML/YAML key: nothing else fits
+            raise RuntimeConfigError(
+                f"upstream {upstream.name!r}: {registry!r} is not a registry host[:port]"
+            )
         if registry in seen:
             raise RuntimeConfigError(
                 f"upstreams {seen[registry]!r} and {upstream.name!r} are both {registry}: "
@@ -450,6 +459,7 @@ def apply(root: Path, config: RuntimeConfig) -> list[Path]:
         entry = files[str(rel)]
         mode = entry.get("mode", 0o644)
         atomic_write(root / rel, data, mode=mode)
+        os.chmod(root / rel, mode)  # as it was, whatever the umask
         written.append(root / rel)
     return written
 

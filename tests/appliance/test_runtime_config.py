@@ -379,6 +379,8 @@ def test_mirror_url_and_routing_prefix_per_upstream() -> None:
         ("harbor.corp", "central"),
         ("ghcr.io", None),
     ]
+    with pytest.raises(rc.RuntimeConfigError, match="not a registry host"):
+        rc.mirrors([ConfigUpstream("../../etc/cron.d", "https://x.example")])
     with pytest.raises(rc.RuntimeConfigError, match=r"both ghcr\.io"):
         rc.mirrors(
             [ConfigUpstream("ghcr.io", "https://ghcr.io"), ConfigUpstream("x", "https://ghcr.io")]
