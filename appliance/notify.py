@@ -9,9 +9,8 @@ service, and `STOPPING=1` when SIGTERM starts the graceful stop.
 Without `NOTIFY_SOCKET` (not under systemd, or `Type=` other than notify) every call
 is a no-op, so the daemon calls them unconditionally:
 
-    notifier = Notifier.from_environ()
-    serve_until_signalled(app, host, port, notifier=notifier)    # READY, WATCHDOG, STOPPING
-    notifier.set_status(state_version=12, outbox_depth=3)
+    serve_until_signalled(app, host, port)    # READY, WATCHDOG, STOPPING via notify.current()
+    notify.current().set_status(state_version=12, outbox_depth=3)   # from anywhere in the daemon
     # STATUS=serving on 0.0.0.0:8585; state_version=12 outbox_depth=3
 """
 
@@ -115,6 +114,18 @@ class Notifier:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+_current: Notifier | None = None
+
+
+def current() -> Notifier:
+    """The process's notifier, made from the environment at the first call: sd_notify is
+    per process, so the server and the parts of the daemon that report share this one."""
+    global _current
+    if _current is None:
+        _current = Notifier.from_environ()
+    return _current
 
 
 def on_startup_complete(app: ASGIApp, callback: Callable[[], None]) -> ASGIApp:

@@ -42,7 +42,7 @@ async def serve_until_signalled(
     pings the watchdog from this event loop and says STOPPING=1 on the signal."""
     if zero_copy:
         zerocopy.install()
-    notifier = notifier or notify.Notifier.from_environ()
+    notifier = notifier or notify.current()
     stop = asyncio.Event()
 
     def on_signal() -> None:

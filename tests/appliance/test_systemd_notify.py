@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from appliance import notify
 from appliance.notify import Notifier
 from tests.support.satellite import SatelliteProcess
 
@@ -202,3 +203,15 @@ def test_abstract_socket_and_environment() -> None:
     silent = Notifier.from_environ({})
     assert not silent.enabled
     assert not silent.send("READY=1")
+    silent.set_status(state_version=1)  # a no-op, never an error
+
+
+def test_the_process_notifier_is_made_once_from_the_environment(
+    listener: NotifyListener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(notify, "_current", None)
+    monkeypatch.setenv("NOTIFY_SOCKET", listener.address)
+    assert notify.current() is notify.current()
+    notify.current().set_status(outbox_depth=0)
+    assert listener.wait_for("STATUS")["STATUS"] == "starting; outbox_depth=0"
+    notify.current().close()
