@@ -84,6 +84,14 @@ TOML
   mv "$config.tmp" "$config"
 fi
 
+gc_config=$root/etc/groundcontrol/groundcontrol.toml
+if [ ! -e "$gc_config" ]; then
+  printf '# Ground Control configuration (docs/groundcontrol.md). Restart after a change:\n#   systemctl restart groundcontrol\n[server]\nlisten = "0.0.0.0:8080"\n' > "$gc_config.tmp"
+  chmod 0640 "$gc_config.tmp"
+  chgrp "$(awk -F: '$1=="groundcontrol"{print $3}' "$root/etc/group")" "$gc_config.tmp"
+  mv "$gc_config.tmp" "$gc_config"
+fi
+
 if [ "$systemd_up" = 1 ]; then
   systemctl daemon-reload
   if [ "$start" = 1 ]; then

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from appliance.config import load
-from tests.support.satellite import REPO_ROOT, satellite_command
+from groundcontrol.config import load_config as load_groundcontrol
+from tests.support.images import GeneratedLayout
+from tests.support.satellite import REPO_ROOT, SatelliteProcess, satellite_command
+from tests.support.skopeo import Skopeo
 from tests.support.upstream import require_tool
 
 UNITS = ("satellite.service", "groundcontrol.service")
@@ -107,6 +111,10 @@ def test_install_script_puts_units_users_and_directories_in_place(tmp_path: Path
     assert config_path.stat().st_gid == users["satellite"][1]
     assert config_path.stat().st_mode & 0o777 == 0o640
 
+    gc_config = root / "etc/groundcontrol/groundcontrol.toml"
+    assert load_groundcontrol(gc_config, environ={}).listen == "0.0.0.0:8080"
+    assert gc_config.stat().st_gid == users["groundcontrol"][1]
+
     # a second run (an upgrade) keeps the operator's config and the same users
     config_path.write_text('[server]\nlisten = "0.0.0.0:9000"\n')
     subprocess.run(run, check=True, capture_output=True, timeout=120)
@@ -131,3 +139,33 @@ def test_install_script_rewrites_the_venv_path(tmp_path: Path) -> None:
     assert (
         "ExecStart=/srv/sat/venv/bin/satellite run --config /etc/satellite/satellite.toml" in unit
     )
+
+
+MDWE_WRAPPER = """\
+import ctypes, os, sys
+PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 1
+if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0):
+    raise SystemExit(f"PR_SET_MDWE failed (errno {ctypes.get_errno()}): kernel 6.3 or later needed")
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+
+class MdweSatellite(SatelliteProcess):
+    """`satellite run` with no memory ever writable and executable, as the unit's
+    MemoryDenyWriteExecute=yes enforces (here by the kernel's PR_SET_MDWE, inherited
+    across exec)."""
+
+    def command(self) -> list[str]:
+        wrapper = self.root / "mdwe.py"
+        wrapper.write_text(MDWE_WRAPPER)
+        return [sys.executable, str(wrapper), *super().command()]
+
+
+def test_satellite_serves_under_memory_deny_write_execute(
+    skopeo: Skopeo, image_layout: GeneratedLayout, tmp_path: Path
+) -> None:
+    with MdweSatellite(tmp_path / "sat") as sat:
+        skopeo.copy(image_layout.oci("app:v1"), f"docker://{sat.host}/library/app:v1")
+        assert skopeo.inspect(f"docker://{sat.host}/library/app:v1")["Digest"] == (
+            image_layout.app.digest
+        )
