@@ -73,8 +73,11 @@ fi
 pip_target=(--only-binary=:all: --python-version "$image_python" --implementation cp
             --abi "cp${image_python/./}")
 for p in "${wheel_platforms[@]}"; do pip_target+=(--platform "$p"); done
-"$python" -m pip install -q --dry-run --ignore-installed "${pip_target[@]}" --target "$work/none" \
-  --report "$work/report.json" "$src" 2>/dev/null
+pip() { # pip, its output shown only when it fails
+  "$python" -m pip "$@" > "$work/pip.log" 2>&1 || { cat "$work/pip.log" >&2; say "pip $1 failed"; exit 1; }
+}
+pip install -q --dry-run --ignore-installed "${pip_target[@]}" --target "$work/none" \
+  --report "$work/report.json" "$src"
 "$python" - "$work/report.json" > "$work/requirements.txt" <<'PY'
 import json, sys
 report = json.load(open(sys.argv[1]))
@@ -88,8 +91,8 @@ deps=$cache/deps-$deps_key
 if [ ! -s "$deps.tar.gz" ]; then
   say "layer 2: $(wc -l < "$work/requirements.txt") wheels"
   mkdir -p "$work/deps/$site"
-  "$python" -m pip install -q --no-deps --no-compile "${pip_target[@]}" \
-    --target "$work/deps/$site" -r "$work/requirements.txt" 2>&1 | grep -v '^WARNING: Location' >&2 || true
+  pip install -q --no-deps --no-compile "${pip_target[@]}" \
+    --target "$work/deps/$site" -r "$work/requirements.txt"
   rm -rf "$work/deps/$site/bin"
   find "$work/deps/$site" -name direct_url.json -delete
   "$python" -m compileall -q -j0 --invalidation-mode unchecked-hash -s "$work/deps" -p / "$work/deps/$site" >/dev/null
