@@ -43,7 +43,7 @@ import yaml
 
 from appliance.config import Upstream
 from registry_proxy.durable import atomic_write, fsync_dir
-from registry_proxy.routing import DOCKER_HUB_HOSTS
+from registry_proxy.routing import UpstreamName
 
 RUNTIMES = ("containerd", "crio", "podman", "docker", "k3s", "rke2")
 DOCKER_HUB = "docker.io"
@@ -113,8 +113,7 @@ def default_mirror_url(host: str, port: int) -> str:
 
 
 def _is_hub(upstream: Upstream) -> bool:
-    host = urlsplit(upstream.url).hostname or ""
-    return upstream.name in DOCKER_HUB_HOSTS or host in DOCKER_HUB_HOSTS
+    return UpstreamName(upstream.name, upstream.url).is_docker_hub
 
 
 def _looks_like_host(name: str) -> bool:
@@ -137,7 +136,7 @@ def mirrors(upstreams: Sequence[Upstream]) -> list[Mirror]:
         elif _looks_like_host(upstream.name):
             registry = upstream.name
         else:
-            registry = urlsplit(upstream.url).netloc
+            registry = urlsplit(upstream.url).netloc.rpartition("@")[2]
         if not _REGISTRY_HOST.fullmatch(registry):
             # it names a directory (certs.d/<host>) and a TOML/YAML key: nothing else fits
             raise RuntimeConfigError(
