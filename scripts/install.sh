@@ -4,7 +4,7 @@
 #
 #   bash scripts/install.sh                 # install or upgrade, then (re)start satellite
 #   bash scripts/install.sh --groundcontrol # also enable and start groundcontrol.service
-#   bash scripts/install.sh --root DIR      # everything under DIR: no systemctl (images, tests)
+#   bash scripts/install.sh --root DIR --no-venv   # under DIR, no systemctl (images, tests)
 #   bash scripts/install.sh --no-venv       # units, users, directories and config only
 #   bash scripts/install.sh --uninstall     # stop, disable, remove units and venv; keeps data
 #
@@ -24,6 +24,11 @@ while [ $# -gt 0 ]; do
   esac
 done
 root=${root%/}
+if [ -n "$root" ] && [ "$with_venv" = 1 ] && [ "$uninstall" = 0 ]; then
+  # a venv records its own path: made under DIR it would not run once DIR is the root
+  echo "install.sh: --root needs --no-venv (make the venv at its final path, as image/ does)" >&2
+  exit 2
+fi
 units=$root/etc/systemd/system
 systemd_up=0
 [ -z "$root" ] && [ -d /run/systemd/system ] && systemd_up=1

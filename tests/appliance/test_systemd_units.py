@@ -127,6 +127,16 @@ def test_install_script_puts_units_users_and_directories_in_place(tmp_path: Path
     assert config_path.exists()  # data and config stay
 
 
+def test_install_script_refuses_a_venv_under_another_root(tmp_path: Path) -> None:
+    done = subprocess.run(
+        ["bash", str(REPO_ROOT / "scripts/install.sh"), "--root", str(tmp_path)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "--root needs --no-venv" in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_install_script_rewrites_the_venv_path(tmp_path: Path) -> None:
     root = tmp_path / "root"
     root.mkdir()
