@@ -438,6 +438,10 @@ def apply(root: Path, config: RuntimeConfig) -> list[Path]:
     files: dict[str, Any] = manifest["files"]
     created: list[str] = list(manifest.get("created_dirs", []))
     for rel in config.files:
+        if (root / rel).is_symlink():
+            # replacing a link with a file could not be undone byte for byte, nor be meant
+            raise RuntimeConfigError(f"{root / rel} is a symbolic link; not touching it")
+    for rel in config.files:
         key = str(rel)
         if key in files:
             continue

@@ -385,3 +385,17 @@ def test_mirror_url_and_routing_prefix_per_upstream() -> None:
         rc.mirrors(
             [ConfigUpstream("ghcr.io", "https://ghcr.io"), ConfigUpstream("x", "https://ghcr.io")]
         )
+
+
+def test_a_symlinked_target_is_left_alone(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "etc/docker").mkdir(parents=True)
+    real = tmp_path / "daemon.json"
+    real.write_bytes(DAEMON_JSON)
+    (root / "etc/docker/daemon.json").symlink_to(real)
+    args = ("--config", str(_sat_config(tmp_path)), "--root", str(root), "--apply")
+    done = runtime_config("docker", *args, check=False)
+    assert done.returncode == 2
+    assert "is a symbolic link" in done.stderr
+    assert real.read_bytes() == DAEMON_JSON
+    assert not (root / "var").exists()  # no backup either
