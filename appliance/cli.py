@@ -7,8 +7,10 @@ import asyncio
 import json
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from appliance.config import Config, ConfigError, load, parse_listen, parse_upstream_flag
 from registry_proxy.store import ContentStore
@@ -83,7 +85,28 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument(
         "--now", action="store_true", help="fetch right away and wait for the verdict (default)"
     )
+    _runtime_config_parser(sub, common)
     return parser
+
+
+def _runtime_config_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    from appliance.runtime_config import RUNTIMES
+
+    rc = sub.add_parser(
+        "runtime-config",
+        help="print, write or undo the mirror config that points a runtime at this satellite",
+    )
+    common(rc)
+    rc.add_argument(
+        "runtime", choices=RUNTIMES, help="the container runtime to point at this satellite"
+    )
+    action = rc.add_mutually_exclusive_group()
+    action.add_argument("--apply", action="store_true", help="write the files (with a backup)")
+    action.add_argument("--revert", action="store_true", help="restore what --apply replaced")
+    rc.add_argument("--root", type=Path, default=Path("/"), help="prefix for every path")
+    rc.add_argument(
+        "--mirror-url", help="the satellite as the runtimes reach it (default: server.listen)"
+    )
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -186,6 +209,35 @@ async def _verify(config: Config) -> int:
     return 1 if bad else 0
 
 
+def _runtime_config(args: argparse.Namespace, config: Config) -> int:
+    from appliance import runtime_config as rc
+
+    try:
+        if args.revert:
+            restored = rc.revert(args.root, args.runtime)
+            for path in restored:
+                print(f"restored {path}")
+            if not restored:
+                print(f"nothing to revert: no {args.runtime} config applied under {args.root}")
+            return 0
+        mirror_url = args.mirror_url or rc.default_mirror_url(*config.host_port)
+        result = rc.render(args.runtime, mirror_url, config.upstreams, rc.reader(args.root))
+        if not args.apply:
+            print(rc.describe(result), end="")
+            return 0
+        for path in rc.apply(args.root, result):
+            print(f"wrote {path}")
+        for note in result.notes:
+            print(f"note: {note}")
+        return 0
+    except rc.RuntimeConfigError as exc:
+        print(f"satellite: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"satellite: {exc}", file=sys.stderr)
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -207,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_status(config, args))
     if args.command == "sync":
         return _sync(config)
+    if args.command == "runtime-config":
+        return _runtime_config(args, config)
     raise AssertionError(args.command)
 
 

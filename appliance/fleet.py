@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from appliance import notify
 from appliance.fleetdb import EVENT, HEARTBEAT, FleetDB, FleetDBError, OutboxStats
 from appliance.fleetmetrics import FleetMetrics
 from appliance.gcclient import GroundControlClient, GroundControlError, GroundControlUnreachable
@@ -148,6 +149,7 @@ class FleetAgent:
         self.metrics.observe_state(self.trust, self.clock())
         self.metrics.observe_outbox(self._stats)
         self.metrics.last_contact = self.link
+        self._report_status()
         self._expiry_reported = self.trust.state_expired(self._now())
         loop = asyncio.get_running_loop()
         for loop_fn in (self._state_loop, self._heartbeat_loop, self._sender_loop):
@@ -171,6 +173,15 @@ class FleetAgent:
             except Exception:
                 log.exception("fleet loop %s failed; restarting it", loop_fn.__name__)
                 await asyncio.sleep(self.intervals.retry_max)
+
+    def _report_status(self) -> None:
+        """The service manager's STATUS= line (systemd Type=notify; nothing otherwise)."""
+        stats = self._stats
+        notify.current().set_status(
+            state_version=self.trust.version,
+            outbox_depth=stats.depth if stats else None,
+            state_expired="yes" if self.trust.state_expired(self._now()) else None,
+        )
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)
@@ -308,6 +319,7 @@ class FleetAgent:
             self.source = source
             self._expiry_reported = False
             self.metrics.observe_state(self.trust, self.clock())
+            self._report_status()
             log.info(
                 "state version %d accepted from %s: %d image(s)",
                 doc.version,
@@ -446,6 +458,7 @@ class FleetAgent:
     async def _refresh_stats(self) -> None:
         self._stats = await self.db.outbox_stats()
         self.metrics.observe_outbox(self._stats)
+        self._report_status()
 
     async def _heartbeat_loop(self) -> None:
         while True:

@@ -11,7 +11,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 from starlette.types import ASGIApp
 
-from appliance import zerocopy
+from appliance import notify, zerocopy
 from registry_proxy import framing
 
 log = logging.getLogger("satellite")
@@ -38,19 +38,36 @@ async def serve_until_signalled(
     *,
     zero_copy: bool = True,
     side_servers: Sequence[tuple[ASGIApp, HypercornConfig]] = (),
+    notifier: notify.Notifier | None = None,
 ) -> None:
     """Runs until SIGTERM or SIGINT, then stops accepting and drains in-flight requests.
-
+    Under systemd (Type=notify) it says READY=1 once the store is open on a bound port,
+    pings the watchdog from this event loop and says STOPPING=1 on the signal.
     ``side_servers`` (the admin socket) run beside the main app and stop with it."""
     if zero_copy:
         zerocopy.install()
     framing.install()  # after zerocopy: it subclasses the protocol class in place
+    notifier = notifier or notify.current()
     stop = asyncio.Event()
+
+    def on_signal() -> None:
+        notifier.stopping()
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
+    config = hypercorn_config(host, port)
+    config.bind = [f"fd://{notify.listening_socket(host, port, config.backlog)}"]
+    app = notify.on_startup_complete(app, lambda: notifier.ready(f"serving on {host}:{port}"))
+    watchdog = loop.create_task(notifier.watchdog())
     log.info("listening on http://%s:%d", host, port)
-    servers = [serve(app, hypercorn_config(host, port), shutdown_trigger=stop.wait)]  # type: ignore[arg-type]
+    servers = [serve(app, config, shutdown_trigger=stop.wait)]  # type: ignore[arg-type]
     servers += [serve(side, cfg, shutdown_trigger=stop.wait) for side, cfg in side_servers]  # type: ignore[arg-type]
-    await asyncio.gather(*servers)
+    try:
+        await asyncio.gather(*servers)
+    finally:
+        watchdog.cancel()
+        await asyncio.gather(watchdog, return_exceptions=True)
+        notifier.close()
     log.info("stopped")

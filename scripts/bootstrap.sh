@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 RUN_PACKAGES=(python3 python3-venv ca-certificates)   # what the daemon itself needs
 TEST_PACKAGES=(skopeo docker-registry nginx-light wrk containerd postgresql chromium chromium-driver umoci
-               apache2-utils tar gzip iproute2)
+               apache2-utils tar gzip iproute2
+               podman mmdebstrap mkosi prometheus)   # runtime configs, image build, alert rules
 want=${SATELLITE_BOOTSTRAP:-full}   # "run" installs only what the daemon needs
 packages=("${RUN_PACKAGES[@]}")
 [ "$want" = full ] && packages+=("${TEST_PACKAGES[@]}")
@@ -22,8 +23,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "bootstrap: installing Debian packages: ${missing[*]}"
   "${sudo_cmd[@]}" apt-get update -qq
   "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  # the postgresql package starts a system cluster we do not use; tests start their own
+  # the postgresql package starts a system cluster we do not use; tests start their own;
+  # the prometheus package is there for promtool only
   "${sudo_cmd[@]}" systemctl disable --now postgresql >/dev/null 2>&1 || true
+  "${sudo_cmd[@]}" systemctl disable --now prometheus >/dev/null 2>&1 || true
 fi
 
 PY=${PYTHON:-python3}

@@ -6,6 +6,8 @@
 - `satellite` / `satellite_factory`: `satellite run` as a subprocess, pushes enabled.
 - `skopeo`: a `Skopeo` runner (plain HTTP, bounded, raises with stderr).
 
+- `containerd_factory` (tests/support/containerd.py): `make()` -> a started containerd.
+
 A missing Debian tool fails the test with the package to install; nothing is skipped.
 """
 
@@ -21,6 +23,8 @@ from tests.support.images import GeneratedLayout, build_image, build_index
 from tests.support.satellite import SatelliteProcess
 from tests.support.skopeo import Skopeo
 from tests.support.upstream import ToolMissing, UpstreamRegistry, require_tool
+
+pytest_plugins = ("tests.support.containerd",)
 
 
 def _need(name: str, package: str) -> None:
