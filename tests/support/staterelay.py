@@ -104,8 +104,14 @@ class StateRelay:
             )
             self._ready.set()
             await task
+            # requests still held (a long-poll to Ground Control) end with the relay
+            held = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for other in held:
+                other.cancel()
+            await asyncio.gather(*held, return_exceptions=True)
 
         loop.run_until_complete(main())
+        loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
 
     def __enter__(self) -> StateRelay:
@@ -121,7 +127,10 @@ class StateRelay:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._loop is not None and self._stop is not None:
+        """Stop serving (idempotent): connections are refused from now on."""
+        if self._thread is None:
+            return
+        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread is not None:
-            self._thread.join(10)
+        self._thread.join(10)
+        self._thread = None
