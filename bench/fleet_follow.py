@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         for tag in "ab":
             push_tiny_image(central.url, "bench/app", tag)
         config = workdir / "gc.toml"
-        config.write_text(f'[registry]\nurl = "{central.url}"\n')
+        config.write_text(f'[registry]\nurl = "{central.url}"\n[join]\nrate_limit = 100000\n')
         with database(args.backend, workdir) as db_args:
             gc = GroundControlProcess(
                 workdir, "--data-dir", str(workdir / "gc"), "--config", str(config), *db_args

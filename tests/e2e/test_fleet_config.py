@@ -4,23 +4,12 @@ fetched again after the upstream refuses the old ones, without a restart."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.support.fleet import Fleet, run_satellite_cli, status, wait_until
 from tests.support.images import GeneratedLayout
 from tests.support.skopeo import Skopeo, SkopeoError
 from tests.support.upstream import UpstreamRegistry
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    fleet = Fleet(tmp_path).start()
-    fleet.create_group("shops")
-    yield fleet
-    fleet.stop()
 
 
 def pulls(skopeo: Skopeo, ref: str) -> bool:

@@ -9,18 +9,9 @@ import subprocess
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.support.fleet import Fleet, run_satellite_cli, state_version, status, wait_until
 from tests.support.net import free_port
-
-
-@pytest.fixture
-def fleet(tmp_path: Path):  # type: ignore[no-untyped-def]
-    fleet = Fleet(tmp_path).start()
-    fleet.create_group("shops")
-    yield fleet
-    fleet.stop()
 
 
 def identity_files(data_dir: Path) -> dict[str, int]:

@@ -6,28 +6,17 @@ followed; an expired state is kept, served and reported, never re-accepted as fr
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from starlette.requests import Request
 
 from groundcontrol.contract import Envelope, StateDocument, generate_key, sign_state
 from tests.support.fleet import Fleet, run_satellite_cli, state_version, status, wait_until
 from tests.support.satellite import SatelliteProcess
 from tests.support.staterelay import Answer, StateRelay
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    fleet = Fleet(tmp_path).start()
-    fleet.create_group("shops")
-    yield fleet
-    fleet.stop()
 
 
 def document(envelope: bytes) -> StateDocument:
