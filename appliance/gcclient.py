@@ -23,6 +23,8 @@ import httpx
 from groundcontrol.contract import DEFAULT_ROOT_MAX_BYTES, DEFAULT_STATE_MAX_BYTES
 
 USER_AGENT = "satellite"
+# what a request sent on a connection the server was just closing fails with
+_STALE_CONNECTION = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 JSON_MAX_BYTES = 1024 * 1024
 REGISTER_MAX_BYTES = DEFAULT_ROOT_MAX_BYTES + DEFAULT_STATE_MAX_BYTES + JSON_MAX_BYTES
 
@@ -73,6 +75,8 @@ class GroundControlClient:
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             trust_env=False,
             follow_redirects=False,
+            # servers close idle connections (hypercorn after 5 s): do not reuse older ones
+            limits=httpx.Limits(max_connections=8, keepalive_expiry=4.0),
             transport=transport,
         )
 
@@ -96,7 +100,10 @@ class GroundControlClient:
         content: bytes | None = None,
         params: dict[str, str] | None = None,
         read_timeout: float | None = None,
+        retry: bool = True,
     ) -> tuple[httpx.Response, bytes]:
+        """One request. ``retry``: resend once when the connection fails before an answer
+        (every call but registration is idempotent: states by version, check-ins by seq)."""
         headers = {"Content-Type": "application/json"} if content is not None else {}
         request = self._http.build_request(
             method,
@@ -111,7 +118,13 @@ class GroundControlClient:
             ),
         )
         try:
-            response = await self._http.send(request, stream=True)
+            try:
+                response = await self._http.send(request, stream=True)
+            except _STALE_CONNECTION:
+                if not retry:
+                    raise
+                # sent on a kept-alive connection the server was closing: one fresh attempt
+                response = await self._http.send(request, stream=True)
             try:
                 body = await _read_capped(response, limit, f"{method} {path}")
             finally:
@@ -136,7 +149,9 @@ class GroundControlClient:
 
     async def register(self, token: str, public_key_b64: str) -> dict[str, Any]:
         body = json.dumps({"token": token, "public_key": public_key_b64}).encode()
-        data = await self._json("POST", "/api/v1/register", REGISTER_MAX_BYTES, content=body)
+        data = await self._json(
+            "POST", "/api/v1/register", REGISTER_MAX_BYTES, content=body, retry=False
+        )
         if not isinstance(data, dict):
             raise GroundControlError("register: answer is not an object")
         return data
