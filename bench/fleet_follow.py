@@ -204,6 +204,9 @@ async def measure(
             )
             if response.status_code >= 300:
                 raise SystemExit(f"publish failed: {response.status_code} {response.text}")
+            log(
+                f"round {tag_round[0]}: the publish request took {time.monotonic() - started:.3f} s"
+            )
             deadline = started + limit
             while time.monotonic() < deadline:
                 if all(targets[id(c)] in c.applied for _, c in agents):
