@@ -1,4 +1,12 @@
-"""A simulated satellite for API tests: a real device key, real signatures, the real API."""
+"""A satellite for in-process API tests: the appliance's own Ground Control client, a real
+device key, real signatures, the real API.
+
+It speaks through the appliance's ``GroundControlClient`` (the code a running satellite
+uses), carried over whatever ``httpx.AsyncClient`` the test holds (an in-process ASGI app
+or a server process), so tests keep control of time (``now``) while the wire code is the
+real one. ``post`` alone sends raw bodies: tests of hostile input need to send what no real
+client would.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from appliance.gcclient import GroundControlClient
 from groundcontrol.contract import (
     CheckIn,
     ImageStatus,
@@ -20,6 +29,16 @@ from groundcontrol.contract import (
     verify_root,
     verify_state,
 )
+
+
+class _Through(httpx.AsyncBaseTransport):
+    """A transport that hands each request to an existing client (public API only)."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self.client.send(request, stream=True)
 
 
 class SimSatellite:
@@ -37,26 +56,26 @@ class SimSatellite:
         assert self.credential is not None
         return {"Authorization": f"Bearer {self.credential}"}
 
-    async def register(self, token: str, now: float) -> dict[str, Any]:
-        r = await self.client.post(
-            "/api/v1/register",
-            json={"token": token, "public_key": public_key_b64(self.key.public_key())},
+    def ground_control(self) -> GroundControlClient:
+        """The appliance's client, over the test's current ``client``."""
+        return GroundControlClient(
+            str(self.client.base_url), self.credential, transport=_Through(self.client)
         )
-        assert r.status_code == 201, r.text
-        data: dict[str, Any] = r.json()
+
+    async def register(self, token: str, now: float) -> dict[str, Any]:
+        async with self.ground_control() as gc:
+            data = await gc.register(token, public_key_b64(self.key.public_key()))
         self.registration = data
         self.credential = data["credential"]
         self.root = verify_root(canonical_json(data["root"]), None, at(now))
         return data
 
     async def state(self, now: float, have: int | None = None) -> StateDocument:
-        params = {"have": str(have)} if have is not None else {}
-        r = await self.client.get(
-            f"/api/v1/satellites/{self.name}/state", params=params, headers=self.headers
-        )
-        assert r.status_code == 200, r.text
+        async with self.ground_control() as gc:
+            answer = await gc.state(self.name, have or 0)
+        assert answer.envelope is not None, "no newer state"
         assert self.root is not None
-        return verify_state(r.content, self.root, self.name, at(now), have)
+        return verify_state(answer.envelope, self.root, self.name, at(now), have)
 
     def checkin(
         self,
