@@ -72,7 +72,7 @@ from groundcontrol.models import (
 )
 from groundcontrol.publish import Published
 from groundcontrol.services import Services
-from groundcontrol.status import derive_status
+from groundcontrol.status import SUMMARIES, derive_status
 from groundcontrol.store import Queries
 from registry_proxy import strict_json
 
@@ -312,6 +312,10 @@ async def list_satellites(ctx: Ctx) -> Response:
     if "group" in params:
         out = [s for s in out if params["group"] in s["groups"]]
     if "status" in params:
+        if params["status"] not in SUMMARIES:
+            raise BadRequest(
+                f"status must be one of {', '.join(SUMMARIES)}", code="invalid_status"
+            )
         out = [s for s in out if s["status"] == params["status"]]
     for selector in params.getlist("label"):
         key, _, value = selector.partition("=")
