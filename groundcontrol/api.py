@@ -34,7 +34,7 @@ from typing import Any, Literal
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from groundcontrol import checkins, registration
+from groundcontrol import actions, checkins, registration
 from groundcontrol.auth import (
     Operator,
     Principal,
@@ -834,15 +834,7 @@ async def rotate_credentials(ctx: Ctx) -> Response:
 
 
 async def _remove_robot(ctx: Ctx, name: str) -> str | None:
-    """Best effort: a revocation or deletion stands even when Harbor is unreachable."""
-    if ctx.services.harbor is None:
-        return None
-    try:
-        await ctx.services.harbor.remove(ctx.services.store, name)
-    except GroundControlError as exc:
-        log.warning("could not delete the Harbor robot of %s: %s", name, exc.message)
-        return exc.message
-    return None
+    return await actions.remove_robot(ctx.services, name)
 
 
 # --- the table ----------------------------------------------------------------------------

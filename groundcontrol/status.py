@@ -32,6 +32,15 @@ class SatelliteStatus:
         }
 
 
+def failing_count(report: object) -> int:
+    """How many images a check-in report says failed: what the fleet list filters and
+    counts on in SQL (``satellites.failing_images``), the same test as below."""
+    images = report.get("images") if isinstance(report, dict) else None
+    if not isinstance(images, list):
+        return 0
+    return sum(1 for i in images if isinstance(i, dict) and i.get("status") == "failed")
+
+
 def derive_status(
     sat: Satellite, now: float, stale_after: int, offline_after: int
 ) -> SatelliteStatus:

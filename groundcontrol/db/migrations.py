@@ -11,10 +11,14 @@ booleans as nullable timestamps (``revoked_at``, ``used_at``).
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from groundcontrol.db import Database, DatabaseError
+from groundcontrol.db import Database, DatabaseError, Transaction
+
+Backfill = Callable[[Transaction], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,22 @@ class Migration:
     version: int
     name: str
     statements: tuple[str, ...]
+    # derives new columns from existing rows where the two dialects' SQL differ (JSON)
+    backfill: Backfill | None = None
+
+
+async def _backfill_failing_images(tx: Transaction) -> None:
+    rows = await tx.fetchall(
+        "SELECT name, last_report FROM satellites WHERE last_report IS NOT NULL"
+    )
+    from groundcontrol.status import failing_count
+
+    for row in rows:
+        count = failing_count(json.loads(row["last_report"]))
+        if count:
+            await tx.execute(
+                "UPDATE satellites SET failing_images = ? WHERE name = ?", count, row["name"]
+            )
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -157,6 +177,38 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX dashboard_sessions_token ON dashboard_sessions (token_id)",
         ),
     ),
+    Migration(
+        4,
+        "fleet dashboard: failing images per satellite, audit log, group history",
+        (
+            # from the last report, so that the fleet list filters and counts in SQL
+            "ALTER TABLE satellites ADD COLUMN failing_images BIGINT NOT NULL DEFAULT 0",
+            "CREATE INDEX satellites_last_seen ON satellites (last_seen)",
+            # who did what from the dashboard, and when; id: random text
+            """CREATE TABLE audit_log (
+                id TEXT PRIMARY KEY,
+                at BIGINT NOT NULL,
+                actor TEXT NOT NULL,
+                action TEXT NOT NULL,
+                target TEXT NOT NULL,
+                detail TEXT NOT NULL
+            )""",
+            "CREATE INDEX audit_log_at ON audit_log (at)",
+            # each change of a group's images, and the states that change published
+            """CREATE TABLE group_history (
+                id TEXT PRIMARY KEY,
+                group_name TEXT NOT NULL REFERENCES groups (name) ON DELETE CASCADE,
+                at BIGINT NOT NULL,
+                change TEXT NOT NULL,
+                images TEXT NOT NULL,
+                published BIGINT NOT NULL DEFAULT 0,
+                min_version BIGINT,
+                max_version BIGINT
+            )""",
+            "CREATE INDEX group_history_group ON group_history (group_name, at)",
+        ),
+        _backfill_failing_images,
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version
@@ -190,6 +242,8 @@ async def migrate(db: Database, *, now: float | None = None) -> list[int]:
                 continue
             for statement in m.statements:
                 await tx.execute(statement)
+            if m.backfill is not None:
+                await m.backfill(tx)
             await tx.execute(
                 "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
                 m.version,
