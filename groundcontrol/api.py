@@ -230,9 +230,10 @@ async def healthz(ctx: Ctx) -> Response:
 
 
 async def openapi(ctx: Ctx) -> Response:
+    from groundcontrol.fleetview import API_ENDPOINTS
     from groundcontrol.openapi import openapi_document
 
-    return ok(openapi_document(ENDPOINTS))
+    return ok(openapi_document(ENDPOINTS + API_ENDPOINTS))
 
 
 # --- groups -----------------------------------------------------------------------------

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from groundcontrol.api import iso, satellite_json
+from starlette.responses import Response
+
+from groundcontrol.api import V1, Ctx, Endpoint, iso, ok, satellite_json
 from groundcontrol.config import parse_int
 from groundcontrol.contract import Envelope, StateDocument
 from groundcontrol.errors import BadRequest
@@ -422,3 +424,44 @@ async def audit_view(services: Services, params: Mapping[str, str]) -> dict[str,
             for r in rows
         ],
     }
+
+
+# --- the JSON twins ----------------------------------------------------------------------
+
+
+async def fleet_json(ctx: Ctx) -> Response:
+    return ok(await fleet_view(ctx.services, ctx.request.query_params, ctx.now))
+
+
+async def group_json(ctx: Ctx) -> Response:
+    return ok(await group_view(ctx.services, ctx.param("name"), ctx.now))
+
+
+async def satellite_json_view(ctx: Ctx) -> Response:
+    return ok(await satellite_view(ctx.services, ctx.param("name"), ctx.now))
+
+
+async def audit_json(ctx: Ctx) -> Response:
+    return ok(await audit_view(ctx.services, ctx.request.query_params))
+
+
+API_ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint(
+        "GET",
+        f"{V1}/dashboard",
+        fleet_json,
+        "operator",
+        "The fleet page's data (?q=, status=, group=, sort=, page=)",
+    ),
+    Endpoint(
+        "GET", f"{V1}/dashboard/groups/{{name}}", group_json, "operator", "A group page's data"
+    ),
+    Endpoint(
+        "GET",
+        f"{V1}/dashboard/satellites/{{name}}",
+        satellite_json_view,
+        "operator",
+        "A satellite page's data",
+    ),
+    Endpoint("GET", f"{V1}/audit", audit_json, "operator", "The audit log (?page=)"),
+)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -213,7 +214,7 @@ class Queries:
     ) -> None:
         """A line of the group's history; the states this transaction signs for its
         members are counted into it at commit (:meth:`settle_group_history`)."""
-        change_id = secrets.token_hex(8)
+        change_id = _sortable_id()
         await self.tx.execute(
             "INSERT INTO group_history (id, group_name, at, change, images) VALUES (?, ?, ?, ?, ?)",
             change_id,
@@ -783,7 +784,7 @@ class Queries:
         await self.tx.execute(
             "INSERT INTO audit_log (id, at, actor, action, target, detail) "
             "VALUES (?, ?, ?, ?, ?, ?)",
-            secrets.token_hex(8),
+            _sortable_id(),
             now,
             actor,
             action,
@@ -916,6 +917,12 @@ class FleetQuery:
     descending: bool = False
     offset: int = 0
     limit: int = 50
+
+
+def _sortable_id() -> str:
+    """Random, but in the order of creation within one process (rows of the same second
+    of ``at`` list newest first by it)."""
+    return f"{time.time_ns():020d}{secrets.token_hex(4)}"
 
 
 def _like(text: str) -> str:

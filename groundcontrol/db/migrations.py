@@ -184,7 +184,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             # from the last report, so that the fleet list filters and counts in SQL
             "ALTER TABLE satellites ADD COLUMN failing_images BIGINT NOT NULL DEFAULT 0",
             "CREATE INDEX satellites_last_seen ON satellites (last_seen)",
-            # who did what from the dashboard, and when; id: random text
+            # who did what from the dashboard, and when; ids sort in creation order
             """CREATE TABLE audit_log (
                 id TEXT PRIMARY KEY,
                 at BIGINT NOT NULL,
