@@ -73,7 +73,7 @@ def strip(
     ticks: int = 7,
 ) -> str:
     """A timeline from ``start`` to ``end``: (start, end, kind) segments side by side,
-    with a tick per day (``ticks``) labelled by date."""
+    with ``ticks`` ticks labelled by date (by time of day for a day or less)."""
     span = max(end - start, 1.0)
     shapes = []
     for s_start, s_end, kind in segments:
@@ -88,12 +88,13 @@ def strip(
     marks = []
     for i in range(ticks + 1):
         x = width * i / ticks
-        day = iso(start + span * i / ticks) or ""
+        when = iso(start + span * i / ticks) or ""
+        text = when[:10] if span > 86400 else when[11:16]
         anchor = "start" if i == 0 else "end" if i == ticks else "middle"
         marks.append(
             f'<line class="tick" x1="{_fmt(x)}" y1="{height}" x2="{_fmt(x)}" y2="{height + 4}"/>'
             f'<text x="{_fmt(x)}" y="{height + 16}" text-anchor="{anchor}">'
-            f"{escape(day[:10])}</text>"
+            f"{escape(text)}</text>"
         )
     total = height + 20
     return (

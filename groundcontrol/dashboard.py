@@ -79,6 +79,8 @@ form.action{display:inline}
 #cache[data-warning=true] p{color:#a00;font-weight:600}
 .pager{margin:.6rem 0;display:flex;gap:1rem}
 code{font-size:.85em}
+dl{display:grid;grid-template-columns:max-content auto;gap:.25rem 1rem}dd{margin:0}
+a[aria-current]{font-weight:700;text-decoration:none}
 """
 CSP = (
     "default-src 'none'; style-src 'unsafe-inline'; "
@@ -307,6 +309,19 @@ def _pager(path: str, page: int, pages: int, params: dict[str, Any]) -> str:
     return f'<nav class="pager">{" ".join(links)}</nav>'
 
 
+def _strip_legend() -> str:
+    meaning = {
+        "online": "online",
+        "late": "alive, reports arrived late",
+        "offline": "offline",
+        "unknown": "no data",
+    }
+    return "".join(
+        f'<li data-kind="{k}"><span class="swatch kind-{k}"></span>{escape(meaning[k])}</li>'
+        for k in STRIP_KINDS
+    )
+
+
 def _legend(parts: list[tuple[str, int]], attr: str) -> str:
     return "".join(
         f'<li {attr}="{escape(k)}"><span class="swatch kind-{escape(k)}"></span>'
@@ -477,11 +492,22 @@ def _notice(text: str) -> str:
 
 async def satellite_page(ctx: Ctx, notice: str = "") -> Response:
     name = ctx.param("name")
-    view = await fleetview.satellite_view(ctx.services, name, ctx.now)
+    view = await fleetview.satellite_view(ctx.services, name, ctx.now, ctx.request.query_params)
     strip_view = view["strip"]
+    window = strip_view["window"]
     segments = [(_ts(s["start"]), _ts(s["end"]), s["kind"]) for s in strip_view["segments"]]
     strip = charts.strip(
-        segments, _ts(strip_view["from"]), _ts(strip_view["to"]), label="last 7 days"
+        segments,
+        _ts(strip_view["from"]),
+        _ts(strip_view["to"]),
+        label=f"connectivity, last {window}",
+        ticks=7 if window == "7d" else 6,
+    )
+    windows = " ".join(
+        f'<a href="{_href(ctx.request.url.path, window=w)}"'
+        + (' aria-current="true"' if w == window else "")
+        + f">{w}</a>"
+        for w in fleetview.STRIP_WINDOWS
     )
     offline = "".join(
         f'<li data-start="{escape(s["start"])}" data-end="{escape(s["end"])}">'
@@ -549,8 +575,9 @@ async def satellite_page(ctx: Ctx, notice: str = "") -> Response:
         f'<h1 id="satellite" data-satellite="{escape(name)}">{escape(name)}</h1>'
         f"{_notice(notice)}{_refresh_links(ctx)}"
         f'<div class="actions">{actions}</div><dl>{dl}</dl>'
-        f'<section><h2>Connectivity, last 7 days</h2><div id="strip">{strip}</div>'
-        f'<ul class="legend">{_legend([(k, 0) for k in STRIP_KINDS], "data-kind")}</ul>'
+        f"<section><h2>Connectivity, last {escape(window)}</h2>"
+        f'<p class="windows">Window: {windows}</p><div id="strip">{strip}</div>'
+        f'<ul class="legend">{_strip_legend()}</ul>'
         f'<p id="late">{late} report(s) arrived late (carried by an outbox or a bundle)</p>'
         f'<h3>Offline periods</h3><ul id="offline-periods">{offline or "<li>none</li>"}</ul>'
         "</section>"

@@ -31,7 +31,8 @@ PAGE_SIZE = 50
 AUDIT_PAGE_SIZE = 100
 MAX_PAGE = 100_000
 MAX_SEARCH = 100
-STRIP_DAYS = 7
+# the connectivity strip's windows (``?window=``); the first is the default
+STRIP_WINDOWS = {"7d": 7 * 86400, "24h": 86400, "1h": 3600}
 HISTORY_LIMIT = 50
 # a group member's place in the rollout of what was last published to it
 PROGRESS = ("current", "behind", "failing", "offline", "pending", "revoked")
@@ -290,9 +291,19 @@ def expiry_warning(
     return "soon" if expires_at - now < warn_before else "ok"
 
 
-async def satellite_view(services: Services, name: str, now: float) -> dict[str, Any]:
+def strip_window(params: Mapping[str, str]) -> str:
+    window = params.get("window") or next(iter(STRIP_WINDOWS))
+    if window not in STRIP_WINDOWS:
+        raise BadRequest(f"window must be one of {', '.join(STRIP_WINDOWS)}", code="invalid_window")
+    return window
+
+
+async def satellite_view(
+    services: Services, name: str, now: float, params: Mapping[str, str]
+) -> dict[str, Any]:
     config = services.config
-    since = int(now) - STRIP_DAYS * 86400
+    window = strip_window(params)
+    since = int(now) - STRIP_WINDOWS[window]
     async with services.store.transaction() as q:
         sat = await q.satellite(name)
         latest = await q.latest_state(name)
@@ -323,6 +334,7 @@ async def satellite_view(services: Services, name: str, now: float) -> dict[str,
         **base,
         "generated_at": iso(now),
         "strip": {
+            "window": window,
             "from": iso(since),
             "to": iso(now),
             "segments": [s.to_dict() for s in segments],
@@ -438,7 +450,8 @@ async def group_json(ctx: Ctx) -> Response:
 
 
 async def satellite_json_view(ctx: Ctx) -> Response:
-    return ok(await satellite_view(ctx.services, ctx.param("name"), ctx.now))
+    params = ctx.request.query_params
+    return ok(await satellite_view(ctx.services, ctx.param("name"), ctx.now, params))
 
 
 async def audit_json(ctx: Ctx) -> Response:
@@ -461,7 +474,7 @@ API_ENDPOINTS: tuple[Endpoint, ...] = (
         f"{V1}/dashboard/satellites/{{name}}",
         satellite_json_view,
         "operator",
-        "A satellite page's data",
+        "A satellite page's data (?window=7d, 24h or 1h for the connectivity strip)",
     ),
     Endpoint("GET", f"{V1}/audit", audit_json, "operator", "The audit log (?page=)"),
 )

@@ -232,6 +232,17 @@ async def test_satellite_view_strip_versions_cache_outbox(
     assert page.status_code == 200
     assert page.text.count('data-kind="offline" data-start=') == 2
     assert 'id="late">2 report(s)' in page.text
+    # the last hour: the tail of the late reports' cover, then offline
+    r = await client.get(
+        "/api/v1/dashboard/satellites/train-7", params={"window": "1h"}, headers=op
+    )
+    assert [s["kind"] for s in r.json()["strip"]["segments"]] == ["late", "offline"]
+    r = await client.get(
+        "/api/v1/dashboard/satellites/train-7", params={"window": "24h"}, headers=op
+    )
+    assert len(r.json()["strip"]["offline"]) == 2
+    r = await client.get("/dashboard/satellites/train-7", params={"window": "2d"}, headers=op)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_window"
     clock.now = issued + services.config.state_expires - 3600  # the applied state, nearly
     view = (await client.get("/api/v1/dashboard/satellites/train-7", headers=op)).json()
     assert view["state"]["warning"] == "soon"
