@@ -61,7 +61,8 @@ section{margin:1.5rem 0}
 .status-pending,.status-missing{background:#e6e6e6}
 .status-offline,.status-failing,.status-revoked,.status-failed{background:#ffd0d0}
 .kind-online,.kind-current{fill:#3a9a3a;background:#3a9a3a}
-.kind-behind,.kind-stale,.kind-late{fill:#e0b020;background:#e0b020}
+.kind-behind,.kind-late{fill:#e0b020;background:#e0b020}
+.kind-stale{fill:#e07a20;background:#e07a20}
 .kind-failing,.kind-warn{fill:#d03030;background:#d03030}
 .kind-offline{fill:#7a2a2a;background:#7a2a2a}
 .kind-pending,.kind-unknown,.kind-free,.kind-empty{fill:#ddd;background:#ddd}
@@ -429,7 +430,7 @@ async def fleet(ctx: Ctx) -> Response:
 
 async def group_page(ctx: Ctx, notice: str = "") -> Response:
     name = ctx.param("name")
-    view = await fleetview.group_view(ctx.services, name, ctx.now)
+    view = await fleetview.group_view(ctx.services, name, ctx.now, ctx.request.query_params)
     images = "".join(
         f"<tr><td>{escape(i['repository'])}</td><td>{_opt(i['tag'])}</td>"
         f"<td><code>{_opt(i['digest'])}</code></td>"
@@ -475,7 +476,8 @@ async def group_page(ctx: Ctx, notice: str = "") -> Response:
         f"{publish}</section>"
         '<section><h2>Members</h2><table id="members"><thead><tr><th>Satellite</th>'
         "<th>Status</th><th>Applied</th><th>Published</th><th>Last seen</th></tr></thead>"
-        f"<tbody>{members}</tbody></table></section>"
+        f"<tbody>{members}</tbody></table>"
+        f"{_pager(ctx.request.url.path, view['page'], view['pages'], {})}</section>"
         '<section><h2>History</h2><table id="history"><thead><tr><th>When</th><th>Change</th>'
         "<th>Images</th><th>States published</th><th>Versions</th></tr></thead>"
         f"<tbody>{history}</tbody></table></section>"

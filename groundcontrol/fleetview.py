@@ -47,6 +47,13 @@ def _status_clock(services: Services, now: float) -> StatusClock:
 # --- the fleet ---------------------------------------------------------------------------
 
 
+def page_number(params: Mapping[str, str]) -> int:
+    try:
+        return parse_int(params.get("page") or "1", 1, MAX_PAGE)
+    except ValueError:
+        raise BadRequest(f"page must be between 1 and {MAX_PAGE}", code="invalid_page") from None
+
+
 def fleet_query(params: Mapping[str, str]) -> tuple[FleetQuery, int]:
     """``?q=&status=&group=&sort=&page=`` → (query, page number); refuses what it cannot
     honour with a 400 naming the parameter."""
@@ -64,10 +71,7 @@ def fleet_query(params: Mapping[str, str]) -> tuple[FleetQuery, int]:
             f"sort must be one of {', '.join(FLEET_SORTS)} (a leading - reverses)",
             code="invalid_sort",
         )
-    try:
-        page = parse_int(params.get("page") or "1", 1, MAX_PAGE)
-    except ValueError:
-        raise BadRequest(f"page must be between 1 and {MAX_PAGE}", code="invalid_page") from None
+    page = page_number(params)
     query = FleetQuery(
         search=search,
         status=status,
@@ -142,12 +146,18 @@ async def fleet_view(services: Services, params: Mapping[str, str], now: float) 
 # --- a group -----------------------------------------------------------------------------
 
 
-async def group_view(services: Services, name: str, now: float) -> dict[str, Any]:
+async def group_view(
+    services: Services, name: str, now: float, params: Mapping[str, str]
+) -> dict[str, Any]:
+    """The group, its rollout and history, and one page of its members (``?page=``)."""
     clock = _status_clock(services, now)
+    page = page_number(params)
     async with services.store.transaction() as q:
         group = await q.group(name)
-        members = await q.group_member_rows(name, clock)
-        rollout = rollout_json(await q.group_rollouts(clock, name))
+        members = await q.group_member_rows(name, clock, PAGE_SIZE, (page - 1) * PAGE_SIZE)
+        rollout = rollout_json(await q.group_rollouts(clock, name)).get(
+            name, {**dict.fromkeys(PROGRESS, 0), "members": 0}
+        )
         history = await q.group_history(name, HISTORY_LIMIT)
     return {
         "generated_at": iso(now),
@@ -163,7 +173,9 @@ async def group_view(services: Services, name: str, now: float) -> dict[str, Any
             }
             for i in group.images
         ],
-        "rollout": rollout.get(name, {**dict.fromkeys(PROGRESS, 0), "members": 0}),
+        "rollout": rollout,
+        "page": page,
+        "pages": max(1, math.ceil(rollout["members"] / PAGE_SIZE)),
         "members": [
             {
                 "name": m["name"],
@@ -415,10 +427,7 @@ def _images(latest: Mapping[str, Any] | None, report: Mapping[str, Any]) -> list
 
 
 async def audit_view(services: Services, params: Mapping[str, str]) -> dict[str, Any]:
-    try:
-        page = parse_int(params.get("page") or "1", 1, MAX_PAGE)
-    except ValueError:
-        raise BadRequest(f"page must be between 1 and {MAX_PAGE}", code="invalid_page") from None
+    page = page_number(params)
     async with services.store.transaction() as q:
         total, rows = await q.audit_entries(AUDIT_PAGE_SIZE, (page - 1) * AUDIT_PAGE_SIZE)
     return {
@@ -446,7 +455,8 @@ async def fleet_json(ctx: Ctx) -> Response:
 
 
 async def group_json(ctx: Ctx) -> Response:
-    return ok(await group_view(ctx.services, ctx.param("name"), ctx.now))
+    params = ctx.request.query_params
+    return ok(await group_view(ctx.services, ctx.param("name"), ctx.now, params))
 
 
 async def satellite_json_view(ctx: Ctx) -> Response:
@@ -467,7 +477,11 @@ API_ENDPOINTS: tuple[Endpoint, ...] = (
         "The fleet page's data (?q=, status=, group=, sort=, page=)",
     ),
     Endpoint(
-        "GET", f"{V1}/dashboard/groups/{{name}}", group_json, "operator", "A group page's data"
+        "GET",
+        f"{V1}/dashboard/groups/{{name}}",
+        group_json,
+        "operator",
+        "A group page's data (?page= of its members)",
     ),
     Endpoint(
         "GET",

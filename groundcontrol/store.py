@@ -766,14 +766,18 @@ class Queries:
         )
         return {str(r["group_name"]): int(r["at"]) for r in rows}
 
-    async def group_member_rows(self, name: str, clock: StatusClock) -> list[Row]:
+    async def group_member_rows(
+        self, name: str, clock: StatusClock, limit: int, offset: int
+    ) -> list[Row]:
         expr, args = status_sql(clock)
         return await self.tx.fetchall(
             f"SELECT s.name, s.published_version, s.applied_version, s.last_seen, "
             f"{expr} AS status FROM satellite_groups g JOIN satellites s "
-            "ON s.name = g.satellite WHERE g.group_name = ? ORDER BY s.name",
+            "ON s.name = g.satellite WHERE g.group_name = ? ORDER BY s.name LIMIT ? OFFSET ?",
             *args,
             name,
+            limit,
+            offset,
         )
 
     # --- audit log ----------------------------------------------------------------------

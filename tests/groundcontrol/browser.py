@@ -127,6 +127,7 @@ class Browser:
     def screenshot(self, path: Path, width: int = 1280) -> Path:
         """The page as PNG, the window grown to the page's height first (chromium
         captures the viewport only)."""
+        self._call("POST", "/window/rect", {"width": width, "height": 600})
         height = self._call(
             "POST",
             "/execute/sync",

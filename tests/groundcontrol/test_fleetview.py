@@ -185,9 +185,15 @@ async def test_sql_status_matches_derive_status_and_pages_filter_and_sort(
 async def test_paging_past_the_first_page(
     client: httpx.AsyncClient, op: dict[str, str], services: Services
 ) -> None:
+    async with services.store.transaction() as q:
+        await q.insert_group("big", "", (), 1)
     for i in range(fleetview.PAGE_SIZE + 3):
         async with services.store.transaction() as q:
-            await q.insert_satellite(f"s-{i:03d}", (), {}, {}, 1)
+            await q.insert_satellite(f"s-{i:03d}", ("big",), {}, {}, 1)
+    r = await client.get("/api/v1/dashboard/groups/big", params={"page": "2"}, headers=op)
+    group = r.json()
+    assert group["rollout"]["pending"] == fleetview.PAGE_SIZE + 3 and group["pages"] == 2
+    assert [m["name"] for m in group["members"]] == ["s-050", "s-051", "s-052"]
     r = await client.get("/api/v1/dashboard", params={"page": "2"}, headers=op)
     view = r.json()
     assert view["matched"] == fleetview.PAGE_SIZE + 3 and view["pages"] == 2
