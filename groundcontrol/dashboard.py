@@ -338,6 +338,16 @@ def _rollout(counts: dict[str, int], label: str) -> str:
     return f'{bar}<div class="numbers">{numbers or "no members"}</div>'
 
 
+def _satellite_row(item: dict[str, Any], cells: str) -> str:
+    """A table row of a satellite: its name (a link to its page), its status, ``cells``."""
+    name = escape(item["name"])
+    return (
+        f'<tr data-satellite="{name}" data-status="{escape(item["status"])}">'
+        f'<td class="name"><a href="/dashboard/satellites/{quote(item["name"])}">{name}</a></td>'
+        f'<td class="status">{_status(item["status"])}</td>{cells}</tr>'
+    )
+
+
 # --- the fleet ---------------------------------------------------------------------------
 
 
@@ -386,21 +396,16 @@ async def fleet(ctx: Ctx) -> Response:
     )
     rows = []
     for item in view["satellites"]:
-        name = escape(item["name"])
         labels = ", ".join(f"{k}={v}" for k, v in sorted(item["labels"].items()))
-        rows.append(
-            f'<tr data-satellite="{name}" data-status="{escape(item["status"])}">'
-            f'<td class="name"><a href="/dashboard/satellites/{quote(item["name"])}">'
-            f"{name}</a></td>"
-            f'<td class="status">{_status(item["status"])}</td>'
+        cells = (
             f'<td class="groups">{escape(", ".join(item["groups"])) or "—"}</td>'
             f'<td class="labels">{escape(labels) or "—"}</td>'
             f'<td class="last-seen">{_opt(item["last_seen"])}</td>'
             f'<td class="applied">{_opt(item["applied_version"])}</td>'
             f'<td class="published">{item["published_version"]}</td>'
             f'<td class="failing">{item["failing_images"] or "—"}</td>'
-            "</tr>"
         )
+        rows.append(_satellite_row(item, cells))
     params = {k: v for k, v in query.items() if v}
     refresh = _refresh_of(ctx)
     pager = _pager("/dashboard", view["page"], view["pages"], {**params, "refresh": refresh})
@@ -438,13 +443,12 @@ async def group_page(ctx: Ctx, notice: str = "") -> Response:
         for i in view["images"]
     )
     members = "".join(
-        f'<tr data-satellite="{escape(m["name"])}" data-status="{escape(m["status"])}">'
-        f'<td class="name"><a href="/dashboard/satellites/{quote(m["name"])}">'
-        f"{escape(m['name'])}</a></td>"
-        f'<td class="status">{_status(m["status"])}</td>'
-        f'<td class="applied">{_opt(m["applied_version"])}</td>'
-        f'<td class="published">{m["published_version"]}</td>'
-        f'<td class="last-seen">{_opt(m["last_seen"])}</td></tr>'
+        _satellite_row(
+            m,
+            f'<td class="applied">{_opt(m["applied_version"])}</td>'
+            f'<td class="published">{m["published_version"]}</td>'
+            f'<td class="last-seen">{_opt(m["last_seen"])}</td>',
+        )
         for m in view["members"]
     )
     history = "".join(
