@@ -45,6 +45,7 @@ import httpx
 from bench.groundcontrol_checkins import postgres, server
 from groundcontrol.auth import hash_token, new_operator_token
 from groundcontrol.db import open_database
+from groundcontrol.status import contact_kind, contact_runs
 
 GOAL_MS = 300
 CHECKINS_KEPT = 1000
@@ -143,6 +144,7 @@ async def seed(database: str, satellites: int, groups: int, now: int) -> tuple[s
                     f"group-{(i // 10) % groups:02d}",  # every group gets every kind
                 )
             # a week of check-ins for one satellite, with an outage and late reports
+            points: list[tuple[int, str]] = []
             for seq in range(1, CHECKINS_KEPT + 1):
                 sent = now - 7 * 86400 + seq * 604  # the last one some 13 minutes ago
                 received = sent + (7200 if 400 < seq < 450 else 1)
@@ -156,6 +158,16 @@ async def seed(database: str, satellites: int, groups: int, now: int) -> tuple[s
                     seq,
                     received,
                     json.dumps(report),
+                )
+                points.append((sent, contact_kind(sent, received, 600)))
+            # and its contact history, as ingest would have kept it
+            for start, end, kind in contact_runs(points, 3600):
+                await tx.execute(
+                    "INSERT INTO contacts (satellite, kind, start_at, end_at) VALUES (?, ?, ?, ?)",
+                    detailed,
+                    kind,
+                    start,
+                    end,
                 )
             # its own group without images: its states are signed through the API below
             # (the other groups' images would need a registry to resolve)

@@ -809,8 +809,15 @@ async def post_checkins(ctx: Ctx) -> Response:
         raise PayloadTooLarge(
             f"at most {ctx.services.config.checkin_batch_max} check-ins per batch"
         )
+    config = ctx.services.config
     result = await checkins.ingest(
-        ctx.services.store, name, envelopes, ctx.now, ctx.services.config.checkins_kept
+        ctx.services.store,
+        name,
+        envelopes,
+        ctx.now,
+        config.checkins_kept,
+        offline_after=config.offline_after,
+        late_after=config.stale_after,
     )
     return ok(result.to_dict())
 

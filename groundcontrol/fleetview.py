@@ -14,7 +14,6 @@ import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from starlette.responses import Response
@@ -24,7 +23,7 @@ from groundcontrol.config import parse_int
 from groundcontrol.contract import Envelope, StateDocument
 from groundcontrol.errors import BadRequest
 from groundcontrol.services import Services
-from groundcontrol.status import SUMMARIES
+from groundcontrol.status import SUMMARIES, contact_kind, report_sent_at
 from groundcontrol.store import FLEET_SORTS, FleetQuery, StatusClock
 
 PAGE_SIZE = 50
@@ -210,10 +209,11 @@ def _version_range(low: int | None, high: int | None) -> str | None:
 
 @dataclass(frozen=True)
 class Contact:
-    """One check-in: when the satellite signed it and when it reached Ground Control."""
+    """A run of check-ins of one kind, by when the satellite signed them."""
 
-    sent_at: float
-    received_at: float
+    start: float
+    end: float
+    kind: str  # online, or late (they reached Ground Control long after)
 
 
 @dataclass(frozen=True)
@@ -237,36 +237,36 @@ def connectivity(
     end: float,
     *,
     offline_after: float,
-    late_after: float,
-    registered_at: float | None,
+    known_from: float | None,
 ) -> list[Segment]:
-    """The window [start, end] as segments, from what the check-ins say.
+    """The window [start, end] as segments of the satellite's contact history.
 
-    A check-in puts the satellite in contact from when it was signed until the next
-    one, or for ``offline_after`` at most (the rule the fleet status uses); what no
-    check-in covers is offline, or unknown before the first contact (offline from
-    registration when there is none). A check-in that arrived more than ``late_after``
-    after it was signed (an outbox drained late, a USB bundle of reports) shows the site
-    alive but cut off: ``late``."""
-    points = sorted(
-        (c.sent_at, "late" if c.received_at - c.sent_at > late_after else "online")
-        for c in contacts
-    )
-    raw: list[Segment] = []
-    if not points:
-        if registered_at is not None:
-            raw.append(Segment(start, registered_at, "unknown"))
-            raw.append(Segment(registered_at, end, "offline"))
-        else:
-            raw.append(Segment(start, end, "unknown"))
-    else:
-        raw.append(Segment(start, points[0][0], "unknown"))
-        for i, (at, kind) in enumerate(points):
-            following = points[i + 1][0] if i + 1 < len(points) else end
-            covered = min(following, at + offline_after)
-            raw.append(Segment(at, covered, kind))
-            raw.append(Segment(covered, following, "offline"))
-    return _merge(_clip(s, start, end) for s in raw)
+    A run of check-ins keeps the satellite in contact from its first to ``offline_after``
+    past its last (the rule the fleet status uses), or until the next run begins; what no
+    run covers is offline, and what lies before ``known_from`` (its first contact, or its
+    registration when it never made one) is unknown."""
+    if known_from is None:
+        return [Segment(start, end, "unknown")]
+    painted = [Segment(start, known_from, "unknown"), Segment(known_from, end, "offline")]
+    for contact in sorted(contacts, key=lambda c: (c.start, c.end)):
+        top = Segment(contact.start, contact.end + offline_after, contact.kind)
+        painted = _paint(painted, top)
+    return _merge(_clip(s, start, end) for s in painted)
+
+
+def _paint(segments: list[Segment], top: Segment) -> list[Segment]:
+    """``segments`` (in order, not overlapping) with ``top`` laid over them."""
+    out = []
+    for s in segments:
+        if s.end <= top.start or s.start >= top.end:
+            out.append(s)
+            continue
+        if s.start < top.start:
+            out.append(Segment(s.start, top.start, s.kind))
+        if s.end > top.end:
+            out.append(Segment(top.end, s.end, s.kind))
+    out.append(top)
+    return sorted(out, key=lambda s: s.start)
 
 
 def _clip(segment: Segment, start: float, end: float) -> Segment:
@@ -283,13 +283,6 @@ def _merge(segments: Iterable[Segment]) -> list[Segment]:
         else:
             out.append(s)
     return out
-
-
-def _sent_at(report: Mapping[str, Any], fallback: float) -> float:
-    try:
-        return datetime.fromisoformat(str(report["sent_at"]).replace("Z", "+00:00")).timestamp()
-    except (KeyError, ValueError):
-        return fallback
 
 
 def expiry_warning(
@@ -320,23 +313,26 @@ async def satellite_view(
         sat = await q.satellite(name)
         latest = await q.latest_state(name)
         states = await q.states_published(name)
+        contact_rows, first_contact = await q.contacts_since(name, since - config.offline_after)
         rows = await q.checkins_since(name, since)
         recent = await q.checkins(name, 20)
     base = satellite_json(services, sat, now)
-    reports = [(r, json.loads(r["report"])) for r in rows]
-    contacts = [Contact(_sent_at(rep, r["received_at"]), r["received_at"]) for r, rep in reports]
     segments = connectivity(
-        contacts,
+        [Contact(r["start_at"], r["end_at"], r["kind"]) for r in contact_rows],
         since,
         now,
         offline_after=config.offline_after,
-        late_after=config.stale_after,
-        registered_at=sat.registered_at,
+        known_from=first_contact if first_contact is not None else sat.registered_at,
     )
+    # what the check-ins still kept say: when each version was first applied, how many
+    # arrived late
     applied_at: dict[int, float] = {}
-    for contact, (r, _rep) in zip(contacts, reports, strict=True):
+    late = 0
+    for r in rows:
+        sent = report_sent_at(json.loads(r["report"]), r["received_at"])
         version = int(r["state_version"])
-        applied_at[version] = min(applied_at.get(version, contact.sent_at), contact.sent_at)
+        applied_at[version] = min(applied_at.get(version, sent), sent)
+        late += contact_kind(sent, r["received_at"], config.stale_after) == "late"
     report = sat.last_report or {}
     expires = {int(s["version"]): int(s["expires_at"]) for s in states}
     applied_expires = expires.get(sat.applied_version or 0)
@@ -351,9 +347,7 @@ async def satellite_view(
             "to": iso(now),
             "segments": [s.to_dict() for s in segments],
             "offline": [s.to_dict() for s in segments if s.kind == "offline"],
-            "late_reports": sum(
-                1 for c in contacts if c.received_at - c.sent_at > config.stale_after
-            ),
+            "late_reports": late,
         },
         "versions": [
             {

@@ -21,7 +21,7 @@ from typing import Any
 from groundcontrol.db import Database, IntegrityError, Row, Transaction
 from groundcontrol.errors import Conflict, NotFound
 from groundcontrol.models import Group, ImageRef, Satellite, describe_change, parse_image
-from groundcontrol.status import failing_count
+from groundcontrol.status import Run, failing_count
 from groundcontrol.watch import STATE_CHANNEL, notify_payloads
 
 
@@ -655,6 +655,47 @@ class Queries:
             satellite,
             since,
         )
+
+    async def record_contacts(
+        self, satellite: str, runs: Sequence[Run], within: int, forget_before: int
+    ) -> None:
+        """Merge runs of check-ins into the satellite's contact history: each run absorbs
+        the runs of its kind it overlaps or nears (within ``within`` seconds), so the
+        history stays a few rows per outage; rows older than ``forget_before`` go."""
+        for start, end, kind in runs:
+            near = (satellite, kind, end + within, start - within)
+            where = "satellite = ? AND kind = ? AND start_at <= ? AND end_at >= ?"
+            rows = await self.tx.fetchall(
+                f"SELECT start_at, end_at FROM contacts WHERE {where}", *near
+            )
+            first = min([start, *(int(r["start_at"]) for r in rows)])
+            last = max([end, *(int(r["end_at"]) for r in rows)])
+            if rows:
+                await self.tx.execute(f"DELETE FROM contacts WHERE {where}", *near)
+            await self.tx.execute(
+                "INSERT INTO contacts (satellite, kind, start_at, end_at) VALUES (?, ?, ?, ?)",
+                satellite,
+                kind,
+                first,
+                last,
+            )
+        await self.tx.execute(
+            "DELETE FROM contacts WHERE satellite = ? AND end_at < ?", satellite, forget_before
+        )
+
+    async def contacts_since(self, satellite: str, since: int) -> tuple[list[Row], int | None]:
+        """The contact runs that end after ``since``, oldest first, and when the first
+        contact on record began (None: never)."""
+        rows = await self.tx.fetchall(
+            "SELECT kind, start_at, end_at FROM contacts WHERE satellite = ? AND end_at >= ? "
+            "ORDER BY start_at",
+            satellite,
+            since,
+        )
+        first = await self.tx.fetchone(
+            "SELECT MIN(start_at) AS first FROM contacts WHERE satellite = ?", satellite
+        )
+        return rows, (None if first is None or first["first"] is None else int(first["first"]))
 
     async def states_published(self, satellite: str) -> list[Row]:
         """The kept states of a satellite, newest first (without their envelopes)."""

@@ -30,17 +30,33 @@ class Migration:
     backfill: Backfill | None = None
 
 
-async def _backfill_failing_images(tx: Transaction) -> None:
+async def _backfill_migration_4(tx: Transaction) -> None:
+    """Failing images from each last report; contacts from the check-ins kept (with the
+    default status thresholds: the config is not at hand here)."""
+    from groundcontrol.status import contact_kind, contact_runs, failing_count, report_sent_at
+
     rows = await tx.fetchall(
         "SELECT name, last_report FROM satellites WHERE last_report IS NOT NULL"
     )
-    from groundcontrol.status import failing_count
-
     for row in rows:
         count = failing_count(json.loads(row["last_report"]))
         if count:
             await tx.execute(
                 "UPDATE satellites SET failing_images = ? WHERE name = ?", count, row["name"]
+            )
+    points: dict[str, list[tuple[int, str]]] = {}
+    for row in await tx.fetchall("SELECT satellite, received_at, report FROM checkins"):
+        sent = report_sent_at(json.loads(row["report"]), row["received_at"])
+        kind = contact_kind(sent, row["received_at"], 600)
+        points.setdefault(row["satellite"], []).append((sent, kind))
+    for name, found in points.items():
+        for start, end, kind in contact_runs(found, 3600):
+            await tx.execute(
+                "INSERT INTO contacts (satellite, kind, start_at, end_at) VALUES (?, ?, ?, ?)",
+                name,
+                kind,
+                start,
+                end,
             )
 
 
@@ -206,8 +222,17 @@ MIGRATIONS: tuple[Migration, ...] = (
                 max_version BIGINT
             )""",
             "CREATE INDEX group_history_group ON group_history (group_name, at)",
+            # when each satellite was in contact, as runs of check-ins (signing times),
+            # kept for longer than the check-ins themselves
+            """CREATE TABLE contacts (
+                satellite TEXT NOT NULL REFERENCES satellites (name) ON DELETE CASCADE,
+                kind TEXT NOT NULL,
+                start_at BIGINT NOT NULL,
+                end_at BIGINT NOT NULL,
+                PRIMARY KEY (satellite, kind, start_at)
+            )""",
         ),
-        _backfill_failing_images,
+        _backfill_migration_4,
     ),
 )
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -18,7 +19,7 @@ from groundcontrol.db import Database
 from groundcontrol.db.migrations import MIGRATIONS, migrate
 from groundcontrol.fleetview import Contact, Segment, connectivity, expiry_warning
 from groundcontrol.services import Services
-from groundcontrol.status import derive_status
+from groundcontrol.status import contact_kind, contact_runs, derive_status
 from groundcontrol.store import FleetQuery, StatusClock, Store
 from tests.groundcontrol.conftest import CentralRegistry, FakeClock
 from tests.groundcontrol.fleet import SimSatellite
@@ -31,25 +32,25 @@ GOOD = ImageStatus("library/app", "sha256:" + "d" * 64, "present")
 # --- pure ----------------------------------------------------------------------------------
 
 
+def test_contact_runs_group_check_ins_of_one_kind_close_together() -> None:
+    points = [(100, "online"), (40, "online"), (160, "online"), (400, "online"), (420, "late")]
+    assert contact_runs(points, 60) == [
+        (40, 160, "online"),
+        (400, 400, "online"),
+        (420, 420, "late"),
+    ]
+    assert contact_kind(1000, 1001, 600) == "online"
+    assert contact_kind(1000, 1601, 600) == "late"
+
+
 def test_connectivity_shows_offline_gaps_late_reports_and_unknown_before() -> None:
     hour = 3600.0
     contacts = [
-        Contact(10 * hour, 10 * hour + 2),  # online from 10 h
-        Contact(11 * hour, 11 * hour + 2),
-        # silent from 11 h: online for `offline_after` (1 h), then offline until 20 h
-        Contact(20 * hour, 20 * hour + 1),
-        # signed at 21 h, carried in at 30 h: alive but cut off
-        Contact(21 * hour, 30 * hour),
-        Contact(22 * hour, 30 * hour),
+        Contact(10 * hour, 11 * hour, "online"),  # silent from 11 h: online until 12 h
+        Contact(20 * hour, 20 * hour, "online"),
+        Contact(21 * hour, 22 * hour, "late"),  # signed then, carried in later
     ]
-    segments = connectivity(
-        contacts,
-        0,
-        24 * hour,
-        offline_after=hour,
-        late_after=600,
-        registered_at=5 * hour,
-    )
+    segments = connectivity(contacts, 0, 24 * hour, offline_after=hour, known_from=10 * hour)
     assert segments == [
         Segment(0, 10 * hour, "unknown"),
         Segment(10 * hour, 12 * hour, "online"),
@@ -58,14 +59,19 @@ def test_connectivity_shows_offline_gaps_late_reports_and_unknown_before() -> No
         Segment(21 * hour, 23 * hour, "late"),
         Segment(23 * hour, 24 * hour, "offline"),
     ]
-    # never heard from: offline since registration, unknown before
-    assert connectivity([], 0, 10, offline_after=1, late_after=1, registered_at=4) == [
+    # never heard from: offline since registration, unknown before; never registered
+    assert connectivity([], 0, 10, offline_after=1, known_from=4) == [
         Segment(0, 4, "unknown"),
         Segment(4, 10, "offline"),
     ]
-    # a check-in from before the window opens it online
+    assert connectivity([], 0, 10, offline_after=1, known_from=None) == [Segment(0, 10, "unknown")]
+    # a run from before the window opens it online
     assert connectivity(
-        [Contact(-5, -5), Contact(30, 30)], 0, 40, offline_after=100, late_after=1, registered_at=-9
+        [Contact(-50, -5, "online"), Contact(30, 30, "online")],
+        0,
+        40,
+        offline_after=100,
+        known_from=-50,
     ) == [Segment(0, 40, "online")]
 
 
@@ -259,11 +265,12 @@ async def test_satellite_view_strip_versions_cache_outbox(
     assert 'class="expiry-expired"' in page.text
 
 
-async def test_migration_backfills_failing_images(db: Database) -> None:
+async def test_migration_backfills_failing_images_and_contacts(db: Database) -> None:
     """A database at schema 3 with a failing report gets the count on upgrade."""
     async with db.transaction() as tx:
         await tx.execute("DELETE FROM schema_migrations WHERE version = 4")
         await tx.execute("DROP TABLE group_history")
+        await tx.execute("DROP TABLE contacts")
         await tx.execute("DROP TABLE audit_log")
         await tx.execute("DROP INDEX satellites_last_seen")
         await tx.execute("ALTER TABLE satellites DROP COLUMN failing_images")
@@ -273,10 +280,27 @@ async def test_migration_backfills_failing_images(db: Database) -> None:
             "VALUES ('s', '{}', '{}', 1, 1, ?)",
             json.dumps(report),
         )
+        # check-ins: two in contact, one carried in late
+        for seq, sent, received in ((1, 1000, 1001), (2, 1060, 1061), (3, 2000, 9000)):
+            stamp = datetime.fromtimestamp(sent, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            await tx.execute(
+                "INSERT INTO checkins (satellite, seq, received_at, state_version, report, "
+                "envelope) VALUES ('s', ?, ?, 0, ?, '{}')",
+                seq,
+                received,
+                json.dumps({"sent_at": stamp}),
+            )
     assert await migrate(db) == [MIGRATIONS[-1].version]
     async with db.transaction() as tx:
         row = await tx.fetchone("SELECT failing_images FROM satellites WHERE name = 's'")
+        contacts = await tx.fetchall(
+            "SELECT kind, start_at, end_at FROM contacts WHERE satellite = 's' ORDER BY start_at"
+        )
     assert row == {"failing_images": 2}
+    assert contacts == [
+        {"kind": "online", "start_at": 1000, "end_at": 1060},
+        {"kind": "late", "start_at": 2000, "end_at": 2000},
+    ]
 
 
 # --- actions from the page ------------------------------------------------------------
@@ -366,3 +390,30 @@ async def test_actions_leave_audit_entries_and_group_history(
         assert (await q.satellite("shop-2")).revoked_at is not None
     page = await client.get("/dashboard/audit")
     assert page.text.count('<tr data-action="') == 5
+
+
+async def test_contact_history_merges_runs_across_batches_and_forgets(store: Store) -> None:
+    async with store.transaction() as q:
+        await q.insert_satellite("s", (), {}, {}, 1)
+    batches = [
+        [(1000, 1100, "online")],
+        [(1150, 1200, "online"), (1300, 1300, "late")],
+        [(5000, 5000, "online")],  # after an outage: a run of its own
+        [(900, 950, "online")],  # older reports that came in last join the first run
+        [(1200, 4950, "online")],  # and a run that bridges the gap merges all three
+    ]
+    seen = []
+    for runs in batches:
+        async with store.transaction() as q:
+            await q.record_contacts("s", runs, 60, 0)
+            rows, first = await q.contacts_since("s", 0)
+        seen.append([(r["kind"], r["start_at"], r["end_at"]) for r in rows])
+        assert first == min(r["start_at"] for r in rows)
+    assert seen[1] == [("online", 1000, 1200), ("late", 1300, 1300)]
+    assert seen[2][-1] == ("online", 5000, 5000)
+    assert seen[3][0] == ("online", 900, 1200)
+    assert seen[4] == [("online", 900, 5000), ("late", 1300, 1300)]
+    async with store.transaction() as q:
+        await q.record_contacts("s", [(6000, 6000, "online")], 60, 5500)  # forget before
+        rows, first = await q.contacts_since("s", 0)
+    assert [(r["start_at"], r["end_at"]) for r in rows] == [(6000, 6000)] and first == 6000
