@@ -6,6 +6,7 @@ A screenshot of each page is kept in test-artifacts/dashboard/."""
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import httpx
@@ -57,7 +58,7 @@ def test_operator_follows_a_rollout_and_an_outage(tmp_path: Path) -> None:
             # report the new version, which the rollout bar counts
             browser.get(f"{fleet.url}/dashboard/groups/shops")
             browser.click("#publish-group button")
-            notice = parse(browser.source()).text["notice"]
+            notice = wait_until(lambda: parse(browser.source()).text.get("notice"), what="notice")
             assert "4 state(s) published" in notice, notice
             for sat in (sats["shop-1"], sats["shop-2"]):
                 wait_until(lambda sat=sat: state_version(sat) == 2, what="version 2 applied")
@@ -91,11 +92,13 @@ def test_operator_follows_a_rollout_and_an_outage(tmp_path: Path) -> None:
             assert fleet_dom.text["page"] == "page 1 of 2" and len(fleet_dom.rows) == 50
             browser.screenshot(shots / "fleet.png")
             browser.click("#next")
+            browser.wait_url(f"{fleet.url}/dashboard?sort=name&page=2")
             page_two = parse(browser.source())
             assert page_two.text["page"] == "page 2 of 2"
             assert sorted(page_two.rows)[-4:] == ["shop-1", "shop-2", "shop-3", "shop-4"]
             browser.type("input[name=q]", "shop")
             browser.click("#search button")
+            browser.wait_url(f"{fleet.url}/dashboard?q=shop&status=&group=&sort=name")
             found = parse(browser.source())
             assert sorted(found.rows) == ["shop-1", "shop-2", "shop-3", "shop-4"]
             browser.get(f"{fleet.url}/dashboard?q=site%3Dwest&status=pending&page=2")
@@ -109,6 +112,7 @@ def test_operator_follows_a_rollout_and_an_outage(tmp_path: Path) -> None:
                 timeout=30,
                 what="shop-2 offline",
             )
+            time.sleep(2)  # dark for a while longer than offline_after
             sats["shop-2"].start()
             wait_until(
                 lambda: fleet.api("GET", "/api/v1/satellites/shop-2")["status"] == "online",
@@ -117,7 +121,11 @@ def test_operator_follows_a_rollout_and_an_outage(tmp_path: Path) -> None:
             )
             browser.get(f"{fleet.url}/dashboard/satellites/shop-2")
             source = browser.source()
-            assert re.search(r'<rect class="kind-offline" data-kind="offline"', source)
+            strip = [
+                (r["seq"], r["report"]["sent_at"], r["received_at"])
+                for r in fleet.checkins("shop-2")
+            ]
+            assert re.search(r'<rect class="kind-offline" data-kind="offline"', source), strip
             periods = parse(source).text["offline-periods"]
             assert re.search(r"\d{4}-\d\d-\d\dT[\d:]+Z to \d{4}-", periods), periods
             browser.screenshot(shots / "satellite.png")
@@ -125,6 +133,7 @@ def test_operator_follows_a_rollout_and_an_outage(tmp_path: Path) -> None:
             # a join token, and a revocation behind its confirmation
             browser.get(f"{fleet.url}/dashboard/satellites/shop-4")
             browser.click("#join-token button")
+            browser.wait_url(f"{fleet.url}/dashboard/satellites/shop-4/join-token")
             assert re.search(r"gcj_[0-9a-f]{16}\.", parse(browser.source()).text["notice"])
             browser.get(f"{fleet.url}/dashboard/satellites/shop-3")
             browser.click("#revoke")
