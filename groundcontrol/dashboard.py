@@ -6,8 +6,12 @@ server-side session (:mod:`groundcontrol.auth`) held in a cookie that is ``HttpO
 over TLS. Every form that changes state carries the session's CSRF token in a hidden
 field and must come from a page of this server (``Origin``, else ``Referer``); the login
 form, which has no session yet, is checked by its origin alone. Pages also answer an
-operator token sent as ``Authorization: Bearer`` on GET, for scripts. The pages are the
-same data as ``/api/v1/status``; every value is escaped with :func:`html.escape`.
+operator token sent as ``Authorization: Bearer`` on GET, for scripts.
+
+Each page renders the data of one :mod:`groundcontrol.fleetview` function, the same JSON
+that its twin under ``/api/v1/dashboard`` serves; charts are inline SVG from
+:mod:`groundcontrol.charts`, and every value is escaped with :func:`html.escape`. The
+forms run :mod:`groundcontrol.actions`, which leave audit entries.
 """
 
 from __future__ import annotations
@@ -509,8 +513,9 @@ async def satellite_page(ctx: Ctx, notice: str = "") -> Response:
         label=f"connectivity, last {window}",
         ticks=7 if window == "7d" else 6,
     )
+    refresh = _refresh_of(ctx)
     windows = " ".join(
-        f'<a href="{_href(ctx.request.url.path, window=w)}"'
+        f'<a href="{_href(ctx.request.url.path, window=w, refresh=refresh)}"'
         + (' aria-current="true"' if w == window else "")
         + f">{w}</a>"
         for w in fleetview.STRIP_WINDOWS
@@ -579,7 +584,7 @@ async def satellite_page(ctx: Ctx, notice: str = "") -> Response:
     )
     body = (
         f'<h1 id="satellite" data-satellite="{escape(name)}">{escape(name)}</h1>'
-        f"{_notice(notice)}{_refresh_links(ctx)}"
+        f"{_notice(notice)}{_refresh_links(ctx, window=window)}"
         f'<div class="actions">{actions}</div><dl>{dl}</dl>'
         f"<section><h2>Connectivity, last {escape(window)}</h2>"
         f'<p class="windows">Window: {windows}</p><div id="strip">{strip}</div>'
@@ -605,7 +610,7 @@ async def satellite_page(ctx: Ctx, notice: str = "") -> Response:
         "<th>Received</th><th>State version</th><th>Errors</th></tr></thead>"
         f"<tbody>{report_rows}</tbody></table></section>"
     )
-    return _page(name, body, ctx.session, refresh=_refresh_of(ctx))
+    return _page(name, body, ctx.session, refresh=refresh)
 
 
 def _ts(value: str | None) -> float:
