@@ -18,7 +18,6 @@ jitter and carries on.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import random
@@ -43,6 +42,7 @@ from groundcontrol.contract import (
     TrustedState,
     sign_checkin,
 )
+from registry_proxy.waits import wait_event
 
 log = logging.getLogger("satellite.fleet")
 
@@ -219,8 +219,7 @@ class FleetAgent:
         if wake is None:
             await asyncio.sleep(seconds)
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), seconds)
+        await wait_event(wake, seconds)
         wake.clear()
 
     # -- state ------------------------------------------------------------------------

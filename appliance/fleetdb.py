@@ -24,6 +24,8 @@ from pathlib import Path
 
 import aiosqlite
 
+from registry_proxy.transactions import immediate
+
 SCHEMA_VERSION = 1
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS roots (
@@ -153,20 +155,11 @@ class FleetDB:
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        conn = self.conn
-        async with self._lock:
-            try:
-                await conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield conn
-                except BaseException:
-                    await conn.execute("ROLLBACK")
-                    raise
-                await conn.execute("COMMIT")
-            except sqlite3.OperationalError as exc:
-                if conn.in_transaction:
-                    await conn.execute("ROLLBACK")
-                raise FleetDBError(f"{self.path}: {exc}") from exc
+        try:
+            async with immediate(self.conn, self._lock) as conn:
+                yield conn
+        except sqlite3.OperationalError as exc:
+            raise FleetDBError(f"{self.path}: {exc}") from exc
 
     async def _scalar(self, sql: str, params: Iterable[object] = ()) -> object:
         async with self.conn.execute(sql, tuple(params)) as cur:

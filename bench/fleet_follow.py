@@ -179,6 +179,21 @@ async def stop_agents(agents: list[tuple[FleetAgent, TimingConsumer]]) -> None:
         await agent.db.close()
 
 
+async def quiet(agents: list[tuple[FleetAgent, TimingConsumer]], bound: float = 60.0) -> None:
+    """Waits until the fleet is quiet: every outbox sent (the check-ins of the previous
+    round ingested) and every agent back in its long-poll. Each round measures one publish
+    reaching an idle fleet, not the tail of the round before it."""
+    deadline = time.monotonic() + bound
+    while time.monotonic() < deadline:
+        depths = [(await a.db.outbox_stats()).depth for a, _ in agents]
+        if not any(depths):
+            break
+        await asyncio.sleep(0.2)
+    else:
+        log(f"the fleet did not drain its outboxes within {bound:g} s; measuring anyway")
+    await asyncio.sleep(1.0)  # every agent back in its long-poll
+
+
 async def measure(
     gc_url: str,
     token: str,
@@ -193,7 +208,7 @@ async def measure(
         base_url=gc_url, headers={"Authorization": f"Bearer {token}"}, timeout=120
     ) as api:
         for _ in range(rounds):
-            await asyncio.sleep(1.0)  # every agent back in its long-poll
+            await quiet(agents)
             tag_round[0] += 1
             tag = "ab"[tag_round[0] % 2]
             targets = {id(c): a.trust.version + 1 for a, c in agents}
@@ -280,7 +295,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path)
     args = parser.parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-follow-"))
-    results: dict[str, Any] = {"backend": args.backend, "satellites": args.satellites}
+    results: dict[str, Any] = {
+        "backend": args.backend,
+        "satellites": args.satellites,
+        "load_average_before": os.getloadavg(),
+    }
     central = UpstreamRegistry(workdir / "central").start()
     try:
         for tag in "ab":
@@ -317,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         central.stop()
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
+    results["load_average_after"] = os.getloadavg()
     print(json.dumps(results, indent=2))
     return 0
 

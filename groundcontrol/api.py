@@ -72,9 +72,10 @@ from groundcontrol.models import (
 )
 from groundcontrol.publish import Published
 from groundcontrol.services import Services
-from groundcontrol.status import derive_status
+from groundcontrol.status import SUMMARIES, derive_status
 from groundcontrol.store import Queries
 from registry_proxy import strict_json
+from registry_proxy.waits import wait_event
 
 log = logging.getLogger("groundcontrol")
 Access = Literal["public", "join", "operator", "satellite", "self", "any", "dashboard", "login"]
@@ -313,6 +314,8 @@ async def list_satellites(ctx: Ctx) -> Response:
     if "group" in params:
         out = [s for s in out if params["group"] in s["groups"]]
     if "status" in params:
+        if params["status"] not in SUMMARIES:
+            raise BadRequest(f"status must be one of {', '.join(SUMMARIES)}", code="invalid_status")
         out = [s for s in out if s["status"] == params["status"]]
     for selector in params.getlist("label"):
         key, _, value = selector.partition("=")
@@ -778,9 +781,7 @@ async def _long_poll(ctx: Ctx, name: str, have: int, wait: int) -> dict[str, Any
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return latest
-            try:
-                await asyncio.wait_for(woken.wait(), remaining)
-            except TimeoutError:
+            if not await wait_event(woken, remaining):
                 return latest
 
 

@@ -65,6 +65,7 @@ from groundcontrol.contract.artifact import (
 )
 from groundcontrol.sealing import Sealer
 from groundcontrol.store import Store
+from registry_proxy.waits import wait_event
 
 log = logging.getLogger("groundcontrol.artifacts")
 
@@ -382,8 +383,7 @@ class ArtifactPusher:
         while True:
             interval = self.config.state_registry_retry_interval
             retry = interval if self.stats.pending and interval > 0 else None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=retry)
+            await wait_event(self._wake, retry)
             self._wake.clear()
             generation = self._requested
             try:

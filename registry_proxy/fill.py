@@ -161,7 +161,8 @@ class BlobFill:
             chunks = blob.chunks().__aiter__()
             while True:
                 try:
-                    chunk = await asyncio.wait_for(chunks.__anext__(), self.idle_timeout)
+                    async with asyncio.timeout(self.idle_timeout):
+                        chunk = await chunks.__anext__()
                 except StopAsyncIteration:
                     break
                 except TimeoutError:

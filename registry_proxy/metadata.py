@@ -24,6 +24,7 @@ import aiosqlite
 from registry_proxy.digest import Digest
 from registry_proxy.errors import RegistryError
 from registry_proxy.manifest import Descriptor, Manifest
+from registry_proxy.transactions import immediate
 
 SCHEMA_VERSION = 1
 SCHEMA = """
@@ -147,23 +148,15 @@ class Metadata:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         assert self._writer is not None, "metadata not opened"
-        async with self._lock:
-            try:
-                await self._writer.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._writer
-                except BaseException:
-                    await self._writer.execute("ROLLBACK")
-                    raise
-                await self._writer.execute("COMMIT")
-            except sqlite3.OperationalError as exc:
-                if "full" in str(exc):
-                    if self._writer.in_transaction:
-                        await self._writer.execute("ROLLBACK")
-                    raise RegistryError(
-                        "UNAVAILABLE", "no space left on the satellite's storage", status=507
-                    ) from exc
-                raise
+        try:
+            async with immediate(self._writer, self._lock) as conn:
+                yield conn
+        except sqlite3.OperationalError as exc:
+            if "full" in str(exc):
+                raise RegistryError(
+                    "UNAVAILABLE", "no space left on the satellite's storage", status=507
+                ) from exc
+            raise
 
     async def _one(self, sql: str, params: Iterable[object]) -> aiosqlite.Row | None:
         async with self.reader.execute(sql, tuple(params)) as cur:

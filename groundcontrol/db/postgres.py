@@ -19,6 +19,7 @@ from typing import Any
 import asyncpg
 
 from groundcontrol.db import DatabaseError, IntegrityError, Row
+from registry_proxy.waits import wait_event
 
 log = logging.getLogger("groundcontrol.db")
 
@@ -115,10 +116,9 @@ class PostgresDatabase:
                 on_connect()
                 delay = LISTEN_RETRY_MIN
                 while not lost.is_set():
-                    try:
-                        await asyncio.wait_for(lost.wait(), LISTEN_KEEPALIVE)
-                    except TimeoutError:
-                        await asyncio.wait_for(conn.execute("SELECT 1"), LISTEN_TIMEOUT)
+                    if not await wait_event(lost, LISTEN_KEEPALIVE):
+                        async with asyncio.timeout(LISTEN_TIMEOUT):
+                            await conn.execute("SELECT 1")
                 log.warning("the LISTEN connection was closed; reconnecting")
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("LISTEN %s: %s; reconnecting in %.1fs", channel, exc, delay)

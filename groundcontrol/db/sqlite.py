@@ -18,6 +18,7 @@ from typing import Any
 import aiosqlite
 
 from groundcontrol.db import DatabaseError, IntegrityError, Row
+from registry_proxy.transactions import immediate
 
 
 def sqlite_path(url: str) -> str:
@@ -90,14 +91,8 @@ class SQLiteDatabase:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SQLiteTransaction]:
-        async with self._lock:
-            await self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield SQLiteTransaction(self._conn)
-            except BaseException:
-                await self._conn.execute("ROLLBACK")
-                raise
-            await self._conn.execute("COMMIT")
+        async with immediate(self._conn, self._lock) as conn:
+            yield SQLiteTransaction(conn)
 
     def migration_lock(self) -> Any:
         # BEGIN IMMEDIATE already excludes every other writer, in this process and others.

@@ -134,3 +134,48 @@ def test_a_chunked_upload_still_works(satellite_factory: SatelliteFactory) -> No
     assert exchange(port, head + body) == ([201], True)
     get = b"GET /v2/r/blobs/%s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % digest.encode()
     assert exchange(port, get) == ([200], True)
+
+
+def chunked_upload(data: bytes, trailer: bytes) -> bytes:
+    """A monolithic chunked upload of `data` whose body ends with `trailer`."""
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    head = (
+        b"POST /v2/r/blobs/uploads/?digest=%s HTTP/1.1\r\nHost: x\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n" % digest.encode()
+    )
+    return head + b"%x\r\n%s\r\n0\r\n" % (len(data), data) + trailer
+
+
+@pytest.mark.parametrize(
+    "trailer",
+    [
+        b"\n",  # the empty line that ends the body
+        b"X-Checksum: 1\n\r\n",  # a trailer field's line
+        b"X-Checksum: 1\r\n\n",  # the end of the trailer section
+    ],
+    ids=["empty trailer", "trailer field", "end of trailer"],
+)
+def test_a_bare_lf_in_a_chunked_trailer_is_refused(
+    satellite_factory: SatelliteFactory, trailer: bytes
+) -> None:
+    """A body a front proxy might end elsewhere: 400, closed, nothing after it read, and
+    the blob it carried is not stored."""
+    port = satellite_factory().port
+    data = b"trailer\n" * 10  # bare LFs inside chunk data are data, never refused
+    statuses, closed = exchange(port, chunked_upload(data, trailer) + SMUGGLED)
+    assert statuses == [400], statuses
+    assert closed
+    digest = b"sha256:" + hashlib.sha256(data).hexdigest().encode()
+    get = b"GET /v2/r/blobs/%s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % digest
+    assert exchange(port, get) == ([404], True)
+
+
+def test_a_chunked_upload_with_trailer_fields_keeps_the_connection(
+    satellite_factory: SatelliteFactory,
+) -> None:
+    port = satellite_factory().port
+    data = b"trailer\n" * 10
+    last = b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    statuses, closed = exchange(port, chunked_upload(data, b"X-Checksum: 1\r\n\r\n") + last)
+    assert statuses == [201, 200], statuses
+    assert closed

@@ -164,6 +164,15 @@ async def test_group_and_satellite_lifecycle(client: httpx.AsyncClient, op: dict
     assert [s["name"] for s in r.json()["satellites"]] == ["shop-1"]
     r = await client.get("/api/v1/satellites", params={"label": "region=us"}, headers=op)
     assert r.json()["satellites"] == []
+    r = await client.get("/api/v1/satellites", params={"status": "pending"}, headers=op)
+    assert [s["name"] for s in r.json()["satellites"]] == ["shop-1"]
+    r = await client.get("/api/v1/satellites", params={"status": "online"}, headers=op)
+    assert r.json()["satellites"] == []
+    # a status no satellite can have is a mistake, not an empty fleet
+    for bogus in ("bogus", "Online", "online\n", ""):
+        r = await client.get("/api/v1/satellites", params={"status": bogus}, headers=op)
+        assert r.status_code == 400 and error(r) == "invalid_status", bogus
+        assert "online" in r.json()["error"]["message"]
 
     r = await client.patch("/api/v1/satellites/shop-1", json={"groups": []}, headers=op)
     assert r.status_code == 200 and r.json()["groups"] == []
