@@ -46,6 +46,7 @@ from bench.groundcontrol_checkins import postgres, server
 from groundcontrol.auth import hash_token, new_operator_token
 from groundcontrol.db import open_database
 from groundcontrol.status import contact_kind, contact_runs
+from groundcontrol.store import Queries
 
 GOAL_MS = 300
 CHECKINS_KEPT = 1000
@@ -161,14 +162,7 @@ async def seed(database: str, satellites: int, groups: int, now: int) -> tuple[s
                 )
                 points.append((sent, contact_kind(sent, received, 600)))
             # and its contact history, as ingest would have kept it
-            for start, end, kind in contact_runs(points, 3600):
-                await tx.execute(
-                    "INSERT INTO contacts (satellite, kind, start_at, end_at) VALUES (?, ?, ?, ?)",
-                    detailed,
-                    kind,
-                    start,
-                    end,
-                )
+            await Queries(tx).record_contacts(detailed, contact_runs(points, 3600), 3600, 0)
             # its own group without images: its states are signed through the API below
             # (the other groups' images would need a registry to resolve)
             await tx.execute(
