@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
 from groundcontrol.api import V1, Ctx, Endpoint, iso, ok, satellite_json
@@ -458,6 +460,31 @@ async def satellite_json_view(ctx: Ctx) -> Response:
     return ok(await satellite_view(ctx.services, ctx.param("name"), ctx.now, params))
 
 
+async def fleet_metrics(ctx: Ctx) -> Response:
+    """The fleet page's numbers in Prometheus' text format: satellites by status, and
+    group members by their place in the rollout (for a scrape job with a Bearer token)."""
+    clock = _status_clock(ctx.services, ctx.now)
+    async with ctx.services.store.transaction() as q:
+        counts = await q.fleet_counts(clock)
+        rollouts = rollout_json(await q.group_rollouts(clock))
+    registry = CollectorRegistry()
+    by_status = Gauge(
+        "groundcontrol_satellites", "Satellites by status", ["status"], registry=registry
+    )
+    for status in SUMMARIES:
+        by_status.labels(status).set(counts.get(status, 0))
+    members = Gauge(
+        "groundcontrol_group_members",
+        "Group members by their place in the rollout of what was last published to them",
+        ["group", "progress"],
+        registry=registry,
+    )
+    for group, progress in sorted(rollouts.items()):
+        for kind in PROGRESS:
+            members.labels(group, kind).set(progress[kind])
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
 async def audit_json(ctx: Ctx) -> Response:
     return ok(await audit_view(ctx.services, ctx.request.query_params))
 
@@ -483,6 +510,13 @@ API_ENDPOINTS: tuple[Endpoint, ...] = (
         satellite_json_view,
         "operator",
         "A satellite page's data (?window=7d, 24h or 1h for the connectivity strip)",
+    ),
+    Endpoint(
+        "GET",
+        f"{V1}/dashboard/metrics",
+        fleet_metrics,
+        "operator",
+        "The fleet page's counts in Prometheus' text format",
     ),
     Endpoint("GET", f"{V1}/audit", audit_json, "operator", "The audit log (?page=)"),
 )

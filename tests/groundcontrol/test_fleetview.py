@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from groundcontrol import fleetview
 from groundcontrol.config import Config
@@ -177,6 +178,19 @@ async def test_sql_status_matches_derive_status_and_pages_filter_and_sort(
     view = (await client.get("/api/v1/dashboard", headers=op)).json()
     assert view["counts"] == {s: counts.get(s, 0) for s in view["counts"]}
     (shops,) = view["groups"]
+    # the same numbers for Prometheus
+    r = await client.get("/api/v1/dashboard/metrics", headers=op)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(r.text)
+        for sample in family.samples
+    }
+    for status, n in view["counts"].items():
+        assert samples[("groundcontrol_satellites", (("status", status),))] == n
+    for progress in fleetview.PROGRESS:
+        key = ("groundcontrol_group_members", (("group", "shops"), ("progress", progress)))
+        assert samples[key] == shops["rollout"][progress]
     assert shops["rollout"] == {
         "current": 1,
         "behind": 1,
