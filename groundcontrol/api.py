@@ -34,7 +34,7 @@ from typing import Any, Literal
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from groundcontrol import checkins, registration
+from groundcontrol import actions, checkins, registration
 from groundcontrol.auth import (
     Operator,
     Principal,
@@ -231,9 +231,10 @@ async def healthz(ctx: Ctx) -> Response:
 
 
 async def openapi(ctx: Ctx) -> Response:
+    from groundcontrol.fleetview import API_ENDPOINTS
     from groundcontrol.openapi import openapi_document
 
-    return ok(openapi_document(ENDPOINTS))
+    return ok(openapi_document(ENDPOINTS + API_ENDPOINTS))
 
 
 # --- groups -----------------------------------------------------------------------------
@@ -809,8 +810,15 @@ async def post_checkins(ctx: Ctx) -> Response:
         raise PayloadTooLarge(
             f"at most {ctx.services.config.checkin_batch_max} check-ins per batch"
         )
+    config = ctx.services.config
     result = await checkins.ingest(
-        ctx.services.store, name, envelopes, ctx.now, ctx.services.config.checkins_kept
+        ctx.services.store,
+        name,
+        envelopes,
+        ctx.now,
+        config.checkins_kept,
+        offline_after=config.offline_after,
+        late_after=config.stale_after,
     )
     return ok(result.to_dict())
 
@@ -835,15 +843,7 @@ async def rotate_credentials(ctx: Ctx) -> Response:
 
 
 async def _remove_robot(ctx: Ctx, name: str) -> str | None:
-    """Best effort: a revocation or deletion stands even when Harbor is unreachable."""
-    if ctx.services.harbor is None:
-        return None
-    try:
-        await ctx.services.harbor.remove(ctx.services.store, name)
-    except GroundControlError as exc:
-        log.warning("could not delete the Harbor robot of %s: %s", name, exc.message)
-        return exc.message
-    return None
+    return await actions.remove_robot(ctx.services, name)
 
 
 # --- the table ----------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from groundcontrol import dashboard
+from groundcontrol import dashboard, fleetview
 from groundcontrol.api import (
     ENDPOINTS,
     Ctx,
@@ -94,7 +94,7 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 
 
 def routes() -> list[BaseRoute]:
-    table: list[BaseRoute] = [_route(ep) for ep in ENDPOINTS]
+    table: list[BaseRoute] = [_route(ep) for ep in ENDPOINTS + fleetview.API_ENDPOINTS]
     table += [_route(ep) for ep in dashboard.ENDPOINTS]
     return table
 

@@ -30,9 +30,11 @@ from groundcontrol.contract import (
     verify_checkin,
 )
 from groundcontrol.errors import BadRequest, Forbidden
+from groundcontrol.status import contact_kind, contact_runs
 from groundcontrol.store import Store
 
 MAX_ENVELOPE_BYTES = 1024 * 1024
+CONTACTS_KEPT = 8 * 86400  # the dashboard draws the last 7 days
 
 
 def _no_constant(name: str) -> Any:
@@ -204,10 +206,19 @@ def verify_batch(
 
 
 async def ingest(
-    store: Store, name: str, envelopes: Sequence[bytes | None], now: float, keep: int
+    store: Store,
+    name: str,
+    envelopes: Sequence[bytes | None],
+    now: float,
+    keep: int,
+    *,
+    offline_after: int = 3600,
+    late_after: int = 600,
 ) -> IngestResult:
     """Verify and store one batch in one transaction (verification is CPU work that
-    holds the event loop anyway, so holding the transaction through it costs nothing)."""
+    holds the event loop anyway, so holding the transaction through it costs nothing).
+    The accepted reports also extend the satellite's contact history (the dashboard's
+    connectivity strip): ``offline_after`` and ``late_after`` are the status thresholds."""
     async with store.transaction() as q:
         target = await q.checkin_target(name)
         if target["revoked_at"] is not None or target["public_key"] is None:
@@ -234,6 +245,15 @@ async def ingest(
             else:
                 result.duplicates.append(seq)
         result.duplicates.sort()
+        points = [
+            (int(c.sent_at.timestamp()), contact_kind(c.sent_at.timestamp(), now, late_after))
+            for seq, (c, _data) in fresh.items()
+            if seq in inserted
+        ]
+        if points:
+            await q.record_contacts(
+                name, contact_runs(points, offline_after), offline_after, int(now) - CONTACTS_KEPT
+            )
         await q.record_checkin_summary(
             name,
             int(now),

@@ -7,6 +7,7 @@ one place, the exception handler in :mod:`groundcontrol.app`.
 
     GroundControlError
     ├── BadRequest          400  invalid_request / invalid_json / invalid_form / invalid_<field>
+    │                            confirmation_required (a dashboard revocation unconfirmed)
     ├── Unauthorized        401  unauthorized
     ├── Forbidden           403  forbidden / satellite_revoked / csrf_failed
     ├── NotFound            404  not_found / <kind>_not_found

@@ -317,3 +317,19 @@ class Satellite:
     last_seen: int | None = None
     last_seq: int = 0
     last_report: dict[str, Any] | None = field(default=None)
+
+
+def describe_change(before: Group, description: str, images: tuple[ImageRef, ...]) -> str:
+    """One line for a group's history: which references came and went."""
+    old = {i.reference: i for i in before.images}
+    new = {i.reference: i for i in images}
+    parts = [f"+{ref}" for ref in new if ref not in old]
+    parts += [f"-{ref}" for ref in old if ref not in new]
+    parts += [
+        f"{ref} platforms {','.join(new[ref].platforms) or 'all'}"
+        for ref in new
+        if ref in old and new[ref].platforms != old[ref].platforms
+    ]
+    if description != before.description:
+        parts.append("description changed")
+    return ", ".join(parts) or "saved unchanged"

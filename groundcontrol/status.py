@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 
 from groundcontrol.models import Satellite
@@ -30,6 +32,15 @@ class SatelliteStatus:
             "missing_images": self.missing_images,
             "state_expired": self.state_expired,
         }
+
+
+def failing_count(report: object) -> int:
+    """How many images a check-in report says failed: what the fleet list filters and
+    counts on in SQL (``satellites.failing_images``), the same test as below."""
+    images = report.get("images") if isinstance(report, dict) else None
+    if not isinstance(images, list):
+        return 0
+    return sum(1 for i in images if isinstance(i, dict) and i.get("status") == "failed")
 
 
 def derive_status(
@@ -73,3 +84,36 @@ def derive_status(
     else:
         summary = "online"
     return SatelliteStatus(connectivity, behind, failing, missing, expired, summary)
+
+
+# --- contact history (the dashboard's connectivity strip) -------------------------------
+
+Run = tuple[int, int, str]  # (first, last) signing time of check-ins in contact, and kind
+
+
+def report_sent_at(report: Mapping[str, Any], fallback: int) -> int:
+    """When a stored report says it was signed (``sent_at``), else ``fallback``."""
+    try:
+        text = str(report["sent_at"]).replace("Z", "+00:00")
+        return int(datetime.fromisoformat(text).timestamp())
+    except (KeyError, ValueError):
+        return fallback
+
+
+def contact_kind(sent_at: float, received_at: float, late_after: float) -> str:
+    """``online``, or ``late`` for a report that reached Ground Control more than
+    ``late_after`` after it was signed (an outbox drained late, a USB bundle): the site
+    was alive but cut off."""
+    return "late" if received_at - sent_at > late_after else "online"
+
+
+def contact_runs(points: list[tuple[int, str]], within: int) -> list[Run]:
+    """Check-ins as (signed at, kind) → runs of one kind whose neighbours are at most
+    ``within`` apart (a batch of check-ins is usually one run)."""
+    runs: list[Run] = []
+    for at, kind in sorted(points):
+        if runs and runs[-1][2] == kind and at - runs[-1][1] <= within:
+            runs[-1] = (runs[-1][0], max(runs[-1][1], at), kind)
+        else:
+            runs.append((at, at, kind))
+    return runs

@@ -10,13 +10,18 @@ processes might race on is a single atomic statement (``UPDATE ... RETURNING``,
 from __future__ import annotations
 
 import json
+import math
+import secrets
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from groundcontrol.db import Database, IntegrityError, Row, Transaction
 from groundcontrol.errors import Conflict, NotFound
-from groundcontrol.models import Group, ImageRef, Satellite, parse_image
+from groundcontrol.models import Group, ImageRef, Satellite, describe_change, parse_image
+from groundcontrol.status import Run, failing_count
 from groundcontrol.watch import STATE_CHANNEL, notify_payloads
 
 
@@ -65,6 +70,7 @@ class Store:
         async with self.db.transaction() as tx:
             q = Queries(tx)
             yield q
+            await q.settle_group_history()
             for payload in notify_payloads(q.state_changed):
                 await tx.notify(STATE_CHANNEL, payload)
         if q.state_changed and self.on_state_change is not None:
@@ -76,6 +82,9 @@ class Queries:
         self.tx = tx
         # satellites whose state endpoint answers differently once this commits
         self.state_changed: set[str] = set()
+        # states signed in this transaction, and group changes that caused them
+        self.published: dict[str, int] = {}
+        self._group_changes: list[tuple[str, str]] = []
 
     # --- operator API tokens ----------------------------------------------------------
 
@@ -167,6 +176,7 @@ class Queries:
             )
         except IntegrityError:
             raise Conflict(f"group {name} exists", code="group_exists") from None
+        await self.record_group_change(name, f"created with {len(images)} image(s)", images, now)
 
     async def group(self, name: str) -> Group:
         row = await self.tx.fetchone("SELECT * FROM groups WHERE name = ?", name)
@@ -185,6 +195,7 @@ class Queries:
     async def update_group(
         self, name: str, description: str, images: tuple[ImageRef, ...], now: int
     ) -> None:
+        before = await self.group(name)
         n = await self.tx.execute(
             "UPDATE groups SET description = ?, images = ?, updated_at = ? WHERE name = ?",
             description,
@@ -194,6 +205,49 @@ class Queries:
         )
         if n == 0:
             raise NotFound(f"no group {name}", code="group_not_found")
+        await self.record_group_change(
+            name, describe_change(before, description, images), images, now
+        )
+
+    async def record_group_change(
+        self, name: str, change: str, images: tuple[ImageRef, ...], now: int
+    ) -> None:
+        """A line of the group's history; the states this transaction signs for its
+        members are counted into it at commit (:meth:`settle_group_history`)."""
+        change_id = _sortable_id()
+        await self.tx.execute(
+            "INSERT INTO group_history (id, group_name, at, change, images) VALUES (?, ?, ?, ?, ?)",
+            change_id,
+            name,
+            now,
+            change[:1000],
+            _json([i.to_dict() for i in images]),
+        )
+        self._group_changes.append((change_id, name))
+
+    async def settle_group_history(self) -> None:
+        for change_id, name in self._group_changes:
+            versions = [
+                self.published[m] for m in await self.group_members(name) if m in self.published
+            ]
+            if versions:
+                await self.tx.execute(
+                    "UPDATE group_history SET published = ?, min_version = ?, max_version = ? "
+                    "WHERE id = ?",
+                    len(versions),
+                    min(versions),
+                    max(versions),
+                    change_id,
+                )
+        self._group_changes.clear()
+
+    async def group_history(self, name: str, limit: int) -> list[Row]:
+        return await self.tx.fetchall(
+            "SELECT at, change, images, published, min_version, max_version "
+            "FROM group_history WHERE group_name = ? ORDER BY at DESC, id DESC LIMIT ?",
+            name,
+            limit,
+        )
 
     async def delete_group(self, name: str) -> None:
         members = await self.group_members(name)
@@ -443,6 +497,7 @@ class Queries:
         keep: int,
     ) -> None:
         self.state_changed.add(satellite)
+        self.published[satellite] = version
         await self.tx.execute(
             "INSERT INTO states (satellite, version, envelope, content_hash, issued_at, "
             "expires_at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -539,6 +594,7 @@ class Queries:
             "UPDATE satellites SET last_seen = ?, "
             "applied_version = CASE WHEN last_seq < ? THEN ? ELSE applied_version END, "
             "last_report = CASE WHEN last_seq < ? THEN ? ELSE last_report END, "
+            "failing_images = CASE WHEN last_seq < ? THEN ? ELSE failing_images END, "
             "last_seq = CASE WHEN last_seq < ? THEN ? ELSE last_seq END "
             "WHERE name = ?",
             now,
@@ -546,6 +602,8 @@ class Queries:
             applied_version,
             last_seq,
             _json(last_report),
+            last_seq,
+            failing_count(last_report),
             last_seq,
             last_seq,
             satellite,
@@ -585,6 +643,209 @@ class Queries:
             before,
             limit,
         )
+
+    async def checkins_since(self, satellite: str, since: int) -> list[Row]:
+        """Reports received since ``since``, oldest first, plus the last one before it
+        (the strip needs to know whether the window opened online)."""
+        return await self.tx.fetchall(
+            "SELECT seq, received_at, state_version, report FROM checkins "
+            "WHERE satellite = ? AND seq >= COALESCE((SELECT MAX(seq) FROM checkins "
+            "WHERE satellite = ? AND received_at < ?), 0) ORDER BY seq",
+            satellite,
+            satellite,
+            since,
+        )
+
+    async def record_contacts(
+        self, satellite: str, runs: Sequence[Run], within: int, forget_before: int
+    ) -> None:
+        """Merge runs of check-ins into the satellite's contact history: each run absorbs
+        the runs of its kind it overlaps or nears (within ``within`` seconds), so the
+        history stays a few rows per outage; rows older than ``forget_before`` go."""
+        for start, end, kind in runs:
+            near = (satellite, kind, end + within, start - within)
+            where = "satellite = ? AND kind = ? AND start_at <= ? AND end_at >= ?"
+            rows = await self.tx.fetchall(
+                f"SELECT start_at, end_at FROM contacts WHERE {where}", *near
+            )
+            first = min([start, *(int(r["start_at"]) for r in rows)])
+            last = max([end, *(int(r["end_at"]) for r in rows)])
+            if rows:
+                await self.tx.execute(f"DELETE FROM contacts WHERE {where}", *near)
+            await self.tx.execute(
+                "INSERT INTO contacts (satellite, kind, start_at, end_at) VALUES (?, ?, ?, ?)",
+                satellite,
+                kind,
+                first,
+                last,
+            )
+        await self.tx.execute(
+            "DELETE FROM contacts WHERE satellite = ? AND end_at < ?", satellite, forget_before
+        )
+
+    async def contacts_since(self, satellite: str, since: int) -> tuple[list[Row], int | None]:
+        """The contact runs that end after ``since``, oldest first, and when the first
+        contact on record began (None: never)."""
+        rows = await self.tx.fetchall(
+            "SELECT kind, start_at, end_at FROM contacts WHERE satellite = ? AND end_at >= ? "
+            "ORDER BY start_at",
+            satellite,
+            since,
+        )
+        first = await self.tx.fetchone(
+            "SELECT MIN(start_at) AS first FROM contacts WHERE satellite = ?", satellite
+        )
+        return rows, (None if first is None or first["first"] is None else int(first["first"]))
+
+    async def states_published(self, satellite: str) -> list[Row]:
+        """The kept states of a satellite, newest first (without their envelopes)."""
+        return await self.tx.fetchall(
+            "SELECT version, issued_at, expires_at FROM states WHERE satellite = ? "
+            "ORDER BY version DESC",
+            satellite,
+        )
+
+    # --- the fleet at a glance (dashboard) ----------------------------------------------
+
+    async def fleet_counts(self, clock: StatusClock) -> dict[str, int]:
+        """How many satellites there are of each status (one pass, no rows returned)."""
+        expr, args = status_sql(clock)
+        rows = await self.tx.fetchall(
+            f"SELECT {expr} AS status, COUNT(*) AS n FROM satellites s GROUP BY 1", *args
+        )
+        return {str(r["status"]): int(r["n"]) for r in rows}
+
+    async def fleet_page(self, query: FleetQuery, clock: StatusClock) -> tuple[int, list[Row]]:
+        """(how many match, the rows of the asked page); paging, sorting and filtering in
+        SQL so that a page costs the same at ten thousand satellites as at ten."""
+        expr, expr_args = status_sql(clock)
+        where: list[str] = ["1 = 1"]
+        args: list[Any] = []
+        if query.search:
+            key, eq, value = query.search.partition("=")
+            if eq and key:
+                # key=value: that label exactly, as the labels' JSON spells it
+                where.append("s.labels LIKE ? ESCAPE '!'")
+                args.append(f"%{_like(_json(key.strip()) + ':' + _json(value.strip()))}%")
+            else:
+                pattern = f"%{_like(query.search.lower())}%"
+                where.append(
+                    "(LOWER(s.name) LIKE ? ESCAPE '!' OR LOWER(s.labels) LIKE ? ESCAPE '!')"
+                )
+                args += [pattern, pattern]
+        if query.group:
+            where.append("s.name IN (SELECT satellite FROM satellite_groups WHERE group_name = ?)")
+            args.append(query.group)
+        if query.status:
+            where.append(f"{expr} = ?")
+            args += [*expr_args, query.status]
+        condition = " AND ".join(where)
+        row = await self.tx.fetchone(
+            f"SELECT COUNT(*) AS n FROM satellites s WHERE {condition}", *args
+        )
+        total = int(row["n"]) if row else 0
+        order = {
+            "name": "s.name",
+            "last_seen": "COALESCE(s.last_seen, -1)",
+            "applied": "COALESCE(s.applied_version, -1)",
+            "status": expr,
+        }[query.sort]
+        order_args = list(expr_args) if query.sort == "status" else []
+        direction = "DESC" if query.descending else "ASC"
+        rows = await self.tx.fetchall(
+            f"SELECT s.name, s.labels, s.registered_at, s.revoked_at, s.published_version, "
+            f"s.applied_version, s.last_seen, s.failing_images, {expr} AS status "
+            f"FROM satellites s WHERE {condition} "
+            f"ORDER BY {order} {direction}, s.name {direction} LIMIT ? OFFSET ?",
+            *expr_args,
+            *args,
+            *order_args,
+            query.limit,
+            query.offset,
+        )
+        where_in, in_args = _name_filter("satellite", [r["name"] for r in rows])
+        memberships = await self.tx.fetchall(
+            f"SELECT satellite, group_name FROM satellite_groups{where_in} ORDER BY group_name",
+            *in_args,
+        )
+        by_sat: dict[str, list[str]] = {}
+        for m in memberships:
+            by_sat.setdefault(m["satellite"], []).append(m["group_name"])
+        for r in rows:
+            r["labels"] = json.loads(r["labels"])
+            r["groups"] = by_sat.get(r["name"], [])
+        return total, rows
+
+    async def group_rollouts(self, clock: StatusClock, group: str | None = None) -> list[Row]:
+        """Per group: how many members are on their published version, behind, failing,
+        offline (or not joined, or revoked); rows of (group_name, progress, n)."""
+        where, args = "", []
+        if group is not None:
+            where, args = " WHERE g.group_name = ?", [group]
+        return await self.tx.fetchall(
+            "SELECT g.group_name AS group_name, CASE "
+            "WHEN s.revoked_at IS NOT NULL THEN 'revoked' "
+            "WHEN s.registered_at IS NULL THEN 'pending' "
+            "WHEN s.last_seen IS NULL OR s.last_seen < ? THEN 'offline' "
+            "WHEN s.failing_images > 0 THEN 'failing' "
+            "WHEN COALESCE(s.applied_version, 0) >= s.published_version THEN 'current' "
+            "ELSE 'behind' END AS progress, COUNT(*) AS n "
+            f"FROM satellite_groups g JOIN satellites s ON s.name = g.satellite{where} "
+            "GROUP BY 1, 2",
+            clock.offline_before,
+            *args,
+        )
+
+    async def group_names(self) -> list[str]:
+        return [
+            str(r["name"]) for r in await self.tx.fetchall("SELECT name FROM groups ORDER BY name")
+        ]
+
+    async def group_last_changes(self) -> dict[str, int]:
+        rows = await self.tx.fetchall(
+            "SELECT group_name, MAX(at) AS at FROM group_history GROUP BY group_name"
+        )
+        return {str(r["group_name"]): int(r["at"]) for r in rows}
+
+    async def group_member_rows(
+        self, name: str, clock: StatusClock, limit: int, offset: int
+    ) -> list[Row]:
+        expr, args = status_sql(clock)
+        return await self.tx.fetchall(
+            f"SELECT s.name, s.published_version, s.applied_version, s.last_seen, "
+            f"{expr} AS status FROM satellite_groups g JOIN satellites s "
+            "ON s.name = g.satellite WHERE g.group_name = ? ORDER BY s.name LIMIT ? OFFSET ?",
+            *args,
+            name,
+            limit,
+            offset,
+        )
+
+    # --- audit log ----------------------------------------------------------------------
+
+    async def insert_audit(
+        self, actor: str, action: str, target: str, detail: str, now: int
+    ) -> None:
+        await self.tx.execute(
+            "INSERT INTO audit_log (id, at, actor, action, target, detail) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            _sortable_id(),
+            now,
+            actor,
+            action,
+            target,
+            detail[:1000],
+        )
+
+    async def audit_entries(self, limit: int, offset: int = 0) -> tuple[int, list[Row]]:
+        row = await self.tx.fetchone("SELECT COUNT(*) AS n FROM audit_log")
+        rows = await self.tx.fetchall(
+            "SELECT at, actor, action, target, detail FROM audit_log "
+            "ORDER BY at DESC, id DESC LIMIT ? OFFSET ?",
+            limit,
+            offset,
+        )
+        return (int(row["n"]) if row else 0), rows
 
     # --- upstream credentials ---------------------------------------------------------
 
@@ -656,6 +917,62 @@ class Queries:
         await self.tx.execute(
             "DELETE FROM robot_accounts WHERE satellite = ? AND registry = ?", satellite, registry
         )
+
+
+@dataclass(frozen=True)
+class StatusClock:
+    """The two instants that split online, stale and offline (see
+    :func:`groundcontrol.status.derive_status`, which the SQL below mirrors)."""
+
+    stale_before: int
+    offline_before: int
+
+    @classmethod
+    def at(cls, now: float, stale_after: int, offline_after: int) -> StatusClock:
+        # an integer last_seen L: now - L > x  <=>  L < ceil(now - x)
+        return cls(math.ceil(now - stale_after), math.ceil(now - offline_after))
+
+
+def status_sql(clock: StatusClock) -> tuple[str, tuple[int, int]]:
+    """``derive_status(...).summary`` as a SQL expression over ``satellites s``."""
+    return (
+        "(CASE WHEN s.revoked_at IS NOT NULL THEN 'revoked' "
+        "WHEN s.registered_at IS NULL THEN 'pending' "
+        "WHEN s.last_seen IS NULL OR s.last_seen < ? THEN 'offline' "
+        "WHEN s.failing_images > 0 THEN 'failing' "
+        "WHEN s.last_seen < ? THEN 'stale' "
+        "WHEN COALESCE(s.applied_version, 0) < s.published_version THEN 'behind' "
+        "ELSE 'online' END)",
+        (clock.offline_before, clock.stale_before),
+    )
+
+
+FLEET_SORTS = ("name", "last_seen", "applied", "status")
+
+
+@dataclass(frozen=True)
+class FleetQuery:
+    """``search``: a substring of the name or of a label (key or value), or
+    ``key=value`` for one label exactly."""
+
+    search: str = ""
+    status: str | None = None
+    group: str | None = None
+    sort: str = "name"
+    descending: bool = False
+    offset: int = 0
+    limit: int = 50
+
+
+def _sortable_id() -> str:
+    """Random, but in the order of creation within one process (rows of the same second
+    of ``at`` list newest first by it)."""
+    return f"{time.time_ns():020d}{secrets.token_hex(4)}"
+
+
+def _like(text: str) -> str:
+    """``text`` matched literally by ``LIKE ... ESCAPE '!'``."""
+    return text.replace("!", "!!").replace("%", "!%").replace("_", "!_")
 
 
 # 6 parameters a row: well under SQLite's 32,766 and PostgreSQL's 32,767 per statement

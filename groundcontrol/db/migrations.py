@@ -11,10 +11,14 @@ booleans as nullable timestamps (``revoked_at``, ``used_at``).
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from groundcontrol.db import Database, DatabaseError
+from groundcontrol.db import Database, DatabaseError, Transaction
+
+Backfill = Callable[[Transaction], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,38 @@ class Migration:
     version: int
     name: str
     statements: tuple[str, ...]
+    # derives new columns from existing rows where the two dialects' SQL differ (JSON)
+    backfill: Backfill | None = None
+
+
+async def _backfill_migration_4(tx: Transaction) -> None:
+    """Failing images from each last report; contacts from the check-ins kept (with the
+    default status thresholds: the config is not at hand here)."""
+    from groundcontrol.status import contact_kind, contact_runs, failing_count, report_sent_at
+
+    rows = await tx.fetchall(
+        "SELECT name, last_report FROM satellites WHERE last_report IS NOT NULL"
+    )
+    for row in rows:
+        count = failing_count(json.loads(row["last_report"]))
+        if count:
+            await tx.execute(
+                "UPDATE satellites SET failing_images = ? WHERE name = ?", count, row["name"]
+            )
+    points: dict[str, list[tuple[int, str]]] = {}
+    for row in await tx.fetchall("SELECT satellite, received_at, report FROM checkins"):
+        sent = report_sent_at(json.loads(row["report"]), row["received_at"])
+        kind = contact_kind(sent, row["received_at"], 600)
+        points.setdefault(row["satellite"], []).append((sent, kind))
+    for name, found in points.items():
+        for start, end, kind in contact_runs(found, 3600):
+            await tx.execute(
+                "INSERT INTO contacts (satellite, kind, start_at, end_at) VALUES (?, ?, ?, ?)",
+                name,
+                kind,
+                start,
+                end,
+            )
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -157,6 +193,47 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX dashboard_sessions_token ON dashboard_sessions (token_id)",
         ),
     ),
+    Migration(
+        4,
+        "fleet dashboard: failing images per satellite, audit log, group history",
+        (
+            # from the last report, so that the fleet list filters and counts in SQL
+            "ALTER TABLE satellites ADD COLUMN failing_images BIGINT NOT NULL DEFAULT 0",
+            "CREATE INDEX satellites_last_seen ON satellites (last_seen)",
+            # who did what from the dashboard, and when; ids sort in creation order
+            """CREATE TABLE audit_log (
+                id TEXT PRIMARY KEY,
+                at BIGINT NOT NULL,
+                actor TEXT NOT NULL,
+                action TEXT NOT NULL,
+                target TEXT NOT NULL,
+                detail TEXT NOT NULL
+            )""",
+            "CREATE INDEX audit_log_at ON audit_log (at)",
+            # each change of a group's images, and the states that change published
+            """CREATE TABLE group_history (
+                id TEXT PRIMARY KEY,
+                group_name TEXT NOT NULL REFERENCES groups (name) ON DELETE CASCADE,
+                at BIGINT NOT NULL,
+                change TEXT NOT NULL,
+                images TEXT NOT NULL,
+                published BIGINT NOT NULL DEFAULT 0,
+                min_version BIGINT,
+                max_version BIGINT
+            )""",
+            "CREATE INDEX group_history_group ON group_history (group_name, at)",
+            # when each satellite was in contact, as runs of check-ins (signing times),
+            # kept for longer than the check-ins themselves
+            """CREATE TABLE contacts (
+                satellite TEXT NOT NULL REFERENCES satellites (name) ON DELETE CASCADE,
+                kind TEXT NOT NULL,
+                start_at BIGINT NOT NULL,
+                end_at BIGINT NOT NULL,
+                PRIMARY KEY (satellite, kind, start_at)
+            )""",
+        ),
+        _backfill_migration_4,
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version
@@ -190,6 +267,8 @@ async def migrate(db: Database, *, now: float | None = None) -> list[int]:
                 continue
             for statement in m.statements:
                 await tx.execute(statement)
+            if m.backfill is not None:
+                await m.backfill(tx)
             await tx.execute(
                 "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
                 m.version,

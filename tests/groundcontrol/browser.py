@@ -3,6 +3,7 @@
     with Browser(tmp_path) as browser:
         browser.get(url); browser.type("input[name=token]", token); browser.click("button")
         browser.source(); browser.url(); browser.wait_title("done")
+        browser.screenshot(path)                      # the whole page, as PNG
 
 One browser profile per `Browser`, so cookies persist across page loads as in a real
 operator's browser. Every wait is bounded.
@@ -10,6 +11,8 @@ operator's browser. Every wait is bounded.
 
 from __future__ import annotations
 
+import base64
+import os
 import shutil
 import tempfile
 import time
@@ -121,9 +124,33 @@ class Browser:
             time.sleep(0.1)
         assert probe() == want, self.source()[-2000:]
 
+    def screenshot(self, path: Path, width: int = 1280) -> Path:
+        """The page as PNG, the window grown to the page's height first (chromium
+        captures the viewport only)."""
+        self._call("POST", "/window/rect", {"width": width, "height": 600})
+        height = self._call(
+            "POST",
+            "/execute/sync",
+            {"script": "return document.documentElement.scrollHeight", "args": []},
+        )
+        self._call("POST", "/window/rect", {"width": width, "height": min(int(height) + 140, 6000)})
+        png = base64.b64decode(self._call("GET", "/screenshot", None))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(png)
+        return path
+
     def wait_title(self, title: str, timeout: float = 60) -> None:
         self._wait(self.title, title, timeout)
 
     def wait_url(self, url: str, timeout: float = 30) -> None:
         """A click that submits a form may return before the next page is there."""
         self._wait(self.url, url, timeout)
+
+
+ARTIFACTS_ENV = "SATELLITE_TEST_ARTIFACTS"
+
+
+def artifacts_dir(default: Path) -> Path:
+    """Where tests keep what a person looks at afterwards (screenshots):
+    ``$SATELLITE_TEST_ARTIFACTS``, else ``test-artifacts/`` in the checkout."""
+    return Path(os.environ.get(ARTIFACTS_ENV) or default)

@@ -12,14 +12,14 @@ import re
 
 import httpx
 
-from groundcontrol import api, dashboard
+from groundcontrol import api, dashboard, fleetview
 from groundcontrol.api import Endpoint
 from groundcontrol.contract import generate_key, public_key_b64
 from groundcontrol.services import Services
 from tests.groundcontrol.conftest import FakeClock
 from tests.groundcontrol.fleet import SimSatellite
 
-ALL = api.ENDPOINTS + dashboard.ENDPOINTS
+ALL = api.ENDPOINTS + fleetview.API_ENDPOINTS + dashboard.ENDPOINTS
 DENIED = (401, 403)
 
 

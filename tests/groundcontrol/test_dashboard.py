@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from groundcontrol import dashboard
 from groundcontrol.contract import ImageStatus
 from tests.groundcontrol.browser import Browser
 from tests.groundcontrol.fleet import SimSatellite
@@ -109,7 +110,16 @@ def forged_page(gc_url: str, attacker_token: str) -> str:
         forms.append((path, "text/plain", {head: '"}'}))
         forms.append((path, "application/x-www-form-urlencoded", {"name": "evil"}))
         forms.append((path, "multipart/form-data", {"name": "evil"}))
+    dashboard_forms = [
+        ep.path.replace("{name}", "shops" if "/groups/" in ep.path else "victim")
+        for ep in dashboard.ENDPOINTS
+        if ep.method == "POST" and ep.access == "dashboard" and ep.path != "/dashboard/logout"
+    ]
+    assert len(dashboard_forms) == 5  # publish (group, satellite), join token, rotate, revoke
     for enctype in ("application/x-www-form-urlencoded", "text/plain", "multipart/form-data"):
+        for path in dashboard_forms:
+            fields = {"csrf": "guess", "confirm": "victim", "images": "library/evil:1"}
+            forms.append((path, enctype, fields))
         forms.append(("/dashboard/logout", enctype, {"csrf": "guess"}))
         forms.append(("/dashboard/logout", enctype, {}))
         forms.append(("/dashboard/login", enctype, {"token": attacker_token}))
@@ -130,6 +140,8 @@ def forged_page(gc_url: str, attacker_token: str) -> str:
             ("/api/v1/tokens", '{"name": "evil"}'),
             ("/api/v1/satellites/victim/revoke", "{}"),
             ("/dashboard/logout", "csrf=guess"),
+            ("/dashboard/satellites/victim/revoke", "csrf=guess&confirm=victim"),
+            ("/dashboard/satellites/victim/join-token", "csrf=guess"),
             ("/dashboard/login", f"token={attacker_token}"),
         )
         for kind in ("text/plain", "application/x-www-form-urlencoded")
@@ -227,7 +239,7 @@ async def test_dashboard_in_the_browser_and_forged_requests(tmp_path: Path) -> N
             assert fleet.rows["train-7"]["status"] == "pending"
             assert fleet.rows["shop-1"]["applied"] == "1"
             assert fleet.rows["shop-1"]["published"] == "1"
-            assert "<disk full>" in fleet.rows["shop-1"]["failing"]  # escaped, shown as text
+            assert fleet.rows["shop-1"]["failing"] == "1"
             assert fleet.rows["train-7"]["last-seen"] == "—"
             assert fleet.text["total"] == "3 satellite(s)"
             assert "ops" in fleet.text["logout"]
@@ -238,6 +250,7 @@ async def test_dashboard_in_the_browser_and_forged_requests(tmp_path: Path) -> N
             assert detail.text["status"] == "failing"
             assert detail.text["groups"] == "shops"
             assert "library/app@sha256:" in detail.text["failing"]
+            assert "<disk full>" in detail.text["failing"]  # escaped, shown as text
             assert "1" in detail.text["checkins"]
 
             # a page on another origin tries every state-changing request
@@ -251,6 +264,8 @@ async def test_dashboard_in_the_browser_and_forged_requests(tmp_path: Path) -> N
                 " POST /api/v1/tokens 415 ",
                 " POST /dashboard/logout 403 ",
                 " POST /dashboard/login 403 ",
+                " POST /dashboard/satellites/victim/revoke 403 ",
+                " POST /dashboard/groups/shops/publish 403 ",
             ):
                 for _ in range(100):
                     if line in server.log_tail(200_000):
