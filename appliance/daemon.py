@@ -30,12 +30,11 @@ from appliance.fleetdb import FleetDB
 from appliance.fleetmetrics import FleetMetrics
 from appliance.gcclient import GroundControlClient
 from appliance.identity import Identity, UpstreamCredential, load_identity, sweep_staged
+from appliance.replicate import ReplicationLoop, Replicator
 from appliance.statereg import StateRegistryFallback
 from groundcontrol.contract import ImageStatus, StateDocument, TrustedState
 from registry_proxy.app import RegistrySettings, create_app
 from registry_proxy.deadline import BodyLimits
-from registry_proxy.digest import Digest
-from registry_proxy.errors import RegistryError
 from registry_proxy.metrics import Metrics
 from registry_proxy.proxy import Upstream
 from registry_proxy.store import ContentStore
@@ -67,6 +66,20 @@ class RegistryConsumer:
 
     def __post_init__(self) -> None:
         self._record_sources(None)
+        registry = self.app.state.registry
+        self.replicator = Replicator(
+            self.store,
+            registry.proxy,
+            lambda: self.app.state.registry.router,
+            on_change=self._images_changed,
+        )
+        self.replication = ReplicationLoop(
+            self.replicator, lambda: self.agent.trust.state if self.agent else None
+        )
+
+    async def _images_changed(self) -> None:
+        if self.agent is not None:
+            await self.agent.check_images()
 
     # -- config -------------------------------------------------------------------------
 
@@ -180,6 +193,8 @@ class RegistryConsumer:
         if after.keys() != before.keys() or any(after[k] is not before[k] for k in after):
             registry.set_upstreams(after)
             log.info("upstreams now: %s", ", ".join(sorted(after)) or "none")
+        registry.proxy.pin_tags(self.replicator.tag_pins(doc))
+        self.replication.wake()
 
     def apply_credentials(self, credentials: Sequence[UpstreamCredential]) -> None:
         self.credentials = tuple(credentials)
@@ -192,16 +207,7 @@ class RegistryConsumer:
                 up.client.auth.set_credentials(cred.username, cred.password)
 
     async def image_statuses(self, doc: StateDocument) -> list[ImageStatus]:
-        registry = self.app.state.registry
-        statuses = []
-        for image in doc.images:
-            target = registry.router.route(image.repository)
-            try:
-                await self.store.resolve(target.repo, Digest.parse(image.digest))
-                statuses.append(ImageStatus(image.repository, image.digest, "present"))
-            except (RegistryError, ValueError):
-                statuses.append(ImageStatus(image.repository, image.digest, "missing"))
-        return statuses
+        return self.replicator.statuses(doc)
 
     async def cache_usage(self) -> tuple[int, int]:
         return await self.store.used_bytes(), self.store.max_bytes or 0
@@ -272,7 +278,7 @@ async def build(config: Config) -> Daemon:
         app.state.registry.proxy.on_auth_error = agent.credentials_refused
         consumer._record_sources(trust.state.config if trust.state else None)
     app.state.registry.set_upstreams(consumer.upstreams())
-    _wrap_lifespan(app, agent, db)
+    _wrap_lifespan(app, agent, db, consumer)
     side: list[tuple[Starlette, HypercornConfig]] = []
     sock = bind_socket(socket_path(config.data_dir))
 
@@ -343,7 +349,9 @@ def _agent(
     return agent
 
 
-def _wrap_lifespan(app: Starlette, agent: FleetAgent | None, db: FleetDB | None) -> None:
+def _wrap_lifespan(
+    app: Starlette, agent: FleetAgent | None, db: FleetDB | None, consumer: RegistryConsumer
+) -> None:
     inner = app.router.lifespan_context
 
     @asynccontextmanager
@@ -351,10 +359,12 @@ def _wrap_lifespan(app: Starlette, agent: FleetAgent | None, db: FleetDB | None)
         async with inner(a):
             if agent is not None:
                 await agent.start()
+                consumer.replication.start()
             try:
                 yield
             finally:
                 if agent is not None:
+                    await consumer.replication.close()
                     await agent.close()
                     await agent.client.aclose()
                 if db is not None:
