@@ -11,6 +11,7 @@ alone, is reported with its reason, and converges once the blob is back."""
 from __future__ import annotations
 
 import shutil
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,21 @@ KEPT = ("linux/amd64", "linux/arm64")
 
 def images_by_status(sat: Any) -> dict[str, dict[str, Any]]:
     return {i["repository"]: i for i in status(sat)["images"]["list"]}
+
+
+def pinned(data_dir: Path) -> set[str]:
+    """The digests the state pinned in the satellite's store (read-only, beside it)."""
+    with sqlite3.connect(f"file:{data_dir / 'metadata.db'}?mode=ro", uri=True) as db:
+        return {row[0] for row in db.execute("SELECT digest FROM pins WHERE owner = 'state'")}
+
+
+def left_out_digests(index: ImageRef) -> list[str]:
+    return [
+        d
+        for c in index.manifests
+        if c.platform is not None and "/".join(c.platform) not in KEPT
+        for d in c.all_digests
+    ]
 
 
 def all_present(sat: Any, count: int) -> bool:
@@ -90,8 +106,15 @@ def test_a_state_is_replicated_once_and_served_offline(
             sizes = sum(app.blob_file(d).stat().st_size for d in needed)
             assert served_bytes == sizes
 
-            central.stop()  # offline from here on
             host = sat.host
+            pins = pinned(sat.data_dir)
+            assert needed | {app.digest, tool.digest, multi.digest} <= pins
+            assert not pins & set(left_out_digests(multi))
+            # the upstream's tag moves; the fleet's state has not: app:v1 stays the state's
+            push(skopeo, layout, tool, central, "app:v1")
+            assert skopeo.inspect_raw(f"docker://{host}/library/app:v1") == app.manifest_bytes()
+
+            central.stop()  # offline from here on
             assert skopeo.inspect_raw(f"docker://{host}/library/app:v1") == app.manifest_bytes()
             assert skopeo.inspect_raw(f"docker://{host}/library/tool:v1") == tool.manifest_bytes()
             index = multi.manifest_bytes()
@@ -104,6 +127,15 @@ def test_a_state_is_replicated_once_and_served_offline(
             left_out = next(c for c in multi.manifests if c.platform == ("linux", "s390x"))
             with pytest.raises(SkopeoError):
                 skopeo.inspect_raw(f"docker://{host}/library/multi@{left_out.digest}")
+
+            # a group change drops tool: what only tool needed is unpinned, the rest stays
+            central.start()  # Ground Control resolves what it publishes
+            fleet.api("PUT", "/api/v1/groups/shops", {"images": [f"library/app@{app.digest}"]})
+            only_tool = {tool.digest, tool.config_digest} - set(app.all_digests)
+            wait_until(
+                lambda: not (pinned(sat.data_dir) & only_tool), timeout=60, what="tool unpinned"
+            )
+            assert set(app.all_digests) <= pinned(sat.data_dir)
     finally:
         fleet.stop()
 
