@@ -5,6 +5,7 @@ umask, so there is no instant at which another user could connect). Routes:
 
     GET  /status    what `satellite status --json` prints
     POST /sync      fetch a state now and wait for the verdict (`satellite sync --now`)
+    POST /gc        evict unpinned content now; ?dry_run=1 only lists it (`satellite gc`)
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def bind_socket(path: Path) -> socket.socket:
 def admin_app(
     status: Callable[[], Awaitable[dict[str, Any]]],
     sync: Callable[[], Awaitable[dict[str, Any]]],
+    gc: Callable[[bool], Awaitable[dict[str, Any]]],
 ) -> Starlette:
     async def get_status(request: Request) -> Response:
         return JSONResponse(await status())
@@ -71,10 +73,14 @@ def admin_app(
     async def post_sync(request: Request) -> Response:
         return JSONResponse(await sync())
 
+    async def post_gc(request: Request) -> Response:
+        return JSONResponse(await gc(request.query_params.get("dry_run") == "1"))
+
     return Starlette(
         routes=[
             Route("/status", get_status, methods=["GET"]),
             Route("/sync", post_sync, methods=["POST"]),
+            Route("/gc", post_gc, methods=["POST"]),
         ]
     )
 

@@ -85,6 +85,12 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument(
         "--now", action="store_true", help="fetch right away and wait for the verdict (default)"
     )
+    gc = sub.add_parser(
+        "gc", help="free the cached content that no state needs now (pinned content stays)"
+    )
+    common(gc)
+    gc.add_argument("--dry-run", action="store_true", help="list what would be freed, free nothing")
+    gc.add_argument("--json", action="store_true", help="print JSON")
     _runtime_config_parser(sub, common)
     return parser
 
@@ -196,6 +202,36 @@ def _sync(config: Config) -> int:
     return 0 if outcome in ("accepted", "current") else 1
 
 
+async def _gc(config: Config, args: argparse.Namespace) -> int:
+    from appliance.admin import AdminUnavailable, call
+    from appliance.register import daemon_running
+    from appliance.replicate import collect_garbage
+
+    if daemon_running(config.data_dir):
+        path = "/gc?dry_run=1" if args.dry_run else "/gc"
+        try:
+            result = call(config.data_dir, "POST", path)
+        except AdminUnavailable as exc:
+            print(f"satellite: {exc}", file=sys.stderr)
+            return 1
+    else:
+        store = ContentStore(config.data_dir)
+        await store.open()
+        try:
+            result = await collect_garbage(store, dry_run=args.dry_run)
+        finally:
+            await store.close()
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        verb = "would free" if args.dry_run else "freed"
+        print(
+            f"{verb} {result['blobs']} blob(s), {result['bytes']} bytes;"
+            f" {result['pinned']} pinned by the state kept"
+        )
+    return 0
+
+
 async def _verify(config: Config) -> int:
     store = ContentStore(config.data_dir)
     await store.open()
@@ -259,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_status(config, args))
     if args.command == "sync":
         return _sync(config)
+    if args.command == "gc":
+        return asyncio.run(_gc(config, args))
     if args.command == "runtime-config":
         return _runtime_config(args, config)
     raise AssertionError(args.command)

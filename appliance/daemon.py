@@ -30,7 +30,7 @@ from appliance.fleetdb import FleetDB
 from appliance.fleetmetrics import FleetMetrics
 from appliance.gcclient import GroundControlClient
 from appliance.identity import Identity, UpstreamCredential, load_identity, sweep_staged
-from appliance.replicate import ReplicationLoop, Replicator
+from appliance.replicate import ReplicationLoop, Replicator, collect_garbage
 from appliance.statereg import StateRegistryFallback
 from groundcontrol.contract import ImageStatus, StateDocument, TrustedState
 from registry_proxy.app import RegistrySettings, create_app
@@ -302,6 +302,9 @@ async def build(config: Config) -> Daemon:
             return {"outcome": "error", "version": 0, "message": "not registered"}
         return (await agent.sync_now()).to_dict()
 
+    async def gc(dry_run: bool) -> dict[str, Any]:
+        return await collect_garbage(store, dry_run=dry_run)
+
     admin_config = HypercornConfig()
     admin_config.bind = [f"fd://{sock.fileno()}"]
     admin_config.accesslog = None
@@ -309,7 +312,7 @@ async def build(config: Config) -> Daemon:
     admin_config.graceful_timeout = 2
     admin_config.include_server_header = False
     app.state.admin_socket = sock  # kept open for the process's life
-    side.append((admin_app(status, sync), admin_config))
+    side.append((admin_app(status, sync, gc), admin_config))
     return Daemon(config, app, side)
 
 

@@ -318,3 +318,16 @@ class ReplicationLoop:
             due = self.replicator.next_retry()
             timeout = None if due is None else max(0.5, due - self.replicator.clock())
             await wait_event(self._wake, timeout)
+
+
+async def collect_garbage(store: ContentStore, *, dry_run: bool = False) -> dict[str, Any]:
+    """``satellite gc``: evicts every unpinned blob (cached content no state needs) now,
+    not when the cache budget would; what the state needs is pinned and stays."""
+    freed = await store.evict_unpinned(dry_run=dry_run)
+    return {
+        "dry_run": dry_run,
+        "blobs": len(freed),
+        "bytes": sum(size for _, size in freed),
+        "digests": [str(digest) for digest, _ in freed],
+        "pinned": len(await store.meta.pinned(PIN_OWNER)),
+    }

@@ -62,6 +62,7 @@ def test_json_only_where_it_changes_the_output() -> None:
         "groundcontrol status",
         "groundcontrol credential list",
         "satellite status",
+        "satellite gc",
     }
     with pytest.raises(SystemExit) as exit_info:
         groundcontrol_parser().parse_args(["serve", "--json"])

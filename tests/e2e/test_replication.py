@@ -10,6 +10,7 @@ alone, is reported with its reason, and converges once the blob is back."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.fleet import Fleet, status, wait_until
+from tests.support.fleet import Fleet, run_satellite_cli, status, wait_until
 from tests.support.images import ImageRef, build_image, build_index
 from tests.support.skopeo import Skopeo, SkopeoError
 from tests.support.upstream import UpstreamRegistry
@@ -136,6 +137,28 @@ def test_a_state_is_replicated_once_and_served_offline(
                 lambda: not (pinned(sat.data_dir) & only_tool), timeout=60, what="tool unpinned"
             )
             assert set(app.all_digests) <= pinned(sat.data_dir)
+            # satellite gc frees what no state needs now; what the state pins stays
+            dry = json.loads(
+                run_satellite_cli(
+                    "gc", "--dry-run", "--json", "--data-dir", str(sat.data_dir)
+                ).stdout
+            )
+            assert only_tool <= set(dry["digests"]) and not set(dry["digests"]) & set(
+                app.all_digests
+            )
+            done = json.loads(
+                run_satellite_cli("gc", "--json", "--data-dir", str(sat.data_dir)).stdout
+            )
+            assert set(done["digests"]) == set(dry["digests"]) and done["bytes"] > 0
+            again = json.loads(
+                run_satellite_cli("gc", "--json", "--data-dir", str(sat.data_dir)).stdout
+            )
+            assert again["blobs"] == 0
+            ref = f"docker://{host}/library/app@{app.digest}"
+            assert skopeo.inspect_raw(ref) == app.manifest_bytes()
+            with sqlite3.connect(f"file:{sat.data_dir / 'metadata.db'}?mode=ro", uri=True) as db:
+                stored = {row[0] for row in db.execute("SELECT digest FROM blobs")}
+            assert not stored & only_tool and set(app.all_digests) <= stored
     finally:
         fleet.stop()
 
