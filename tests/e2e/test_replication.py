@@ -13,13 +13,16 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from registry_proxy.bandwidth import MIN_BURST
 from tests.support.fleet import Fleet, run_satellite_cli, status, wait_until
-from tests.support.images import ImageRef, build_image, build_index
+from tests.support.images import ImageRef, build_big_image, build_image, build_index
 from tests.support.skopeo import Skopeo, SkopeoError
 from tests.support.upstream import UpstreamRegistry
 
@@ -193,6 +196,11 @@ def test_one_failing_image_does_not_hold_up_the_others(
 
             images = wait_until(settled, timeout=90, what="good present, bad failed")
             assert images["library/bad"]["error"], images
+            text = run_satellite_cli("status", "--data-dir", str(sat.data_dir)).stdout
+            assert "failed:       library/bad@" in text and "replication:" in text
+            metrics = httpx.get(f"{sat.url}/metrics").text
+            assert 'satellite_replication_images{status="failed"} 1.0' in metrics
+            assert 'satellite_replication_images{status="present"} 1.0' in metrics
 
             # reported to Ground Control: an image_status event and the report's images
             def reported() -> bool:
@@ -214,5 +222,32 @@ def test_one_failing_image_does_not_hold_up_the_others(
             shutil.move(kept_aside, data)  # the blob is back: retried with backoff
             wait_until(lambda: all_present(sat, 2), timeout=120, what="bad converges")
             assert skopeo.inspect_raw(f"docker://{sat.host}/library/bad:v1") == bad.manifest_bytes()
+    finally:
+        fleet.stop()
+
+
+def test_the_signed_bandwidth_cap_holds_replication_back(
+    tmp_path: Path, central: UpstreamRegistry, skopeo: Skopeo
+) -> None:
+    """4 MiB replicated under a 1 MB/s cap takes at least the time the cap allows (a lower
+    bound only: a loaded machine can make it slower, never faster)."""
+    layout = tmp_path / "layout"
+    big = build_big_image(layout, "big:v1", 4 * 1024 * 1024, seed="capped")
+    push(skopeo, layout, big, central, "big:v1")
+    fleet = Fleet(tmp_path / "fleet", config=f'[registry]\nurl = "{central.url}"\n').start()
+    try:
+        fleet.create_group("shops", ["library/big:v1"])
+        rate = 1_000_000
+        token = fleet.create_satellite("shop-b", "shops", {"bandwidth_bytes_per_second": rate})
+        sat = fleet.satellite("shop-b", push=False)
+        fleet.register(sat, token)
+        with sat:
+            started = time.monotonic()
+            wait_until(lambda: all_present(sat, 1), timeout=120, what="the capped image")
+            elapsed = time.monotonic() - started
+            config = status(sat)["config"]["bandwidth_bytes_per_second"]
+            assert config == {"value": rate, "source": "signed"}
+        total = sum(big.blob_file(d).stat().st_size for d in big.blob_digests)
+        assert elapsed >= (total - MIN_BURST) / rate, (elapsed, total)
     finally:
         fleet.stop()
