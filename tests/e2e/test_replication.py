@@ -14,6 +14,7 @@ import json
 import shutil
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import httpx
 import pytest
 
 from registry_proxy.bandwidth import MIN_BURST
+from tests.support.containerd import Containerd
 from tests.support.fleet import Fleet, run_satellite_cli, status, wait_until
 from tests.support.images import ImageRef, build_big_image, build_image, build_index
 from tests.support.skopeo import Skopeo, SkopeoError
@@ -72,7 +74,10 @@ def push(skopeo: Skopeo, layout: Path, ref: ImageRef, central: UpstreamRegistry,
 
 
 def test_a_state_is_replicated_once_and_served_offline(
-    tmp_path: Path, central: UpstreamRegistry, skopeo: Skopeo
+    tmp_path: Path,
+    central: UpstreamRegistry,
+    skopeo: Skopeo,
+    containerd_factory: Callable[[], Containerd],
 ) -> None:
     layout = tmp_path / "layout"
     app = build_image(layout, "app:v1", layers=3, layer_size=48 * 1024, seed="shared")
@@ -128,6 +133,18 @@ def test_a_state_is_replicated_once_and_served_offline(
                 out = tmp_path / f"out-{child.digest[7:19]}"
                 skopeo.copy(f"docker://{host}/library/multi@{child.digest}", f"oci:{out}:x")
             skopeo.copy(f"docker://{host}/library/app:v1", f"oci:{tmp_path / 'out-app'}:x")
+            # containerd through a hosts.toml mirror, offline: by tag and by the index digest
+            hosts = tmp_path / "hosts.d"
+            (hosts / central.host).mkdir(parents=True)
+            (hosts / central.host / "hosts.toml").write_text(
+                'server = "http://127.0.0.1:9"\n'
+                f'[host."http://{host}"]\n  capabilities = ["pull", "resolve"]\n'
+            )
+            runtime = containerd_factory()
+            runtime.pull(f"{central.host}/library/app:v1", hosts)
+            assert runtime.image_digest(f"{central.host}/library/app:v1") == app.digest
+            runtime.pull(f"{central.host}/library/multi:v1", hosts)  # linux/amd64 is kept
+            assert runtime.image_digest(f"{central.host}/library/multi:v1") == multi.digest
             left_out = next(c for c in multi.manifests if c.platform == ("linux", "s390x"))
             with pytest.raises(SkopeoError):
                 skopeo.inspect_raw(f"docker://{host}/library/multi@{left_out.digest}")
