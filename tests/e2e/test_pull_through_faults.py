@@ -179,13 +179,14 @@ def test_blackholed_upstream_opens_the_breaker(
             break
         time.sleep(0.1)
     assert rig.metric("satellite_upstream_online") == 0
-    # the breaker is open: pulls no longer go upstream at all
-    seen = rig.relay.count()
+    # the breaker is open: pulls no longer go upstream at all (only the breaker's own
+    # probes of /v2/ may, when its retry time comes round on a slow machine)
+    seen = rig.relay.count("/manifests/")
     for _ in range(20):
         r = httpx.get(url, headers={"accept": ACCEPT}, timeout=30)
         assert r.status_code == 200
         assert r.content == image_layout.app.manifest_bytes()
-    assert rig.relay.count() == seen
+    assert rig.relay.count("/manifests/") == seen
 
 
 def test_concurrent_tag_lookups_share_one_upstream_exchange(
