@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,6 +25,7 @@ from hypercorn.config import Config as HypercornConfig
 from starlette.applications import Starlette
 
 from appliance.admin import admin_app, bind_socket, socket_path
+from appliance.bundle import import_for_agent
 from appliance.config import Config
 from appliance.fleet import FleetAgent, Intervals
 from appliance.fleetdb import FleetDB
@@ -296,6 +298,11 @@ async def build(config: Config) -> Daemon:
             return {"outcome": "error", "version": 0, "message": "not registered"}
         return (await agent.sync_now()).to_dict()
 
+    async def bundle(path: Path) -> dict[str, Any]:
+        if agent is None:
+            return {"outcome": "error", "message": "not registered"}
+        return await import_for_agent(path, store, agent)
+
     admin_config = HypercornConfig()
     admin_config.bind = [f"fd://{sock.fileno()}"]
     admin_config.accesslog = None
@@ -303,7 +310,7 @@ async def build(config: Config) -> Daemon:
     admin_config.graceful_timeout = 2
     admin_config.include_server_header = False
     app.state.admin_socket = sock  # kept open for the process's life
-    side.append((admin_app(status, sync), admin_config))
+    side.append((admin_app(status, sync, bundle), admin_config))
     return Daemon(config, app, side)
 
 
