@@ -205,7 +205,7 @@ class _Importer:
             self.done.add(digest)
             return True
         src = blob_path(self.root, digest)
-        if not src.is_file():
+        if not src.exists():  # a file, or anything that reads like one (a pipe)
             self.result.missing.append(f"{node.repository}@{digest}")
             return False
         store.layout.uploads.mkdir(parents=True, exist_ok=True)

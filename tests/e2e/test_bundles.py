@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
+import signal
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,8 +20,9 @@ import pytest
 
 from groundcontrol.contract import Envelope, StateDocument, generate_key, sign_state
 from tests.support.fleet import Fleet, run_satellite_cli, state_version, status, wait_until
+from tests.support.groundcontrol import groundcontrol_env
 from tests.support.images import GeneratedLayout
-from tests.support.satellite import SatelliteProcess
+from tests.support.satellite import SatelliteProcess, satellite_command
 from tests.support.skopeo import Skopeo
 from tests.support.staterelay import StateRelay
 from tests.support.upstream import UpstreamRegistry
@@ -213,6 +217,40 @@ def test_a_bad_bundle_is_refused_with_one_reason_and_nothing_applied(
     code, out = site.bundle_import(good)
     assert code == 1 and "RollbackError" in out, out
     assert state_version(site.sat) == applied + 1
+
+
+def test_an_import_killed_midway_resumes_without_copying_again(site: Site, tmp_path: Path) -> None:
+    """A blob file that is a pipe with no writer stalls the import there, as a slow stick
+    does; kill -9 then, and the next import copies only what was not in yet."""
+    bundle = tmp_path / "b"
+    site.export("site-a", bundle)
+    index = json.loads((bundle / "index.json").read_bytes())
+    manifest_digest = index["manifests"][0]["digest"].split(":")[1]
+    manifest = json.loads((bundle / "blobs" / "sha256" / manifest_digest).read_bytes())
+    stalled = bundle / "blobs" / "sha256" / manifest["layers"][-1]["digest"].split(":")[1]
+    real = stalled.read_bytes()
+    stalled.unlink()
+    os.mkfifo(stalled)
+    log = tmp_path / "import.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [*satellite_command(), "bundle", "import", str(bundle), "--data-dir",
+             str(site.sat.data_dir)],
+            stdout=out, stderr=subprocess.STDOUT, env=groundcontrol_env(),
+        )  # fmt: skip
+        try:
+            wait_until(lambda: log.read_text().count("imported sha256:") == 3, what="3 blobs in")
+        finally:
+            proc.kill()  # SIGKILL
+            proc.wait(timeout=10)
+    assert proc.returncode == -signal.SIGKILL
+    assert state_version(site.sat) == 1
+    stalled.unlink()
+    stalled.write_bytes(real)
+    code, out = site.bundle_import(bundle)
+    assert code == 0 and out.startswith("applied:"), out
+    assert "1 blob(s) imported" in out and "3 already present" in out, out
+    assert state_version(site.sat) == 2
 
 
 def test_reports_carried_back_and_acknowledged_by_the_next_bundle(
