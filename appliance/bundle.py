@@ -47,6 +47,7 @@ from registry_proxy.durable import atomic_write
 from registry_proxy.errors import RegistryError
 from registry_proxy.manifest import MAX_MANIFEST_BYTES
 from registry_proxy.ocilayout import Node, blob_path, walk
+from registry_proxy.routing import Router
 from registry_proxy.store import ContentStore
 
 if TYPE_CHECKING:
@@ -60,6 +61,7 @@ MAX_ROOTS = 1000
 # (roots newer than the trusted chain, the state envelope) -> outcome, message
 HandOver = Callable[[list[bytes], bytes], Awaitable[tuple[str, str]]]
 Progress = Callable[[str, int, int], None]
+RouterFor = Callable[[StateDocument], Router]
 
 
 class BundleError(Exception):
@@ -240,6 +242,7 @@ async def import_bundle(
     trust: TrustedState,
     db: FleetDB,
     hand_over: HandOver,
+    router_for: RouterFor,
     *,
     now: datetime | None = None,
     progress: Progress | None = None,
@@ -251,12 +254,12 @@ async def import_bundle(
     doc, newer, current = check_state(trust, roots, envelope, moment)
     result = ImportResult("current" if current else "applied", doc.version)
     importer = _Importer(root, store, progress, result)
+    router = router_for(doc)
     complete = []
     for image in doc.images:
-        if await importer.image(
-            image.repository, Digest.parse(image.digest), image.media_type, image.size
-        ):
-            complete.append(image)
+        repo = router.route(image.repository).repo  # where serving looks for it
+        if await importer.image(repo, Digest.parse(image.digest), image.media_type, image.size):
+            complete.append((repo, image))
     if result.missing:
         result.outcome = "incomplete"
         result.message = (
@@ -267,9 +270,9 @@ async def import_bundle(
         for digest, (repository, body, media_type) in importer.manifests.items():
             await store.put_manifest(repository, digest, body, media_type, cached=True)
             result.manifests += 1
-        for image in complete:
+        for repo, image in complete:
             if image.tag:
-                await store.set_tag(image.repository, image.tag, Digest.parse(image.digest))
+                await store.set_tag(repo, image.tag, Digest.parse(image.digest))
         if not current:
             outcome, message = await hand_over(newer, envelope)
             if outcome not in ("accepted", "current"):
@@ -315,7 +318,9 @@ def stored_hand_over(trust: TrustedState, db: FleetDB, now: datetime) -> HandOve
     return hand_over
 
 
-async def import_for_agent(path: Path, store: ContentStore, agent: FleetAgent) -> dict[str, Any]:
+async def import_for_agent(
+    path: Path, store: ContentStore, agent: FleetAgent, router_for: RouterFor
+) -> dict[str, Any]:
     """The running daemon's import: the state goes through the agent, source "bundle"."""
 
     async def hand_over(newer: list[bytes], envelope: bytes) -> tuple[str, str]:
@@ -323,7 +328,7 @@ async def import_for_agent(path: Path, store: ContentStore, agent: FleetAgent) -
         return verdict.outcome, verdict.message
 
     try:
-        result = await import_bundle(path, store, agent.trust, agent.db, hand_over)
+        result = await import_bundle(path, store, agent.trust, agent.db, hand_over, router_for)
     except BundleError as exc:
         log.error("bundle %s refused: %s", path, exc)
         return {"outcome": "refused", "message": str(exc)}
@@ -332,7 +337,7 @@ async def import_for_agent(path: Path, store: ContentStore, agent: FleetAgent) -
 
 
 async def import_offline(
-    data_dir: Path, path: Path, progress: Progress | None = None
+    data_dir: Path, path: Path, router_for: RouterFor, progress: Progress | None = None
 ) -> dict[str, Any]:
     """A stopped data dir's import: the state is verified and persisted; the daemon
     applies it when it starts."""
@@ -361,6 +366,7 @@ async def import_offline(
                     trust,
                     db,
                     stored_hand_over(trust, db, now),
+                    router_for,
                     now=now,
                     progress=progress,
                 )

@@ -10,10 +10,14 @@ import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance.config import Config, ConfigError, load, parse_listen, parse_upstream_flag
 from registry_proxy.store import ContentStore
+
+if TYPE_CHECKING:
+    from groundcontrol.contract import StateDocument
+    from registry_proxy.routing import Router
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -228,12 +232,17 @@ async def _verify(config: Config) -> int:
 def _bundle_import(config: Config, args: argparse.Namespace) -> int:
     from appliance.admin import AdminUnavailable, call
     from appliance.bundle import import_offline
+    from appliance.daemon import storage_router
 
     path = args.path.resolve()
     try:
         result = call(config.data_dir, "POST", "/bundle", {"path": str(path)}, timeout=None)
     except AdminUnavailable:
-        result = asyncio.run(import_offline(config.data_dir, path, _progress()))
+
+        def router_for(doc: StateDocument) -> Router:
+            return storage_router(config, doc)
+
+        result = asyncio.run(import_offline(config.data_dir, path, router_for, _progress()))
     outcome = result.get("outcome")
     if outcome in ("applied", "current"):
         print(

@@ -40,6 +40,7 @@ from registry_proxy.digest import Digest
 from registry_proxy.errors import RegistryError
 from registry_proxy.metrics import Metrics
 from registry_proxy.proxy import Upstream
+from registry_proxy.routing import Router, UpstreamName
 from registry_proxy.store import ContentStore
 from registry_proxy.upstream import UpstreamClient
 
@@ -135,16 +136,8 @@ class RegistryConsumer:
         """Local upstreams, then the signed ones under names the local config does not
         use. An unchanged upstream keeps its object (breaker, connections)."""
         current = current or {}
-        local_names = {u.name for u in self.config.upstreams}
-        has_local_default = any(u.default for u in self.config.upstreams)
-        wanted: list[tuple[str, str, bool, Any]] = [
-            (u.name, u.url, u.default, u) for u in self.config.upstreams
-        ]
-        for name, url, default in self.signed_upstreams:
-            if name not in local_names:
-                wanted.append((name, url, default and not has_local_default, None))
         result: dict[str, Upstream] = {}
-        for name, url, default, local in wanted:
+        for name, url, default, local in upstream_names(self.config, self.signed_upstreams):
             kept = current.get(name)
             if kept is not None and kept.client.url == url.rstrip("/"):
                 kept.default = default
@@ -207,6 +200,35 @@ class RegistryConsumer:
 
     async def cache_usage(self) -> tuple[int, int]:
         return await self.store.used_bytes(), self.store.max_bytes or 0
+
+
+def upstream_names(
+    config: Config, signed: tuple[tuple[str, str, bool], ...]
+) -> list[tuple[str, str, bool, Any]]:
+    """(name, url, default, local config entry or None): the local upstreams, then the
+    signed ones under names the local config does not use."""
+    local_names = {u.name for u in config.upstreams}
+    has_local_default = any(u.default for u in config.upstreams)
+    wanted: list[tuple[str, str, bool, Any]] = [
+        (u.name, u.url, u.default, u) for u in config.upstreams
+    ]
+    for name, url, default in signed:
+        if name not in local_names:
+            wanted.append((name, url, default and not has_local_default, None))
+    return wanted
+
+
+def storage_router(config: Config, doc: StateDocument) -> Router:
+    """The routing a state's images get once it is applied: under which repository the
+    store keeps each (a bundle's import writes them there, so that serving and
+    replication find them)."""
+    signed = _signed_upstreams((doc.config or {}).get("upstreams"))
+    return Router(
+        [
+            UpstreamName(name, url, default)
+            for name, url, default, _ in upstream_names(config, signed)
+        ]
+    )
 
 
 def _int(value: object) -> int | None:
@@ -301,7 +323,7 @@ async def build(config: Config) -> Daemon:
     async def bundle(path: Path) -> dict[str, Any]:
         if agent is None:
             return {"outcome": "error", "message": "not registered"}
-        return await import_for_agent(path, store, agent)
+        return await import_for_agent(path, store, agent, lambda doc: storage_router(config, doc))
 
     admin_config = HypercornConfig()
     admin_config.bind = [f"fd://{sock.fileno()}"]

@@ -120,22 +120,25 @@ def test_export_then_import_into_a_stopped_and_a_running_satellite(
     assert code == 0 and out.startswith(f"current: state version {version}"), out
     assert "0 blob(s) imported" in out
 
+    # a group change, and its bundle, before the central registry goes away
+    site.fleet.api(
+        "PUT",
+        "/api/v1/groups/shops",
+        {"images": [{"reference": "library/app:v1"}, {"reference": "library/multi:v1"}]},
+    )
+    second = tmp_path / "stick2"
+    exported = site.export("site-a", second)
+    assert exported["state_version"] > version
+    site.central.stop()
     with site.sat:
         wait_until(lambda: status(site.sat)["running"], what="daemon")
         assert state_version(site.sat) == version
-        # every named image pulls from the satellite, which has no upstream at all
+        # the named image pulls from the satellite, which reaches neither Ground Control
+        # nor the registry its signed config names
         assert pull(skopeo, site.sat, "library/app:v1", tmp_path / "pulled") == (
             image_layout.app.digest
         )
-        # a group change, a new bundle, imported by the running daemon
-        site.fleet.api(
-            "PUT",
-            "/api/v1/groups/shops",
-            {"images": [{"reference": "library/app:v1"}, {"reference": "library/multi:v1"}]},
-        )
-        second = tmp_path / "stick2"
-        exported = site.export("site-a", second)
-        assert exported["state_version"] > version
+        # the new bundle, imported by the running daemon
         code, out = site.bundle_import(second)
         assert code == 0 and out.startswith("applied:"), out
         assert state_version(site.sat) == exported["state_version"]
