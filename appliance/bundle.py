@@ -20,9 +20,11 @@ ingested from an earlier stick.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import os
 import secrets
+import tarfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -247,19 +249,31 @@ async def import_bundle(
     now: datetime | None = None,
     progress: Progress | None = None,
 ) -> ImportResult:
-    """Verify, copy, then hand the state over; see the module docstring. ``BundleError``
-    for a refused bundle (nothing applied)."""
+    """Verify, copy, then hand the state over; see the module docstring. ``root`` is a
+    bundle directory, a tar, or the first of its split parts. ``BundleError`` for a
+    refused bundle (nothing applied)."""
     moment = now or datetime.now(UTC)
-    roots, envelope = read_signed(root)
-    doc, newer, current = check_state(trust, roots, envelope, moment)
+    counts = ImportResult("applied", 0)
+    directory = await asyncio.to_thread(_read_directory, root)
+    if directory is not None:
+        roots, envelope, acks = directory
+        doc, newer, current = check_state(trust, roots, envelope, moment)
+        blobs_root = root
+    else:
+        signed = await _stream_tar(root, store, trust, moment, counts, progress)
+        doc, newer, current, envelope, acks = signed
+        blobs_root = root.with_name(f".{root.name}.no-such-dir")  # all is in the store now
     result = ImportResult("current" if current else "applied", doc.version)
-    importer = _Importer(root, store, progress, result)
+    result.blobs_imported, result.bytes_imported = counts.blobs_imported, counts.bytes_imported
+    importer = _Importer(blobs_root, store, progress, result)
     router = router_for(doc)
     complete = []
     for image in doc.images:
         repo = router.route(image.repository).repo  # where serving looks for it
         if await importer.image(repo, Digest.parse(image.digest), image.media_type, image.size):
             complete.append((repo, image))
+    if counts.blobs_imported:  # counted once: found in the store by the walk
+        result.blobs_present -= counts.blobs_imported
     if result.missing:
         result.outcome = "incomplete"
         result.message = (
@@ -277,21 +291,189 @@ async def import_bundle(
             outcome, message = await hand_over(newer, envelope)
             if outcome not in ("accepted", "current"):
                 raise BundleError(f"state version {doc.version} {outcome}: {message}")
-    result.acked = await apply_acks(root, db, trust.satellite)
+    result.acked = await apply_acks(acks, db, trust.satellite)
     return result
 
 
-async def apply_acks(root: Path, db: FleetDB, satellite: str) -> int:
+MAX_ACKS = 16 * 1024 * 1024
+
+
+def _read_directory(root: Path) -> tuple[list[tuple[int, bytes]], bytes, bytes | None] | None:
+    """A bundle directory's signed files and ack list; None when ``root`` is a file."""
+    if not root.is_dir():
+        return None
+    roots, envelope = read_signed(root)
+    acks = root / ACKS_FILE
+    return roots, envelope, _read_small(acks, MAX_ACKS) if acks.is_file() else None
+
+
+_SIGNED_CAPS = {STATE_FILE: 8 * 1024 * 1024, ACKS_FILE: MAX_ACKS}
+
+
+def part_files(path: Path) -> list[Path]:
+    """A tar, or the parts PATH.000, PATH.001 … when ``path`` is the first of them; a
+    missing part is named (the tar would otherwise read as merely truncated)."""
+    if not path.exists():
+        raise BundleError(f"{path}: no such file or directory")
+    if not path.name.endswith(".000"):
+        return [path]
+    base = path.name[: -len(".000")]
+    numbers = sorted(
+        int(p.name[len(base) + 1 :])
+        for p in path.parent.iterdir()
+        if p.name.startswith(base + ".") and p.name[len(base) + 1 :].isdigit()
+    )
+    for expected, number in enumerate(numbers):
+        if number != expected:
+            raise BundleError(f"part {base}.{expected:03d} of the bundle is missing")
+    return [path.parent / f"{base}.{n:03d}" for n in numbers]
+
+
+class _Parts(io.RawIOBase):
+    """The parts read one after the other as one stream."""
+
+    def __init__(self, parts: list[Path]) -> None:
+        self._parts = list(parts)
+        self._file: Any = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while True:
+            if self._file is None:
+                if not self._parts:
+                    return 0
+                self._file = open(self._parts.pop(0), "rb", buffering=0)  # noqa: SIM115
+            n = int(self._file.readinto(buffer))
+            if n:
+                return n
+            self._file.close()
+            self._file = None
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        super().close()
+
+
+def _blob_member(name: str) -> Digest | None:
+    parts = name.split("/")
+    if len(parts) != 3 or parts[0] != "blobs":
+        return None
+    try:
+        return Digest.parse(f"{parts[1]}:{parts[2]}")
+    except RegistryError:
+        return None
+
+
+async def _stream_tar(
+    path: Path,
+    store: ContentStore,
+    trust: TrustedState,
+    now: datetime,
+    counts: ImportResult,
+    progress: Progress | None,
+) -> tuple[StateDocument, list[bytes], bool, bytes, bytes | None]:
+    """Read a tar bundle once, in order: the signed files (which come first) are checked
+    before any blob is read, then each blob streams into the store, verified."""
+    stream = tarfile.open(fileobj=_Parts(part_files(path)), mode="r|")  # noqa: SIM115
+    signed: dict[str, bytes] = {}
+    checked: tuple[StateDocument, list[bytes], bool] | None = None
+
+    def check() -> tuple[StateDocument, list[bytes], bool]:
+        if STATE_FILE not in signed:
+            raise BundleError(f"{path}: not a complete bundle ({STATE_FILE} is missing)")
+        roots = sorted(
+            (int(name.rsplit("/", 1)[1].removesuffix(".json")), data)
+            for name, data in signed.items()
+            if name.startswith(ROOTS_DIR + "/") and name.rsplit("/", 1)[1][:-5].isdigit()
+        )
+        return check_state(trust, roots, signed[STATE_FILE], now)
+
+    try:
+        with stream:
+            for member in stream:
+                if not member.isfile():
+                    continue
+                if member.name.startswith("satellite/"):
+                    if checked is not None or member.size > _SIGNED_CAPS.get(
+                        member.name, 512 * 1024
+                    ):
+                        raise BundleError(f"{path}: unexpected {member.name}")
+                    reader = stream.extractfile(member)
+                    assert reader is not None
+                    signed[member.name] = await asyncio.to_thread(reader.read)
+                    continue
+                digest = _blob_member(member.name)
+                if digest is None:
+                    continue
+                if checked is None:
+                    checked = check()
+                if store.blobs.size(digest) == member.size:
+                    continue
+                await _tar_blob(stream, member, digest, store, counts, progress)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise BundleError(f"{path}: truncated or damaged tar ({exc})") from None
+    if checked is None:
+        checked = check()
+    return (*checked, signed[STATE_FILE], signed.get(ACKS_FILE))
+
+
+async def _tar_blob(
+    stream: tarfile.TarFile,
+    member: tarfile.TarInfo,
+    digest: Digest,
+    store: ContentStore,
+    counts: ImportResult,
+    progress: Progress | None,
+) -> None:
+    reader = stream.extractfile(member)
+    assert reader is not None
+    store.layout.uploads.mkdir(parents=True, exist_ok=True)
+    tmp = store.layout.uploads / f"commit-{secrets.token_hex(8)}"
+    try:
+        computed = await asyncio.to_thread(_copy_stream, reader, tmp, digest)
+        if computed != (digest, member.size):
+            raise BundleError(
+                f"blob {digest} in the bundle is damaged: {computed[1]} bytes hashing to"
+                f" {computed[0]}"
+            )
+        # published without a repository: the walk links it where the state names it
+        await store.adopt_blob([], tmp, digest, computed)
+    finally:
+        tmp.unlink(missing_ok=True)
+    counts.blobs_imported += 1
+    counts.bytes_imported += member.size
+    if progress is not None:
+        progress(str(digest), counts.bytes_imported, member.size)
+    log.info("imported %s (%d bytes)", digest, member.size)
+
+
+def _copy_stream(reader: Any, dst: Path, digest: Digest) -> tuple[Digest, int]:
+    hasher = digest.hasher()
+    done = 0
+    with open(dst, "wb", buffering=0) as out:
+        while chunk := reader.read(READ_CHUNK):
+            hasher.update(chunk)
+            view = memoryview(chunk)
+            while view:
+                view = view[out.write(view) or 0 :]
+            done += len(chunk)
+        os.fsync(out.fileno())
+    return Digest(digest.algorithm, hasher.hexdigest()), done
+
+
+async def apply_acks(data: bytes | None, db: FleetDB, satellite: str) -> int:
     """Remove from the outbox the check-ins Ground Control says it holds."""
-    path = root / ACKS_FILE
-    if not path.is_file():
+    if data is None:
         return 0
     try:
-        acks = Acks.from_bytes(_read_small(path, 16 * 1024 * 1024))
+        acks = Acks.from_bytes(data)
     except ContractError as exc:
-        raise BundleError(f"{path}: {exc}") from None
+        raise BundleError(f"{ACKS_FILE}: {exc}") from None
     if acks.satellite != satellite:
-        raise BundleError(f"{path}: the acks of {acks.satellite}, not of {satellite}")
+        raise BundleError(f"{ACKS_FILE}: the acks of {acks.satellite}, not of {satellite}")
     queued = await db.pending(1_000_000)
     covered = [seq for seq, _ in queued if acks.covers(seq)]
     if not covered:

@@ -21,9 +21,11 @@ import hashlib
 import logging
 import os
 import secrets
-from collections.abc import Callable
+import tarfile
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from groundcontrol import checkins
 from groundcontrol.config import Config
@@ -88,8 +90,10 @@ async def export_bundle(
     output: Path,
     *,
     held: frozenset[str] = frozenset(),
+    tar: int | None = None,
     progress: Progress | None = None,
 ) -> ExportResult:
+    """``tar``: write one tar at ``output`` (0) or parts of at most that many bytes."""
     async with services.store.transaction() as q:
         row = await q.latest_state(satellite)
         if row is None:
@@ -109,7 +113,15 @@ async def export_bundle(
     doc = trust.state
     assert doc is not None
     result = ExportResult(satellite, doc.version)
-    await asyncio.to_thread(output.mkdir, parents=True, exist_ok=True)
+    signed = [(f"{ROOTS_DIR}/{version}.json", data) for version, data in chain]
+    signed.append((ACKS_FILE, Acks(satellite, floor, frozenset(seqs)).to_bytes()))
+    signed.append((STATE_FILE, envelope))  # last: its presence marks a whole bundle
+    sink: _Sink
+    if tar is None:
+        await asyncio.to_thread(output.mkdir, parents=True, exist_ok=True)
+        sink = _DirSink(output)
+    else:
+        sink = _TarSink(_PartsWriter(output, tar), signed)
     config = services.config
     client = UpstreamClient(
         "central",
@@ -120,36 +132,30 @@ async def export_bundle(
     written: set[Digest] = set()
 
     async def fetch(repository: str, digest: Digest) -> bytes:
-        path = blob_path(output, digest)
-        if path.exists():
-            body = path.read_bytes()
-            if Digest.of(body, digest.algorithm) == digest:
-                return body
-            path.unlink()
-        manifest = await client.get_manifest(repository, str(digest))  # verified there
-        _publish_bytes(path, manifest.body)
-        return manifest.body
+        body = sink.manifest(digest)
+        if body is None:
+            body = (await client.get_manifest(repository, str(digest))).body  # verified there
+            sink.put_manifest(digest, body)
+        return body
 
     try:
         entries = []
         for image in doc.images:
             digest = Digest.parse(image.digest)
             async for node in walk(image.repository, digest, image.media_type, image.size, fetch):
-                if node.digest in written:
+                if node.digest in written or node.is_manifest:  # manifests: written by fetch
                     continue
                 written.add(node.digest)
-                if node.is_manifest:
-                    continue  # written by fetch
                 if str(node.digest) in held:
                     result.blobs_skipped += 1
                     continue
-                path = blob_path(output, node.digest)
-                if path.exists() and path.stat().st_size == node.size:
+                if sink.has(node.digest, node.size):
                     result.blobs_present += 1
                     continue
-                result.bytes_written += await _copy_blob(
-                    client, node.repository, node.digest, node.size, path, progress
-                )
+                async with client.open_blob(node.repository, node.digest) as blob:
+                    result.bytes_written += await sink.put_blob(
+                        node.digest, node.size, blob.chunks(), progress
+                    )
                 result.blobs_written += 1
             entries.append(
                 (
@@ -160,19 +166,218 @@ async def export_bundle(
                 )
             )
             result.images += 1
+        sink.finish(index_document(entries), signed)
     except RegistryClientError as exc:
+        sink.abort()
         raise UpstreamError(f"central registry: {exc}") from None
     except RegistryError as exc:
+        sink.abort()
         raise UpstreamError(f"central registry: {exc.message}", code="digest_mismatch") from None
+    except BaseException:
+        sink.abort()
+        raise
     finally:
         await client.aclose()
-    atomic_write(output / LAYOUT_FILE, LAYOUT_VERSION + b"\n")
-    atomic_write(output / INDEX_FILE, index_document(entries))
-    for version, data in chain:
-        atomic_write(output / ROOTS_DIR / f"{version}.json", data)
-    atomic_write(output / ACKS_FILE, Acks(satellite, floor, frozenset(seqs)).to_bytes())
-    atomic_write(output / STATE_FILE, envelope)  # last: its presence marks a whole bundle
     return result
+
+
+def _mismatch(digest: Digest, actual: Digest, done: int) -> UpstreamError:
+    return UpstreamError(
+        f"blob {digest} arrived as {actual} ({done} bytes)", code="digest_mismatch"
+    )
+
+
+class _Sink:
+    """Where an export writes: a bundle directory, or a tar stream (split or not)."""
+
+    def manifest(self, digest: Digest) -> bytes | None:
+        return None
+
+    def put_manifest(self, digest: Digest, body: bytes) -> None:
+        raise NotImplementedError
+
+    def has(self, digest: Digest, size: int) -> bool:
+        return False
+
+    async def put_blob(
+        self, digest: Digest, size: int, chunks: AsyncIterator[bytes], progress: Progress | None
+    ) -> int:
+        raise NotImplementedError
+
+    def finish(self, index: bytes, signed: list[tuple[str, bytes]]) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        pass
+
+
+class _DirSink(_Sink):
+    """A directory: each blob hashed as written and published under its digest only on
+    a match, so an export run again on the same directory copies only what is missing."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def manifest(self, digest: Digest) -> bytes | None:
+        path = blob_path(self.root, digest)
+        if path.exists():
+            body = path.read_bytes()
+            if Digest.of(body, digest.algorithm) == digest:
+                return body
+            path.unlink()
+        return None
+
+    def put_manifest(self, digest: Digest, body: bytes) -> None:
+        _publish_bytes(blob_path(self.root, digest), body)
+
+    def has(self, digest: Digest, size: int) -> bool:
+        path = blob_path(self.root, digest)
+        return path.exists() and path.stat().st_size == size
+
+    async def put_blob(
+        self, digest: Digest, size: int, chunks: AsyncIterator[bytes], progress: Progress | None
+    ) -> int:
+        path = blob_path(self.root, digest)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        hasher = digest.hasher()
+        done = 0
+        try:
+            with await asyncio.to_thread(open, tmp, "wb") as f:
+                async for chunk in chunks:
+                    hasher.update(chunk)
+                    f.write(chunk)
+                    done += len(chunk)
+                    if progress is not None:
+                        progress(str(digest), done, size)
+                f.flush()
+                os.fsync(f.fileno())
+            actual = Digest(digest.algorithm, hasher.hexdigest())
+            if actual != digest or done != size:
+                raise _mismatch(digest, actual, done)
+            publish(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return done
+
+    def finish(self, index: bytes, signed: list[tuple[str, bytes]]) -> None:
+        atomic_write(self.root / LAYOUT_FILE, LAYOUT_VERSION + b"\n")
+        atomic_write(self.root / INDEX_FILE, index)
+        for name, data in signed:
+            atomic_write(self.root / name, data)
+
+
+class _PartsWriter:
+    """One output file, or with ``part_size`` the parts PATH.000, PATH.001, … of at most
+    that many bytes each (FAT32 holds files below 4 GiB)."""
+
+    def __init__(self, path: Path, part_size: int) -> None:
+        self.path = path
+        self.part_size = part_size
+        self.parts: list[Path] = []
+        self._file: BinaryIO | None = None
+        self._left = 0
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def _next(self) -> BinaryIO:
+        if self._file is not None:
+            self._close_part()
+        name = self.path if self.part_size == 0 else Path(f"{self.path}.{len(self.parts):03d}")
+        self.parts.append(name)
+        self._file = open(name, "wb")  # noqa: SIM115 (closed by _close_part)
+        self._left = self.part_size or -1
+        return self._file
+
+    def _close_part(self) -> None:
+        assert self._file is not None
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._file = None
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            out = self._file if self._file is not None and self._left != 0 else self._next()
+            n = len(view) if self._left < 0 else min(len(view), self._left)
+            out.write(view[:n])
+            view = view[n:]
+            if self._left > 0:
+                self._left -= n
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._close_part()
+        fsync_dir(self.path.parent)
+
+    def remove(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        for part in self.parts:
+            part.unlink(missing_ok=True)
+
+
+class _TarSink(_Sink):
+    """One tar streamed as it is made (no temporary copy): the signed files first, so an
+    import verifies the state before it reads a blob, then every manifest and blob, the
+    index last. A blob that does not hash to its digest aborts the whole tar."""
+
+    def __init__(self, out: _PartsWriter, signed: list[tuple[str, bytes]]) -> None:
+        self.out = out
+        self._manifests: dict[Digest, bytes] = {}
+        self._file(LAYOUT_FILE, LAYOUT_VERSION + b"\n")
+        for name, data in signed:
+            self._file(name, data)
+
+    def _header(self, name: str, size: int) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = size
+        info.mode = 0o644
+        self.out.write(info.tobuf(format=tarfile.PAX_FORMAT))
+
+    def _pad(self, size: int) -> None:
+        self.out.write(b"\0" * (-size % tarfile.BLOCKSIZE))
+
+    def _file(self, name: str, data: bytes) -> None:
+        self._header(name, len(data))
+        self.out.write(data)
+        self._pad(len(data))
+
+    def manifest(self, digest: Digest) -> bytes | None:
+        return self._manifests.get(digest)
+
+    def put_manifest(self, digest: Digest, body: bytes) -> None:
+        self._manifests[digest] = body
+        self._file(f"blobs/{digest.algorithm}/{digest.encoded}", body)
+
+    async def put_blob(
+        self, digest: Digest, size: int, chunks: AsyncIterator[bytes], progress: Progress | None
+    ) -> int:
+        self._header(f"blobs/{digest.algorithm}/{digest.encoded}", size)
+        hasher = digest.hasher()
+        done = 0
+        async for chunk in chunks:
+            if done + len(chunk) > size:
+                raise _mismatch(digest, Digest(digest.algorithm, "?"), done + len(chunk))
+            hasher.update(chunk)
+            self.out.write(chunk)
+            done += len(chunk)
+            if progress is not None:
+                progress(str(digest), done, size)
+        actual = Digest(digest.algorithm, hasher.hexdigest())
+        if actual != digest or done != size:
+            raise _mismatch(digest, actual, done)
+        self._pad(size)
+        return done
+
+    def finish(self, index: bytes, signed: list[tuple[str, bytes]]) -> None:
+        self._file(INDEX_FILE, index)
+        self.out.write(b"\0" * (2 * tarfile.BLOCKSIZE))
+        self.out.close()
+
+    def abort(self) -> None:
+        self.out.remove()
 
 
 def _publish_bytes(path: Path, data: bytes) -> None:
@@ -183,43 +388,6 @@ def _publish_bytes(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     publish(tmp, path)
-
-
-async def _copy_blob(
-    client: UpstreamClient,
-    repository: str,
-    digest: Digest,
-    size: int,
-    path: Path,
-    progress: Progress | None,
-) -> int:
-    """Stream one blob into ``path``: hashed while written, published only on a match."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    hasher = digest.hasher()
-    done = 0
-    try:
-        with await asyncio.to_thread(open, tmp, "wb") as f:
-            async with client.open_blob(repository, digest) as blob:
-                async for chunk in blob.chunks():
-                    hasher.update(chunk)
-                    f.write(chunk)
-                    done += len(chunk)
-                    if progress is not None:
-                        progress(str(digest), done, size)
-            f.flush()
-            os.fsync(f.fileno())
-        actual = Digest(digest.algorithm, hasher.hexdigest())
-        if actual != digest or done != size:
-            raise UpstreamError(
-                f"{repository}: blob {digest} arrived as {actual} ({done} bytes)",
-                code="digest_mismatch",
-            )
-        publish(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
-    return done
 
 
 # --- reports carried back -------------------------------------------------------------

@@ -28,6 +28,7 @@ from groundcontrol.config import (
     parse_database_url,
     parse_int,
     parse_listen,
+    parse_size,
 )
 from groundcontrol.status import SUMMARIES
 
@@ -448,6 +449,16 @@ def cmd_bundle(args: argparse.Namespace) -> int:
                 f"no inventory from {args.satellite} yet: run groundcontrol reports import"
                 " on the reports it sent, or export a whole bundle"
             )
+    tar: int | None = None
+    if args.split:
+        try:
+            tar = parse_size(args.split)
+        except ValueError as exc:
+            raise CliError(f"--split: {exc}") from None
+        if tar < 64 * 1024:
+            raise CliError("--split: parts must be at least 64KiB")
+    elif args.tar:
+        tar = 0
     held = frozenset[str]()
     if inventory is not None:
         held = held_blobs(inventory.read_bytes(), args.satellite, str(inventory))
@@ -456,7 +467,12 @@ def cmd_bundle(args: argparse.Namespace) -> int:
         services = await _with_services(config, init_keys=False)
         try:
             result = await export_bundle(
-                services, args.satellite, Path(args.output), held=held, progress=_progress()
+                services,
+                args.satellite,
+                Path(args.output),
+                held=held,
+                tar=tar,
+                progress=_progress(),
             )
             return result.to_dict()
         finally:
@@ -742,6 +758,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--since-inventory",
         metavar="FILE",
         help="leave out the blobs listed in this inventory file",
+    )
+    p.add_argument(
+        "--tar",
+        action="store_true",
+        help="write one tar file at PATH (streamed, no temporary copy) instead of a directory",
+    )
+    p.add_argument(
+        "--split",
+        metavar="SIZE",
+        help="write the tar in parts PATH.000, PATH.001 ... of at most SIZE each (4GiB for"
+        " FAT32 sticks); implies --tar",
     )
     json_flag(p, "print the export's counts as JSON")
     p.set_defaults(func=cmd_bundle)

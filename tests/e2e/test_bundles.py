@@ -222,6 +222,39 @@ def test_a_bad_bundle_is_refused_with_one_reason_and_nothing_applied(
     assert state_version(site.sat) == applied + 1
 
 
+def test_a_tar_and_a_split_bundle(site: Site, tmp_path: Path, skopeo: Skopeo) -> None:
+    tar = tmp_path / "bundle.tar"
+    result = site.export("site-a", tar, "--tar")
+    assert result["blobs_written"] == 4 and tar.is_file()
+    # a standard OCI layout in a tar: skopeo reads it as an oci-archive
+    assert skopeo.inspect(f"oci-archive:{tar}:library/app:v1")["Layers"]
+    split = tmp_path / "parts" / "bundle.tar"
+    site.export("site-a", split, "--split", "64KiB")
+    parts = sorted(split.parent.iterdir())
+    assert len(parts) >= 3 and all(p.stat().st_size <= 64 * 1024 for p in parts)
+    assert b"".join(p.read_bytes() for p in parts) == tar.read_bytes()
+
+    truncated = tmp_path / "truncated.tar"
+    truncated.write_bytes(tar.read_bytes()[: tar.stat().st_size // 2])
+    code, out = site.bundle_import(truncated)
+    assert code == 1 and "truncated or damaged tar" in out, out
+    assert state_version(site.sat) == 1
+    middle = parts[1]
+    kept = middle.read_bytes()
+    middle.unlink()
+    code, out = site.bundle_import(parts[0])
+    assert code == 1 and f"part {middle.name} of the bundle is missing" in out, out
+    assert state_version(site.sat) == 1
+    middle.write_bytes(kept)
+    code, out = site.bundle_import(parts[0])
+    assert code == 0 and out.startswith("applied: state version 2"), out
+    # the blobs the truncated tar brought in were not copied again
+    assert "already present" in out
+    code, out = site.bundle_import(tar)
+    assert code == 0 and out.startswith("current: state version 2"), out
+    assert "0 blob(s) imported" in out
+
+
 def test_an_import_killed_midway_resumes_without_copying_again(site: Site, tmp_path: Path) -> None:
     """A blob file that is a pipe with no writer stalls the import there, as a slow stick
     does; kill -9 then, and the next import copies only what was not in yet."""
