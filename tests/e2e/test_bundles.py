@@ -22,10 +22,10 @@ from groundcontrol.contract import Envelope, StateDocument, generate_key, sign_s
 from tests.support.fleet import Fleet, run_satellite_cli, state_version, status, wait_until
 from tests.support.groundcontrol import groundcontrol_env
 from tests.support.images import GeneratedLayout
-from tests.support.satellite import SatelliteProcess, satellite_command
+from tests.support.satellite import REPO_ROOT, SatelliteProcess, satellite_command
 from tests.support.skopeo import Skopeo
 from tests.support.staterelay import StateRelay
-from tests.support.upstream import UpstreamRegistry
+from tests.support.upstream import UpstreamRegistry, require_tool
 
 
 @dataclass
@@ -287,6 +287,56 @@ def test_an_import_killed_midway_resumes_without_copying_again(site: Site, tmp_p
     assert code == 0 and out.startswith("applied:"), out
     assert "1 blob(s) imported" in out and "3 already present" in out, out
     assert state_version(site.sat) == 2
+
+
+def test_the_usb_import_script_imports_and_writes_the_reports_back(
+    site: Site, tmp_path: Path
+) -> None:
+    """What satellite-bundle@.service runs once the stick is mounted, end to end, with
+    the running daemon; the units themselves pass systemd-analyze verify."""
+    stick = tmp_path / "stick"
+    site.export("site-a", stick / "images" / "bundle.tar", "--split", "64KiB")
+    (stick / "SATELLITE-BUNDLE").write_text("images/bundle.tar.000\n")
+    script = REPO_ROOT / "systemd" / "satellite-usb-import"
+    with site.sat:
+        wait_until(lambda: status(site.sat)["running"], what="daemon")
+        done = subprocess.run(
+            [str(script), str(stick), str(site.sat.data_dir)],
+            env={**groundcontrol_env(), "SATELLITE": satellite_command()[0]},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "applied: state version 2" in done.stdout, done.stdout
+        assert status(site.sat)["state_source"] == "bundle"
+    carried = json.loads((stick / "reports" / "site-a" / "checkins.json").read_bytes())
+    assert carried["checkins"]
+    assert (stick / "reports" / "site-a" / "inventory.json").is_file()
+    # a stick without a bundle: refused with the reason, in the journal
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    done = subprocess.run(
+        [str(script), str(empty), str(site.sat.data_dir)],
+        env={**groundcontrol_env(), "SATELLITE": satellite_command()[0]},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1 and "no bundle on" in done.stderr
+
+
+def test_the_usb_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
+    analyze = require_tool("systemd-analyze", "systemd")
+    text = (REPO_ROOT / "systemd" / "satellite-bundle@.service").read_text()
+    unit = tmp_path / "satellite-bundle@sdb1.service"
+    script = REPO_ROOT / "systemd" / "satellite-usb-import"
+    unit.write_text(text.replace("/opt/satellite/bin/satellite-usb-import", str(script)))
+    done = subprocess.run(
+        [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    rule = (REPO_ROOT / "systemd" / "99-satellite-bundle.rules").read_text()
+    assert 'ENV{SYSTEMD_WANTS}+="satellite-bundle@%k.service"' in rule
+    assert 'ENV{ID_FS_LABEL}=="SATBUNDLE"' in rule
 
 
 def test_reports_carried_back_and_acknowledged_by_the_next_bundle(
