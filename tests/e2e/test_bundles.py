@@ -11,7 +11,7 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from groundcontrol.contract import Envelope, StateDocument, generate_key, sign_state
+from tests.support.containerd import Containerd
 from tests.support.fleet import Fleet, run_satellite_cli, state_version, status, wait_until
 from tests.support.groundcontrol import groundcontrol_env
 from tests.support.images import GeneratedLayout
@@ -97,7 +98,11 @@ def pull(skopeo: Skopeo, sat: SatelliteProcess, ref: str, out: Path) -> str:
 
 
 def test_export_then_import_into_a_stopped_and_a_running_satellite(
-    site: Site, skopeo: Skopeo, tmp_path: Path, image_layout: GeneratedLayout
+    site: Site,
+    skopeo: Skopeo,
+    tmp_path: Path,
+    image_layout: GeneratedLayout,
+    containerd_factory: Callable[[], Containerd],
 ) -> None:
     bundle = tmp_path / "stick" / "bundle"
     first = site.export("site-a", bundle)
@@ -136,6 +141,19 @@ def test_export_then_import_into_a_stopped_and_a_running_satellite(
         # the named image pulls from the satellite, which reaches neither Ground Control
         # nor the registry its signed config names
         assert pull(skopeo, site.sat, "library/app:v1", tmp_path / "pulled") == (
+            image_layout.app.digest
+        )
+        # and a runtime pulls it: containerd with the satellite as the mirror of the
+        # central registry the state names (?ns=<that registry>)
+        hosts = tmp_path / "hosts.d"
+        (hosts / site.central.host).mkdir(parents=True)
+        (hosts / site.central.host / "hosts.toml").write_text(
+            'server = "http://127.0.0.1:9"\n'
+            f'[host."http://{site.sat.host}"]\n  capabilities = ["pull", "resolve"]\n'
+        )
+        runtime = containerd_factory()
+        runtime.pull(f"{site.central.host}/library/app:v1", hosts)
+        assert runtime.image_digest(f"{site.central.host}/library/app:v1") == (
             image_layout.app.digest
         )
         # the new bundle, imported by the running daemon
