@@ -8,7 +8,11 @@ state, before anything is written: a foreign, replayed, older or unsigned bundle
 changes nothing. Then every blob streams into the store hashed on the way (a file is
 published under its digest only on a match, by the store's own commit), and blobs the
 store already holds are not copied again, which is what makes an import cut by kill -9
-or a pulled stick resumable. Manifests and tags go in only when every blob is present,
+or a pulled stick resumable. Each image goes under the repository the state's routing
+gives it (its signed upstreams), where serving and replication look for it. A bundle
+is a directory, or a tar (split or not) read once in order: its signed files come first,
+so the state is checked before a blob is read. Manifests and tags go in only when every
+blob is present,
 and last the state goes to its owner: the running daemon's ``FleetAgent`` (the same
 verify → persist → act path as a downloaded state, source "bundle"), or, on a stopped
 data dir, the fleet database, where the daemon finds it at start.
@@ -514,7 +518,6 @@ async def import_for_agent(
     except BundleError as exc:
         log.error("bundle %s refused: %s", path, exc)
         return {"outcome": "refused", "message": str(exc)}
-    await agent._refresh_stats()
     return result.to_dict()
 
 
