@@ -5,6 +5,7 @@ umask, so there is no instant at which another user could connect). Routes:
 
     GET  /status    what `satellite status --json` prints
     POST /sync      fetch a state now and wait for the verdict (`satellite sync --now`)
+    POST /gc        evict unpinned content now; ?dry_run=1 only lists it (`satellite gc`)
     POST /bundle    import a USB bundle, {"path": DIR} (`satellite bundle import`)
 """
 
@@ -65,6 +66,7 @@ def bind_socket(path: Path) -> socket.socket:
 def admin_app(
     status: Callable[[], Awaitable[dict[str, Any]]],
     sync: Callable[[], Awaitable[dict[str, Any]]],
+    gc: Callable[[bool], Awaitable[dict[str, Any]]],
     bundle: Callable[[Path], Awaitable[dict[str, Any]]] | None = None,
 ) -> Starlette:
     async def get_status(request: Request) -> Response:
@@ -72,6 +74,9 @@ def admin_app(
 
     async def post_sync(request: Request) -> Response:
         return JSONResponse(await sync())
+
+    async def post_gc(request: Request) -> Response:
+        return JSONResponse(await gc(request.query_params.get("dry_run") == "1"))
 
     async def post_bundle(request: Request) -> Response:
         try:
@@ -87,6 +92,7 @@ def admin_app(
         routes=[
             Route("/status", get_status, methods=["GET"]),
             Route("/sync", post_sync, methods=["POST"]),
+            Route("/gc", post_gc, methods=["POST"]),
             Route("/bundle", post_bundle, methods=["POST"]),
         ]
     )

@@ -89,6 +89,12 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument(
         "--now", action="store_true", help="fetch right away and wait for the verdict (default)"
     )
+    gc = sub.add_parser(
+        "gc", help="free the cached content that no state needs now (pinned content stays)"
+    )
+    common(gc)
+    gc.add_argument("--dry-run", action="store_true", help="list what would be freed, free nothing")
+    gc.add_argument("--json", action="store_true", help="print JSON")
     bundle = sub.add_parser("bundle", help="USB bundles for air-gapped sites").add_subparsers(
         dest="bundle_cmd", required=True, metavar="COMMAND"
     )
@@ -96,7 +102,9 @@ def _parser() -> argparse.ArgumentParser:
         "import", help="verify a bundle, copy its images into the store and apply its state"
     )
     common(imp)
-    imp.add_argument("path", type=Path, help="the bundle directory")
+    imp.add_argument(
+        "path", type=Path, help="the bundle: a directory, a tar, or the first of its split parts"
+    )
     reports = sub.add_parser(
         "reports", help="check-ins to carry back to Ground Control"
     ).add_subparsers(dest="reports_cmd", required=True, metavar="COMMAND")
@@ -214,6 +222,36 @@ def _sync(config: Config) -> int:
     outcome = result.get("outcome")
     print(f"{outcome}: state version {result.get('version')} {result.get('message') or ''}")
     return 0 if outcome in ("accepted", "current") else 1
+
+
+async def _gc(config: Config, args: argparse.Namespace) -> int:
+    from appliance.admin import AdminUnavailable, call
+    from appliance.register import daemon_running
+    from appliance.replicate import collect_garbage
+
+    if daemon_running(config.data_dir):
+        path = "/gc?dry_run=1" if args.dry_run else "/gc"
+        try:
+            result = call(config.data_dir, "POST", path)
+        except AdminUnavailable as exc:
+            print(f"satellite: {exc}", file=sys.stderr)
+            return 1
+    else:
+        store = ContentStore(config.data_dir)
+        await store.open()
+        try:
+            result = await collect_garbage(store, dry_run=args.dry_run)
+        finally:
+            await store.close()
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        verb = "would free" if args.dry_run else "freed"
+        print(
+            f"{verb} {result['blobs']} blob(s), {result['bytes']} bytes;"
+            f" {result['pinned']} pinned by the state kept"
+        )
+    return 0
 
 
 async def _verify(config: Config) -> int:
@@ -336,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_status(config, args))
     if args.command == "sync":
         return _sync(config)
+    if args.command == "gc":
+        return asyncio.run(_gc(config, args))
     if args.command == "bundle":
         return _bundle_import(config, args)
     if args.command == "reports":

@@ -32,12 +32,11 @@ from appliance.fleetdb import FleetDB
 from appliance.fleetmetrics import FleetMetrics
 from appliance.gcclient import GroundControlClient
 from appliance.identity import Identity, UpstreamCredential, load_identity, sweep_staged
+from appliance.replicate import ReplicationLoop, Replicator, collect_garbage
 from appliance.statereg import StateRegistryFallback
 from groundcontrol.contract import ImageStatus, StateDocument, TrustedState
 from registry_proxy.app import RegistrySettings, create_app
 from registry_proxy.deadline import BodyLimits
-from registry_proxy.digest import Digest
-from registry_proxy.errors import RegistryError
 from registry_proxy.metrics import Metrics
 from registry_proxy.proxy import Upstream
 from registry_proxy.routing import Router, UpstreamName
@@ -70,6 +69,20 @@ class RegistryConsumer:
 
     def __post_init__(self) -> None:
         self._record_sources(None)
+        registry = self.app.state.registry
+        self.replicator = Replicator(
+            self.store,
+            registry.proxy,
+            lambda: self.app.state.registry.router,
+            on_change=self._images_changed,
+        )
+        self.replication = ReplicationLoop(
+            self.replicator, lambda: self.agent.trust.state if self.agent else None
+        )
+
+    async def _images_changed(self) -> None:
+        if self.agent is not None:
+            await self.agent.check_images()
 
     # -- config -------------------------------------------------------------------------
 
@@ -175,6 +188,8 @@ class RegistryConsumer:
         if after.keys() != before.keys() or any(after[k] is not before[k] for k in after):
             registry.set_upstreams(after)
             log.info("upstreams now: %s", ", ".join(sorted(after)) or "none")
+        registry.proxy.pin_tags(self.replicator.tag_pins(doc))
+        self.replication.wake()
 
     def apply_credentials(self, credentials: Sequence[UpstreamCredential]) -> None:
         self.credentials = tuple(credentials)
@@ -187,16 +202,7 @@ class RegistryConsumer:
                 up.client.auth.set_credentials(cred.username, cred.password)
 
     async def image_statuses(self, doc: StateDocument) -> list[ImageStatus]:
-        registry = self.app.state.registry
-        statuses = []
-        for image in doc.images:
-            target = registry.router.route(image.repository)
-            try:
-                await self.store.resolve(target.repo, Digest.parse(image.digest))
-                statuses.append(ImageStatus(image.repository, image.digest, "present"))
-            except (RegistryError, ValueError):
-                statuses.append(ImageStatus(image.repository, image.digest, "missing"))
-        return statuses
+        return self.replicator.statuses(doc)
 
     async def cache_usage(self) -> tuple[int, int]:
         return await self.store.used_bytes(), self.store.max_bytes or 0
@@ -296,7 +302,7 @@ async def build(config: Config) -> Daemon:
         app.state.registry.proxy.on_auth_error = agent.credentials_refused
         consumer._record_sources(trust.state.config if trust.state else None)
     app.state.registry.set_upstreams(consumer.upstreams())
-    _wrap_lifespan(app, agent, db)
+    _wrap_lifespan(app, agent, db, consumer)
     side: list[tuple[Starlette, HypercornConfig]] = []
     sock = bind_socket(socket_path(config.data_dir))
 
@@ -320,6 +326,9 @@ async def build(config: Config) -> Daemon:
             return {"outcome": "error", "version": 0, "message": "not registered"}
         return (await agent.sync_now()).to_dict()
 
+    async def gc(dry_run: bool) -> dict[str, Any]:
+        return await collect_garbage(store, dry_run=dry_run)
+
     async def bundle(path: Path) -> dict[str, Any]:
         if agent is None:
             return {"outcome": "error", "message": "not registered"}
@@ -332,7 +341,7 @@ async def build(config: Config) -> Daemon:
     admin_config.graceful_timeout = 2
     admin_config.include_server_header = False
     app.state.admin_socket = sock  # kept open for the process's life
-    side.append((admin_app(status, sync, bundle), admin_config))
+    side.append((admin_app(status, sync, gc, bundle), admin_config))
     return Daemon(config, app, side)
 
 
@@ -372,7 +381,9 @@ def _agent(
     return agent
 
 
-def _wrap_lifespan(app: Starlette, agent: FleetAgent | None, db: FleetDB | None) -> None:
+def _wrap_lifespan(
+    app: Starlette, agent: FleetAgent | None, db: FleetDB | None, consumer: RegistryConsumer
+) -> None:
     inner = app.router.lifespan_context
 
     @asynccontextmanager
@@ -380,10 +391,12 @@ def _wrap_lifespan(app: Starlette, agent: FleetAgent | None, db: FleetDB | None)
         async with inner(a):
             if agent is not None:
                 await agent.start()
+                consumer.replication.start()
             try:
                 yield
             finally:
                 if agent is not None:
+                    await consumer.replication.close()
                     await agent.close()
                     await agent.client.aclose()
                 if db is not None:

@@ -461,6 +461,10 @@ class Metadata:
                 "INSERT OR IGNORE INTO pins(digest, owner) VALUES (?, ?)", (str(digest), owner)
             )
 
+    async def pinned(self, owner: str) -> list[Digest]:
+        rows = await self._all("SELECT digest FROM pins WHERE owner = ?", (owner,))
+        return [Digest.parse(r[0]) for r in rows]
+
     async def unpin(self, digest: Digest, owner: str) -> None:
         async with self.transaction() as db:
             await db.execute(

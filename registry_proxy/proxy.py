@@ -110,6 +110,8 @@ class Proxy:
         self._started = False
         self.on_auth_error: Callable[[str], None] | None = None
         self._retired: set[asyncio.Task[None]] = set()
+        # tags the fleet's state names: they answer the state's digest, not upstream's
+        self._tag_pins: dict[tuple[str, str], Digest] = {}
         for name in upstreams:
             metrics.upstream_online.labels(name).set(1)
 
@@ -231,12 +233,45 @@ class Proxy:
     async def manifest(self, target: Target, reference: str | Digest) -> ManifestRow:
         return (await self.manifest_answer(target, reference))[0]
 
+    def pin_tags(self, pins: dict[tuple[str, str], Digest]) -> None:
+        """``(stored repository, tag) -> digest`` that the fleet's desired state names:
+        such a tag answers that digest, online or offline, and is never looked up
+        upstream (the upstream's tag may have moved; the state has not)."""
+        self._tag_pins = dict(pins)
+
+    def tag_pin(self, target: Target, tag: str) -> Digest | None:
+        return self._tag_pins.get((target.repo, tag))
+
+    async def ensure_manifest(self, target: Target, digest: Digest) -> tuple[bytes, str]:
+        """The manifest ``digest`` of ``target``, fetched and verified if it is not here,
+        and stored before this returns (replication counts on it being durable)."""
+        row = await self.manifest(target, digest)
+        await self._stored(target.repo)
+        row = await self.store.resolve(target.repo, digest)  # raises if storing failed
+        return await self.store.manifest_bytes(row), row.media_type
+
+    async def ensure_blob(self, target: Target, digest: Digest) -> bool:
+        """Makes the blob ``digest`` of ``target`` present and verified; True when it was
+        fetched now, False when it was here already (in this or another repository).
+        A fill under way for a client is joined, never started twice."""
+        if await self.store.mount_blob(target.repo, digest, None):
+            return False
+        fill = self._fill(target, digest)
+        await fill.wait()
+        if fill.error is not None:
+            raise fill.error
+        return True
+
     async def manifest_answer(
         self, target: Target, reference: str | Digest
     ) -> tuple[ManifestRow, CacheStatus]:
         up = self._upstream(target)
         assert target.upstream_repo is not None
         await self._stored(target.repo)
+        if not isinstance(reference, Digest):
+            pinned = self._tag_pins.get((target.repo, reference))
+            if pinned is not None:
+                return await self.manifest_answer(target, pinned)
         if isinstance(reference, Digest):
             try:
                 row = await self.store.resolve(target.repo, reference)
@@ -397,29 +432,7 @@ class Proxy:
         if await self.store.mount_blob(target.repo, digest, None):
             self.metrics.cache_hits.labels("blob").inc()
             return await self.store.open_blob(target.repo, digest), CacheStatus.HIT
-        up = self._upstream(target)
-        fill = self._fills.get(digest)
-        if fill is not None and not fill.finished:
-            self.metrics.coalesced.inc()
-            if target.repo not in fill.repos:
-                fill.repos.append(target.repo)
-        else:
-            self.metrics.cache_misses.labels("blob").inc()
-            if not self._usable(up):
-                raise _offline(target, digest)
-            assert target.upstream_repo is not None
-            fill = BlobFill(
-                self.store,
-                up.client,
-                target.upstream_repo,
-                target.repo,
-                digest,
-                self.metrics,
-                idle_timeout=self.fill_idle_timeout,
-                on_result=lambda f, exc: self._fill_done(target, up, f, exc),
-            )
-            self._fills[digest] = fill
-            fill.start()
+        fill = self._fill(target, digest)
         await fill.started.wait()
         if fill.error is not None:
             raise fill.error
@@ -432,6 +445,33 @@ class Proxy:
         if fill.error is not None:
             raise fill.error
         return await self.store.open_blob(target.repo, digest), CacheStatus.MISS
+
+    def _fill(self, target: Target, digest: Digest) -> BlobFill:
+        """The fill of ``digest`` under way (joined), or a new one started."""
+        up = self._upstream(target)
+        fill = self._fills.get(digest)
+        if fill is not None and not fill.finished:
+            self.metrics.coalesced.inc()
+            if target.repo not in fill.repos:
+                fill.repos.append(target.repo)
+            return fill
+        self.metrics.cache_misses.labels("blob").inc()
+        if not self._usable(up):
+            raise _offline(target, digest)
+        assert target.upstream_repo is not None
+        fill = BlobFill(
+            self.store,
+            up.client,
+            target.upstream_repo,
+            target.repo,
+            digest,
+            self.metrics,
+            idle_timeout=self.fill_idle_timeout,
+            on_result=lambda f, exc: self._fill_done(target, up, f, exc),
+        )
+        self._fills[digest] = fill
+        fill.start()
+        return fill
 
     def _fill_done(
         self, target: Target, up: Upstream, fill: BlobFill, exc: BaseException | None

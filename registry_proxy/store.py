@@ -370,21 +370,40 @@ class ContentStore:
             if used <= self.max_bytes:
                 return []
             await self.meta.flush_access()
-            target = int(self.max_bytes * 0.9)
-            evicted: list[Digest] = []
-            for digest, size in await self.meta.lru_candidates(100_000):
-                if used <= target:
-                    break
-                async with self._digest_lock(digest):  # not while it is being published
-                    if self._in_use.get(digest) or not await self.meta.evict(digest):
-                        continue
-                    self._manifest_bytes.pop(digest, None)
-                    await asyncio.to_thread(self.blobs.delete, digest)
-                used -= size
-                evicted.append(digest)
-            if evicted:
-                self._changed()
-            return evicted
+            candidates = await self.meta.lru_candidates(100_000)
+            evicted = await self._evict(candidates, used - int(self.max_bytes * 0.9))
+            return [digest for digest, _ in evicted]
+
+    async def evict_unpinned(self, *, dry_run: bool = False) -> list[tuple[Digest, int]]:
+        """Evicts every unpinned blob now (``satellite gc``), but not one being read;
+        returns what was freed, or with ``dry_run`` what would be."""
+        async with self._evicting:
+            await self.meta.flush_access()
+            candidates = await self.meta.lru_candidates(10_000_000)
+            if dry_run:
+                return [(d, size) for d, size in candidates if not self._in_use.get(d)]
+            return await self._evict(candidates, None)
+
+    async def _evict(
+        self, candidates: list[tuple[Digest, int]], to_free: int | None
+    ) -> list[tuple[Digest, int]]:
+        """Evicts candidates in order until ``to_free`` bytes are freed (None: all);
+        skips a blob being read, published or pinned in the meantime."""
+        freed = 0
+        evicted: list[tuple[Digest, int]] = []
+        for digest, size in candidates:
+            if to_free is not None and freed >= to_free:
+                break
+            async with self._digest_lock(digest):  # not while it is being published
+                if self._in_use.get(digest) or not await self.meta.evict(digest):
+                    continue
+                self._manifest_bytes.pop(digest, None)
+                await asyncio.to_thread(self.blobs.delete, digest)
+            freed += size
+            evicted.append((digest, size))
+        if evicted:
+            self._changed()
+        return evicted
 
     async def delete_blob(self, repo: str, digest: Digest) -> None:
         if not await self.meta.unlink_blob(repo, digest):

@@ -64,6 +64,7 @@ def test_json_only_where_it_changes_the_output() -> None:
         "groundcontrol bundle export",
         "groundcontrol reports import",
         "satellite status",
+        "satellite gc",
     }
     with pytest.raises(SystemExit) as exit_info:
         groundcontrol_parser().parse_args(["serve", "--json"])

@@ -1,0 +1,333 @@
+"""Replication: the store converges on exactly what the verified state names.
+
+For each image of the state, its manifest or index is fetched by digest through the
+pull-through proxy (the one path that talks to upstreams: routing, credentials, the
+breaker, single-flight, verification while streaming), stored, and walked:
+
+- an index keeps its bytes (its digest intact) and only the children of the platforms the
+  state lists, plus the attestation manifests in the same index that refer to a kept
+  child; a listed platform the index does not have fails the image;
+- an image manifest's config and layers are fetched; a blob already in the store (pulled
+  through earlier, imported, shared with another image) is not fetched again, and one
+  that several images or repositories need is fetched once (the proxy's fills are
+  single-flight per digest, and a blob stored for another repository is mounted).
+
+Everything an image needs is pinned (owner ``state``), so the cache budget never evicts
+it; what a new state no longer needs is unpinned and becomes evictable. A tag the state
+names resolves to the state's digest on this satellite, online or offline (the proxy's
+tag pins), whatever the upstream's tag now says.
+
+One image failing (not found upstream, a digest mismatch, credentials refused, a platform
+missing) is recorded as ``failed`` with its reason and tried again with exponential
+backoff and jitter; the other images converge regardless. ``plan_children`` and
+``platform_matches`` are pure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from groundcontrol.contract import ImageDescriptor, ImageStatus, ImageStatusValue, StateDocument
+from registry_proxy.digest import Digest
+from registry_proxy.manifest import Descriptor, Manifest, parse_manifest
+from registry_proxy.proxy import Proxy
+from registry_proxy.routing import Router, Target
+from registry_proxy.store import ContentStore
+from registry_proxy.waits import wait_event
+
+log = logging.getLogger("satellite.replicate")
+
+PIN_OWNER = "state"
+ATTESTATION = "attestation-manifest"
+RETRY_MIN = 5.0
+RETRY_MAX = 600.0
+
+
+class ReplicationError(Exception):
+    """Why one image could not be replicated (reported as its ``failed`` reason)."""
+
+
+def platform_matches(spec: str, platform: dict[str, Any] | None) -> bool:
+    """``os/arch[/variant]`` against an index entry's platform; a spec without a variant
+    matches every variant of its architecture."""
+    if not platform:
+        return False
+    parts = spec.split("/")
+    if platform.get("os") != parts[0] or platform.get("architecture") != parts[1]:
+        return False
+    return len(parts) < 3 or platform.get("variant") == parts[2]
+
+
+def plan_children(index: Manifest, platforms: Iterable[str]) -> tuple[Descriptor, ...]:
+    """The children of an index to keep, in the index's order: the manifests of the listed
+    platforms (all when none are listed) and the attestation manifests that refer to a
+    kept one. Raises ReplicationError for a listed platform the index does not have."""
+    wanted = tuple(platforms)
+    if not wanted:
+        return index.manifests
+    missing = [
+        p for p in wanted if not any(platform_matches(p, d.platform) for d in index.manifests)
+    ]
+    if missing:
+        raise ReplicationError(f"platform {', '.join(missing)} is not in the index")
+    kept = {
+        d.digest for d in index.manifests if any(platform_matches(p, d.platform) for p in wanted)
+    }
+    attests = {
+        d.digest
+        for d in index.manifests
+        if (d.annotations or {}).get("vnd.docker.reference.type") == ATTESTATION
+        and (d.annotations or {}).get("vnd.docker.reference.digest") in {str(k) for k in kept}
+    }
+    return tuple(d for d in index.manifests if d.digest in kept | attests)
+
+
+@dataclass
+class ImageProgress:
+    """What replication knows of one image of the state."""
+
+    status: ImageStatusValue = "missing"  # missing (not yet replicated) | present | failed
+    error: str | None = None
+    attempts: int = 0
+    next_try: float = 0.0
+    digests: frozenset[Digest] = frozenset()  # its closure, once replicated
+
+
+@dataclass
+class Pass:
+    """The outcome of one reconcile pass."""
+
+    present: int = 0
+    failed: int = 0
+    blobs_fetched: int = 0
+    pinned: int = 0
+    unpinned: int = 0
+
+
+@dataclass
+class Replicator:
+    store: ContentStore
+    proxy: Proxy
+    router: Callable[[], Router]  # the current router (upstreams change at runtime)
+    concurrency: int = 4
+    clock: Callable[[], float] = time.monotonic
+    rng: random.Random = field(default_factory=random.Random)
+    images: dict[tuple[str, str], ImageProgress] = field(default_factory=dict)
+    on_change: Callable[[], Awaitable[None]] | None = None
+    blobs_fetched: int = 0
+
+    def statuses(self, doc: StateDocument) -> list[ImageStatus]:
+        out = []
+        for image in doc.images:
+            progress = self.images.get((image.repository, image.digest))
+            if progress is None:
+                out.append(ImageStatus(image.repository, image.digest, "missing"))
+            else:
+                out.append(
+                    ImageStatus(image.repository, image.digest, progress.status, progress.error)
+                )
+        return out
+
+    def next_retry(self) -> float | None:
+        """When the earliest failed image is due again (clock time), if any."""
+        due = [p.next_try for p in self.images.values() if p.status == "failed"]
+        return min(due) if due else None
+
+    async def reconcile(self, doc: StateDocument) -> Pass:
+        """One pass over the state: every image not present is tried (failed ones when
+        their backoff has passed), then pins follow what the state needs."""
+        result = Pass()
+        wanted = {(i.repository, i.digest) for i in doc.images}
+        for key in list(self.images):
+            if key not in wanted:
+                del self.images[key]
+        self.proxy.pin_tags(self.tag_pins(doc))
+        limit = asyncio.Semaphore(self.concurrency)
+        fetched_before = self.blobs_fetched
+
+        async def one(image: ImageDescriptor) -> None:
+            key = (image.repository, image.digest)
+            progress = self.images.setdefault(key, ImageProgress())
+            if progress.status == "failed" and progress.next_try > self.clock():
+                return
+            try:
+                progress.digests = frozenset(await self._image(image, limit))
+            except Exception as exc:  # one image's failure is its own
+                progress.attempts += 1
+                progress.status = "failed"
+                progress.error = _reason(exc)
+                delay = min(RETRY_MAX, RETRY_MIN * 2 ** (progress.attempts - 1))
+                progress.next_try = self.clock() + delay * (0.5 + self.rng.random() / 2)
+                log.warning(
+                    "replicating %s@%s failed (attempt %d): %s",
+                    image.repository,
+                    image.digest,
+                    progress.attempts,
+                    progress.error,
+                )
+            else:
+                progress.status, progress.error, progress.attempts = "present", None, 0
+
+        await asyncio.gather(*(one(i) for i in doc.images))
+        result.blobs_fetched = self.blobs_fetched - fetched_before
+        result.pinned, result.unpinned = await self._pins()
+        result.present = sum(1 for p in self.images.values() if p.status == "present")
+        result.failed = sum(1 for p in self.images.values() if p.status == "failed")
+        if self.on_change is not None:
+            await self.on_change()
+        return result
+
+    # -- one image ----------------------------------------------------------------------
+
+    def tag_pins(self, doc: StateDocument) -> dict[tuple[str, str], Digest]:
+        router = self.router()
+        return {
+            (router.route(i.repository).repo, i.tag): Digest.parse(i.digest)
+            for i in doc.images
+            if i.tag
+        }
+
+    async def _image(self, image: ImageDescriptor, limit: asyncio.Semaphore) -> set[Digest]:
+        target = self.router().route(image.repository)
+        if target.upstream is None:
+            # nothing to fetch it from: it must be here already (pushed or imported)
+            return await self._local_closure(target, Digest.parse(image.digest), image.platforms)
+        digest = Digest.parse(image.digest)
+        manifest = await self._manifest(target, digest)
+        closure = {digest}
+        if manifest.is_index:
+            children = plan_children(manifest, image.platforms)
+            parts = await asyncio.gather(
+                *(self._child(target, child.digest, limit) for child in children)
+            )
+            for part in parts:
+                closure |= part
+        else:
+            closure |= await self._blobs(target, manifest, limit)
+        if image.tag:
+            await self.store.set_tag(target.repo, image.tag, digest)
+        return closure
+
+    async def _child(self, target: Target, digest: Digest, limit: asyncio.Semaphore) -> set[Digest]:
+        manifest = await self._manifest(target, digest)
+        if manifest.is_index:  # an index in an index: keep all of it
+            closure = {digest}
+            for part in await asyncio.gather(
+                *(self._child(target, c.digest, limit) for c in manifest.manifests)
+            ):
+                closure |= part
+            return closure
+        return {digest} | await self._blobs(target, manifest, limit)
+
+    async def _manifest(self, target: Target, digest: Digest) -> Manifest:
+        body, media_type = await self.proxy.ensure_manifest(target, digest)
+        return parse_manifest(body, media_type)
+
+    async def _blobs(
+        self, target: Target, manifest: Manifest, limit: asyncio.Semaphore
+    ) -> set[Digest]:
+        refs = manifest.blob_references()
+
+        async def fetch(ref: Descriptor) -> None:
+            async with limit:
+                if await self.proxy.ensure_blob(target, ref.digest):
+                    self.blobs_fetched += 1
+
+        await asyncio.gather(*(fetch(r) for r in refs))
+        return {r.digest for r in refs}
+
+    async def _local_closure(
+        self, target: Target, digest: Digest, platforms: tuple[str, ...]
+    ) -> set[Digest]:
+        row = await self.store.resolve(target.repo, digest)
+        manifest = parse_manifest(await self.store.manifest_bytes(row), row.media_type)
+        closure = {digest}
+        children = plan_children(manifest, platforms) if manifest.is_index else ()
+        for child in children:
+            closure |= await self._local_closure(target, child.digest, ())
+        for ref in manifest.blob_references():
+            await self.store.blob_size(target.repo, ref.digest)  # raises when absent
+            closure.add(ref.digest)
+        return closure
+
+    # -- pins -------------------------------------------------------------------------
+
+    async def _pins(self) -> tuple[int, int]:
+        """Pins the closures of the state's images; unpins what no image needs any more.
+        A failed image keeps the pins of the closure it last had."""
+        needed: set[Digest] = set()
+        for progress in self.images.values():
+            needed |= progress.digests
+        pinned = set(await self.store.meta.pinned(PIN_OWNER))
+        for digest in needed - pinned:
+            await self.store.pin(digest, PIN_OWNER)
+        for digest in pinned - needed:
+            await self.store.unpin(digest, PIN_OWNER)
+        return len(needed - pinned), len(pinned - needed)
+
+
+def _reason(exc: BaseException) -> str:
+    text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return str(text)[:500]
+
+
+class ReplicationLoop:
+    """Runs reconcile passes in the background: at start, whenever a state is applied
+    (``wake``), and when the earliest failed image is due again. A failing pass is
+    logged and never ends the loop, nor takes the registry down."""
+
+    def __init__(
+        self,
+        replicator: Replicator,
+        current: Callable[[], StateDocument | None],
+    ) -> None:
+        self.replicator = replicator
+        self.current = current
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.passes = 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            doc = self.current()
+            if doc is not None:
+                try:
+                    await self.replicator.reconcile(doc)
+                except Exception:
+                    log.exception("a replication pass failed")
+                self.passes += 1
+            due = self.replicator.next_retry()
+            timeout = None if due is None else max(0.5, due - self.replicator.clock())
+            await wait_event(self._wake, timeout)
+
+
+async def collect_garbage(store: ContentStore, *, dry_run: bool = False) -> dict[str, Any]:
+    """``satellite gc``: evicts every unpinned blob (cached content no state needs) now,
+    not when the cache budget would; what the state needs is pinned and stays."""
+    freed = await store.evict_unpinned(dry_run=dry_run)
+    return {
+        "dry_run": dry_run,
+        "blobs": len(freed),
+        "bytes": sum(size for _, size in freed),
+        "digests": [str(digest) for digest, _ in freed],
+        "pinned": len(await store.meta.pinned(PIN_OWNER)),
+    }

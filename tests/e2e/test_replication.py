@@ -1,0 +1,218 @@
+"""Replication against real parts: docker-registry as the central registry, Ground
+Control and the satellite as processes, skopeo as the client.
+
+A state of three images, two sharing layers and one an index of four platforms of which
+the group keeps two: the satellite ends up with exactly the blobs those need, each
+fetched once from the central registry (counted in its access log), and with the central
+registry stopped every image pulls from the satellite by tag, and the index by its
+original digest, byte for byte. One image whose blob the central registry lost fails
+alone, is reported with its reason, and converges once the blob is back."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.fleet import Fleet, run_satellite_cli, status, wait_until
+from tests.support.images import ImageRef, build_image, build_index
+from tests.support.skopeo import Skopeo, SkopeoError
+from tests.support.upstream import UpstreamRegistry
+
+PLATFORMS = (("linux", "amd64"), ("linux", "arm64"), ("linux", "ppc64le"), ("linux", "s390x"))
+KEPT = ("linux/amd64", "linux/arm64")
+
+
+def images_by_status(sat: Any) -> dict[str, dict[str, Any]]:
+    return {i["repository"]: i for i in status(sat)["images"]["list"]}
+
+
+def pinned(data_dir: Path) -> set[str]:
+    """The digests the state pinned in the satellite's store (read-only, beside it)."""
+    with sqlite3.connect(f"file:{data_dir / 'metadata.db'}?mode=ro", uri=True) as db:
+        return {row[0] for row in db.execute("SELECT digest FROM pins WHERE owner = 'state'")}
+
+
+def left_out_digests(index: ImageRef) -> list[str]:
+    return [
+        d
+        for c in index.manifests
+        if c.platform is not None and "/".join(c.platform) not in KEPT
+        for d in c.all_digests
+    ]
+
+
+def all_present(sat: Any, count: int) -> bool:
+    images = images_by_status(sat)
+    return len(images) == count and all(i["status"] == "present" for i in images.values())
+
+
+@pytest.fixture
+def central(tmp_path: Path) -> Any:
+    registry = UpstreamRegistry(tmp_path / "central").start()
+    yield registry
+    registry.stop()
+
+
+def push(skopeo: Skopeo, layout: Path, ref: ImageRef, central: UpstreamRegistry, name: str) -> None:
+    assert ref.tag is not None
+    skopeo.copy(
+        f"oci:{layout}:{ref.tag}",
+        f"docker://{central.host}/library/{name}",
+        *(["--preserve-digests"] if ref.is_index else []),
+        all_images=ref.is_index,
+    )
+
+
+def test_a_state_is_replicated_once_and_served_offline(
+    tmp_path: Path, central: UpstreamRegistry, skopeo: Skopeo
+) -> None:
+    layout = tmp_path / "layout"
+    app = build_image(layout, "app:v1", layers=3, layer_size=48 * 1024, seed="shared")
+    tool = build_image(layout, "tool:v1", layers=2, layer_size=48 * 1024, seed="shared")
+    multi = build_index(layout, "multi:v1", PLATFORMS, layers=2, layer_size=16 * 1024, seed="m")
+    assert set(tool.blob_digests[1:]) <= set(app.blob_digests)  # layers shared
+    for ref, name in ((app, "app:v1"), (tool, "tool:v1"), (multi, "multi:v1")):
+        push(skopeo, layout, ref, central, name)
+
+    fleet = Fleet(tmp_path / "fleet", config=f'[registry]\nurl = "{central.url}"\n').start()
+    try:
+        fleet.create_group(
+            "shops",
+            [
+                "library/app:v1",
+                "library/tool:v1",
+                {"reference": "library/multi:v1", "platforms": list(KEPT)},
+            ],
+        )
+        token = fleet.create_satellite("shop-r", "shops")
+        sat = fleet.satellite("shop-r", push=False)
+        fleet.register(sat, token)
+        before = central.blobs_served()
+        with sat:
+            wait_until(lambda: all_present(sat, 3), timeout=90, what="three images present")
+            kept = [c for c in multi.manifests if c.platform and "/".join(c.platform) in KEPT]
+            needed = set(app.blob_digests) | set(tool.blob_digests)
+            for child in kept:
+                needed |= set(child.blob_digests)
+            served_bytes, served = (
+                a - b for a, b in zip(central.blobs_served(), before, strict=True)
+            )
+            # every needed blob once, nothing for the platforms left out
+            assert served == len(needed), (served, len(needed))
+            sizes = sum(app.blob_file(d).stat().st_size for d in needed)
+            assert served_bytes == sizes
+
+            host = sat.host
+            pins = pinned(sat.data_dir)
+            assert needed | {app.digest, tool.digest, multi.digest} <= pins
+            assert not pins & set(left_out_digests(multi))
+            # the upstream's tag moves; the fleet's state has not: app:v1 stays the state's
+            push(skopeo, layout, tool, central, "app:v1")
+            assert skopeo.inspect_raw(f"docker://{host}/library/app:v1") == app.manifest_bytes()
+
+            central.stop()  # offline from here on
+            assert skopeo.inspect_raw(f"docker://{host}/library/app:v1") == app.manifest_bytes()
+            assert skopeo.inspect_raw(f"docker://{host}/library/tool:v1") == tool.manifest_bytes()
+            index = multi.manifest_bytes()
+            assert skopeo.inspect_raw(f"docker://{host}/library/multi:v1") == index
+            assert skopeo.inspect_raw(f"docker://{host}/library/multi@{multi.digest}") == index
+            for child in kept:  # whole images, blobs verified by skopeo
+                out = tmp_path / f"out-{child.digest[7:19]}"
+                skopeo.copy(f"docker://{host}/library/multi@{child.digest}", f"oci:{out}:x")
+            skopeo.copy(f"docker://{host}/library/app:v1", f"oci:{tmp_path / 'out-app'}:x")
+            left_out = next(c for c in multi.manifests if c.platform == ("linux", "s390x"))
+            with pytest.raises(SkopeoError):
+                skopeo.inspect_raw(f"docker://{host}/library/multi@{left_out.digest}")
+
+            # a group change drops tool: what only tool needed is unpinned, the rest stays
+            central.start()  # Ground Control resolves what it publishes
+            fleet.api("PUT", "/api/v1/groups/shops", {"images": [f"library/app@{app.digest}"]})
+            only_tool = {tool.digest, tool.config_digest} - set(app.all_digests)
+            wait_until(
+                lambda: not (pinned(sat.data_dir) & only_tool), timeout=60, what="tool unpinned"
+            )
+            assert set(app.all_digests) <= pinned(sat.data_dir)
+            # satellite gc frees what no state needs now; what the state pins stays
+            dry = json.loads(
+                run_satellite_cli(
+                    "gc", "--dry-run", "--json", "--data-dir", str(sat.data_dir)
+                ).stdout
+            )
+            assert only_tool <= set(dry["digests"]) and not set(dry["digests"]) & set(
+                app.all_digests
+            )
+            done = json.loads(
+                run_satellite_cli("gc", "--json", "--data-dir", str(sat.data_dir)).stdout
+            )
+            assert set(done["digests"]) == set(dry["digests"]) and done["bytes"] > 0
+            again = json.loads(
+                run_satellite_cli("gc", "--json", "--data-dir", str(sat.data_dir)).stdout
+            )
+            assert again["blobs"] == 0
+            ref = f"docker://{host}/library/app@{app.digest}"
+            assert skopeo.inspect_raw(ref) == app.manifest_bytes()
+            with sqlite3.connect(f"file:{sat.data_dir / 'metadata.db'}?mode=ro", uri=True) as db:
+                stored = {row[0] for row in db.execute("SELECT digest FROM blobs")}
+            assert not stored & only_tool and set(app.all_digests) <= stored
+    finally:
+        fleet.stop()
+
+
+def test_one_failing_image_does_not_hold_up_the_others(
+    tmp_path: Path, central: UpstreamRegistry, skopeo: Skopeo
+) -> None:
+    layout = tmp_path / "layout"
+    good = build_image(layout, "good:v1", layers=2, layer_size=16 * 1024, seed="good")
+    bad = build_image(layout, "bad:v1", layers=2, layer_size=16 * 1024, seed="bad")
+    push(skopeo, layout, good, central, "good:v1")
+    push(skopeo, layout, bad, central, "bad:v1")
+    # the central registry loses one of bad's layers (its storage, not its index)
+    lost = bad.blob_digests[-1].split(":")[1]
+    data = next(central.storage.rglob(f"blobs/sha256/{lost[:2]}/{lost}/data"))
+    kept_aside = tmp_path / "kept-aside"
+    shutil.move(data, kept_aside)
+
+    fleet = Fleet(tmp_path / "fleet", config=f'[registry]\nurl = "{central.url}"\n').start()
+    try:
+        fleet.create_group("shops", ["library/good:v1", "library/bad:v1"])
+        token = fleet.create_satellite("shop-f", "shops")
+        sat = fleet.satellite("shop-f", push=False)
+        fleet.register(sat, token)
+        with sat:
+
+            def settled() -> dict[str, dict[str, Any]] | None:
+                images = images_by_status(sat)
+                if images.get("library/bad", {}).get("status") != "failed":
+                    return None
+                return images if images.get("library/good", {}).get("status") == "present" else None
+
+            images = wait_until(settled, timeout=90, what="good present, bad failed")
+            assert images["library/bad"]["error"], images
+
+            # reported to Ground Control: an image_status event and the report's images
+            def reported() -> bool:
+                for row in fleet.checkins("shop-f"):
+                    report = row["report"]
+                    found = [
+                        i
+                        for e in report.get("events", [])
+                        if e.get("type") == "image_status"
+                        for i in e.get("images", [])
+                    ] + list(report.get("images", []))
+                    if any(
+                        i["repository"] == "library/bad" and i["status"] == "failed" for i in found
+                    ):
+                        return True
+                return False
+
+            wait_until(reported, timeout=60, what="the failure reported")
+            shutil.move(kept_aside, data)  # the blob is back: retried with backoff
+            wait_until(lambda: all_present(sat, 2), timeout=120, what="bad converges")
+            assert skopeo.inspect_raw(f"docker://{sat.host}/library/bad:v1") == bad.manifest_bytes()
+    finally:
+        fleet.stop()
