@@ -138,6 +138,11 @@ def test_export_then_import_into_a_stopped_and_a_running_satellite(
     with site.sat:
         wait_until(lambda: status(site.sat)["running"], what="daemon")
         assert state_version(site.sat) == version
+        # replication finds everything present: with the registry gone, a fetch would fail
+        wait_until(
+            lambda: status(site.sat)["images"]["by_status"] == {"present": 1},
+            what="the image present",
+        )
         # the named image pulls from the satellite, which reaches neither Ground Control
         # nor the registry its signed config names
         assert pull(skopeo, site.sat, "library/app:v1", tmp_path / "pulled") == (
@@ -162,6 +167,10 @@ def test_export_then_import_into_a_stopped_and_a_running_satellite(
         assert state_version(site.sat) == exported["state_version"]
         current = status(site.sat)
         assert current["state_source"] == "bundle"
+        wait_until(
+            lambda: status(site.sat)["images"]["by_status"] == {"present": 2},
+            what="both images present",
+        )
         assert pull(skopeo, site.sat, "library/multi:v1", tmp_path / "pulled-multi") == (
             image_layout.multi.digest
         )
