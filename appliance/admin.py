@@ -6,6 +6,7 @@ umask, so there is no instant at which another user could connect). Routes:
     GET  /status    what `satellite status --json` prints
     POST /sync      fetch a state now and wait for the verdict (`satellite sync --now`)
     POST /gc        evict unpinned content now; ?dry_run=1 only lists it (`satellite gc`)
+    POST /bundle    import a USB bundle, {"path": DIR} (`satellite bundle import`)
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ def admin_app(
     status: Callable[[], Awaitable[dict[str, Any]]],
     sync: Callable[[], Awaitable[dict[str, Any]]],
     gc: Callable[[bool], Awaitable[dict[str, Any]]],
+    bundle: Callable[[Path], Awaitable[dict[str, Any]]] | None = None,
 ) -> Starlette:
     async def get_status(request: Request) -> Response:
         return JSONResponse(await status())
@@ -76,16 +78,33 @@ def admin_app(
     async def post_gc(request: Request) -> Response:
         return JSONResponse(await gc(request.query_params.get("dry_run") == "1"))
 
+    async def post_bundle(request: Request) -> Response:
+        try:
+            body = json.loads(await request.body())
+            path = Path(body["path"])
+        except (ValueError, KeyError, TypeError):
+            return JSONResponse({"error": 'expected {"path": DIR}'}, status_code=400)
+        if bundle is None or not path.is_absolute():
+            return JSONResponse({"error": "not registered, or not an absolute path"}, 400)
+        return JSONResponse(await bundle(path))
+
     return Starlette(
         routes=[
             Route("/status", get_status, methods=["GET"]),
             Route("/sync", post_sync, methods=["POST"]),
             Route("/gc", post_gc, methods=["POST"]),
+            Route("/bundle", post_bundle, methods=["POST"]),
         ]
     )
 
 
-def call(data_dir: Path, method: str, path: str) -> dict[str, Any]:
+def call(
+    data_dir: Path,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None = None,
+    timeout: float | None = CLIENT_TIMEOUT,
+) -> dict[str, Any]:
     """One request to the running daemon; ``AdminUnavailable`` when none answers."""
     sock = socket_path(data_dir)
     if not sock.exists():
@@ -93,9 +112,9 @@ def call(data_dir: Path, method: str, path: str) -> dict[str, Any]:
     transport = httpx.HTTPTransport(uds=str(sock))
     try:
         with httpx.Client(
-            transport=transport, base_url="http://satellite", timeout=CLIENT_TIMEOUT
+            transport=transport, base_url="http://satellite", timeout=timeout
         ) as client:
-            response = client.request(method, path)
+            response = client.request(method, path, json=body)
     except httpx.TransportError as exc:
         raise AdminUnavailable(f"no satellite answers on {sock}: {exc}") from exc
     with contextlib.suppress(ValueError):

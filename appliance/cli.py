@@ -10,10 +10,14 @@ import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance.config import Config, ConfigError, load, parse_listen, parse_upstream_flag
 from registry_proxy.store import ContentStore
+
+if TYPE_CHECKING:
+    from groundcontrol.contract import StateDocument
+    from registry_proxy.routing import Router
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -91,6 +95,24 @@ def _parser() -> argparse.ArgumentParser:
     common(gc)
     gc.add_argument("--dry-run", action="store_true", help="list what would be freed, free nothing")
     gc.add_argument("--json", action="store_true", help="print JSON")
+    bundle = sub.add_parser("bundle", help="USB bundles for air-gapped sites").add_subparsers(
+        dest="bundle_cmd", required=True, metavar="COMMAND"
+    )
+    imp = bundle.add_parser(
+        "import", help="verify a bundle, copy its images into the store and apply its state"
+    )
+    common(imp)
+    imp.add_argument(
+        "path", type=Path, help="the bundle: a directory, a tar, or the first of its split parts"
+    )
+    reports = sub.add_parser(
+        "reports", help="check-ins to carry back to Ground Control"
+    ).add_subparsers(dest="reports_cmd", required=True, metavar="COMMAND")
+    exp = reports.add_parser(
+        "export", help="write the queued signed check-ins and the inventory into a directory"
+    )
+    common(exp)
+    exp.add_argument("directory", type=Path, help="where to write them (a stick's mount point)")
     _runtime_config_parser(sub, common)
     return parser
 
@@ -245,6 +267,63 @@ async def _verify(config: Config) -> int:
     return 1 if bad else 0
 
 
+def _bundle_import(config: Config, args: argparse.Namespace) -> int:
+    from appliance.admin import AdminUnavailable, call
+    from appliance.bundle import import_offline
+    from appliance.daemon import storage_router
+
+    path = args.path.resolve()
+    try:
+        result = call(config.data_dir, "POST", "/bundle", {"path": str(path)}, timeout=None)
+    except AdminUnavailable:
+
+        def router_for(doc: StateDocument) -> Router:
+            return storage_router(config, doc)
+
+        result = asyncio.run(import_offline(config.data_dir, path, router_for, _progress()))
+    outcome = result.get("outcome")
+    if outcome in ("applied", "current"):
+        print(
+            f"{outcome}: state version {result['state_version']}; {result['blobs_imported']}"
+            f" blob(s) imported ({result['bytes_imported']} bytes), {result['blobs_present']}"
+            f" already present; {result['acked']} check-in(s) acknowledged"
+        )
+        return 0
+    if outcome == "incomplete":
+        print(f"satellite: {result['message']}:", file=sys.stderr)
+        for missing in result["missing"][:50]:
+            print(f"  missing {missing}", file=sys.stderr)
+        return 3
+    print(f"satellite: bundle refused: {result.get('message')}", file=sys.stderr)
+    return 1
+
+
+def _progress() -> Callable[[str, int, int], None] | None:
+    if not sys.stderr.isatty():
+        return None
+
+    def show(what: str, done: int, total: int) -> None:
+        print(f"\r{what[:30]} {done} bytes imported", end="", file=sys.stderr)
+
+    return show
+
+
+def _reports_export(config: Config, args: argparse.Namespace) -> int:
+    from appliance.bundle import reports_offline
+    from appliance.identity import IdentityError
+
+    try:
+        result = asyncio.run(reports_offline(config.data_dir, args.directory))
+    except (IdentityError, OSError) as exc:
+        print(f"satellite: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"wrote {result['checkins']} check-in(s) and an inventory of {result['blobs']} blob(s)"
+        f" to {args.directory / result['satellite']}"
+    )
+    return 0
+
+
 def _runtime_config(args: argparse.Namespace, config: Config) -> int:
     from appliance import runtime_config as rc
 
@@ -297,6 +376,10 @@ def main(argv: list[str] | None = None) -> int:
         return _sync(config)
     if args.command == "gc":
         return asyncio.run(_gc(config, args))
+    if args.command == "bundle":
+        return _bundle_import(config, args)
+    if args.command == "reports":
+        return _reports_export(config, args)
     if args.command == "runtime-config":
         return _runtime_config(args, config)
     raise AssertionError(args.command)

@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,6 +25,7 @@ from hypercorn.config import Config as HypercornConfig
 from starlette.applications import Starlette
 
 from appliance.admin import admin_app, bind_socket, socket_path
+from appliance.bundle import import_for_agent
 from appliance.config import Config
 from appliance.fleet import FleetAgent, Intervals
 from appliance.fleetdb import FleetDB
@@ -37,6 +39,7 @@ from registry_proxy.app import RegistrySettings, create_app
 from registry_proxy.deadline import BodyLimits
 from registry_proxy.metrics import Metrics
 from registry_proxy.proxy import Upstream
+from registry_proxy.routing import Router, UpstreamName
 from registry_proxy.store import ContentStore
 from registry_proxy.upstream import UpstreamClient
 
@@ -148,16 +151,8 @@ class RegistryConsumer:
         """Local upstreams, then the signed ones under names the local config does not
         use. An unchanged upstream keeps its object (breaker, connections)."""
         current = current or {}
-        local_names = {u.name for u in self.config.upstreams}
-        has_local_default = any(u.default for u in self.config.upstreams)
-        wanted: list[tuple[str, str, bool, Any]] = [
-            (u.name, u.url, u.default, u) for u in self.config.upstreams
-        ]
-        for name, url, default in self.signed_upstreams:
-            if name not in local_names:
-                wanted.append((name, url, default and not has_local_default, None))
         result: dict[str, Upstream] = {}
-        for name, url, default, local in wanted:
+        for name, url, default, local in upstream_names(self.config, self.signed_upstreams):
             kept = current.get(name)
             if kept is not None and kept.client.url == url.rstrip("/"):
                 kept.default = default
@@ -213,6 +208,35 @@ class RegistryConsumer:
 
     async def cache_usage(self) -> tuple[int, int]:
         return await self.store.used_bytes(), self.store.max_bytes or 0
+
+
+def upstream_names(
+    config: Config, signed: tuple[tuple[str, str, bool], ...]
+) -> list[tuple[str, str, bool, Any]]:
+    """(name, url, default, local config entry or None): the local upstreams, then the
+    signed ones under names the local config does not use."""
+    local_names = {u.name for u in config.upstreams}
+    has_local_default = any(u.default for u in config.upstreams)
+    wanted: list[tuple[str, str, bool, Any]] = [
+        (u.name, u.url, u.default, u) for u in config.upstreams
+    ]
+    for name, url, default in signed:
+        if name not in local_names:
+            wanted.append((name, url, default and not has_local_default, None))
+    return wanted
+
+
+def storage_router(config: Config, doc: StateDocument) -> Router:
+    """The routing a state's images get once it is applied: under which repository the
+    store keeps each (a bundle's import writes them there, so that serving and
+    replication find them)."""
+    signed = _signed_upstreams((doc.config or {}).get("upstreams"))
+    return Router(
+        [
+            UpstreamName(name, url, default)
+            for name, url, default, _ in upstream_names(config, signed)
+        ]
+    )
 
 
 def _int(value: object) -> int | None:
@@ -311,6 +335,11 @@ async def build(config: Config) -> Daemon:
     async def gc(dry_run: bool) -> dict[str, Any]:
         return await collect_garbage(store, dry_run=dry_run)
 
+    async def bundle(path: Path) -> dict[str, Any]:
+        if agent is None:
+            return {"outcome": "error", "message": "not registered"}
+        return await import_for_agent(path, store, agent, lambda doc: storage_router(config, doc))
+
     admin_config = HypercornConfig()
     admin_config.bind = [f"fd://{sock.fileno()}"]
     admin_config.accesslog = None
@@ -318,7 +347,7 @@ async def build(config: Config) -> Daemon:
     admin_config.graceful_timeout = 2
     admin_config.include_server_header = False
     app.state.admin_socket = sock  # kept open for the process's life
-    side.append((admin_app(status, sync, gc), admin_config))
+    side.append((admin_app(status, sync, gc, bundle), admin_config))
     return Daemon(config, app, side)
 
 

@@ -286,11 +286,18 @@ class FleetAgent:
         if found is None:
             return None
         roots, envelope = found
+        return await self.consider_with_roots(roots, envelope, "state-registry")
+
+    async def consider_with_roots(
+        self, roots: Sequence[bytes], envelope: bytes, source: str
+    ) -> SyncResult:
+        """A state that came with its root chain (the state registry, a USB bundle):
+        follow the roots it carries that are new here, then ``consider`` the state."""
         async with self._lock:
             newer = [r for r in roots if r not in self.trust.root_chain]
             if newer:
                 await self._update_roots(newer)
-        return await self.consider(envelope, "state-registry")
+        return await self.consider(envelope, source)
 
     async def consider(self, envelope: bytes, source: str) -> SyncResult:
         """Verify, persist, then act on one state envelope."""

@@ -28,6 +28,7 @@ from groundcontrol.config import (
     parse_database_url,
     parse_int,
     parse_listen,
+    parse_size,
 )
 from groundcontrol.status import SUMMARIES
 
@@ -434,6 +435,101 @@ DESCRIPTION = (
 )
 
 
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from groundcontrol.bundle import export_bundle, held_blobs, inventory_path
+
+    config = _config(args)
+    inventory: Path | None = None
+    if args.since_inventory:
+        inventory = Path(args.since_inventory)
+    elif args.since_checkins:
+        inventory = inventory_path(config, args.satellite)
+        if not inventory.exists():
+            raise CliError(
+                f"no inventory from {args.satellite} yet: run groundcontrol reports import"
+                " on the reports it sent, or export a whole bundle"
+            )
+    tar: int | None = None
+    if args.split:
+        try:
+            tar = parse_size(args.split)
+        except ValueError as exc:
+            raise CliError(f"--split: {exc}") from None
+        if tar < 64 * 1024:
+            raise CliError("--split: parts must be at least 64KiB")
+    elif args.tar:
+        tar = 0
+    held = frozenset[str]()
+    if inventory is not None:
+        held = held_blobs(inventory.read_bytes(), args.satellite, str(inventory))
+
+    async def run() -> Any:
+        services = await _with_services(config, init_keys=False)
+        try:
+            result = await export_bundle(
+                services,
+                args.satellite,
+                Path(args.output),
+                held=held,
+                tar=tar,
+                progress=_progress(),
+            )
+            return result.to_dict()
+        finally:
+            await services.close()
+
+    result = asyncio.run(run())
+    if args.json:
+        _print(result)
+    else:
+        print(
+            f"bundle for {result['satellite']} (state version {result['state_version']}):"
+            f" {result['images']} image(s), {result['blobs_written']} blob(s) written"
+            f" ({result['bytes_written']} bytes), {result['blobs_present']} already there,"
+            f" {result['blobs_skipped']} held by the satellite; in {args.output}"
+        )
+    return 0
+
+
+def _progress() -> Any:
+    """A one-line progress display on a terminal's stderr; nothing otherwise."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(what: str, done: int, total: int) -> None:
+        share = f"{100 * done // total:3d}%" if total else "    "
+        print(f"\r{share} {what[:30]} {done}/{total} bytes", end="", file=sys.stderr)
+
+    return show
+
+
+def cmd_reports(args: argparse.Namespace) -> int:
+    from groundcontrol.bundle import import_reports
+
+    config = _config(args)
+
+    async def run() -> Any:
+        services = await _with_services(config, init_keys=False)
+        try:
+            result = await import_reports(services, Path(args.directory), time.time())
+            return result.satellites
+        finally:
+            await services.close()
+
+    result = asyncio.run(run())
+    if args.json:
+        _print(result)
+    else:
+        for name, entry in result.items():
+            print(
+                f"{name}: {len(entry.get('accepted', []))} check-in(s) new,"
+                f" {len(entry.get('duplicates', []))} already ingested,"
+                f" {len(entry.get('rejected', []))} rejected;"
+                f" inventory of {entry.get('inventory_blobs', 'no')} blob(s)"
+            )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="groundcontrol", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -642,6 +738,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("registry", help="registry host[:port]")
     for action in cred.choices.values():
         action.set_defaults(func=cmd_credential)
+
+    bundle = sub.add_parser("bundle", help="USB bundles for air-gapped satellites").add_subparsers(
+        dest="bundle_cmd", required=True, metavar="COMMAND"
+    )
+    p = bundle.add_parser(
+        "export", help="write a satellite's signed state and its images as an OCI layout"
+    )
+    local(p)
+    p.add_argument("satellite", help="the satellite's name")
+    p.add_argument("--output", required=True, metavar="PATH", help="the bundle directory")
+    since = p.add_mutually_exclusive_group()
+    since.add_argument(
+        "--since-checkins",
+        action="store_true",
+        help="leave out the blobs the satellite reported holding on its last reports stick",
+    )
+    since.add_argument(
+        "--since-inventory",
+        metavar="FILE",
+        help="leave out the blobs listed in this inventory file",
+    )
+    p.add_argument(
+        "--tar",
+        action="store_true",
+        help="write one tar file at PATH (streamed, no temporary copy) instead of a directory",
+    )
+    p.add_argument(
+        "--split",
+        metavar="SIZE",
+        help="write the tar in parts PATH.000, PATH.001 ... of at most SIZE each (4GiB for"
+        " FAT32 sticks); implies --tar",
+    )
+    json_flag(p, "print the export's counts as JSON")
+    p.set_defaults(func=cmd_bundle)
+
+    reports = sub.add_parser(
+        "reports", help="check-ins carried back from air-gapped satellites"
+    ).add_subparsers(dest="reports_cmd", required=True, metavar="COMMAND")
+    p = reports.add_parser("import", help="ingest check-ins and inventories from a directory")
+    local(p)
+    p.add_argument("directory", help="the reports directory written by satellite reports export")
+    json_flag(p, "print the ingest's result as JSON")
+    p.set_defaults(func=cmd_reports)
     return parser
 
 

@@ -7,16 +7,18 @@ one place, the exception handler in :mod:`groundcontrol.app`.
 
     GroundControlError
     ├── BadRequest          400  invalid_request / invalid_json / invalid_form / invalid_<field>
+    │                            state_invalid / reports_invalid / inventory_invalid (bundles)
     │                            confirmation_required (a dashboard revocation unconfirmed)
     ├── Unauthorized        401  unauthorized
     ├── Forbidden           403  forbidden / satellite_revoked / csrf_failed
-    ├── NotFound            404  not_found / <kind>_not_found
+    ├── NotFound            404  not_found / <kind>_not_found (state_not_found: no state to
+    │                            bundle; reports_not_found: no reports in the directory)
     ├── Conflict            409  <kind>_exists / group_in_use / ...
     ├── PayloadTooLarge     413  payload_too_large
     ├── UnsupportedMediaType 415 unsupported_media_type
     ├── Unprocessable       422  image_not_found / registry_not_configured / harbor_not_configured
     ├── TooManyRequests     429  rate_limited
-    ├── UpstreamError       502  registry_unavailable / image_unresolvable
+    ├── UpstreamError       502  registry_unavailable / image_unresolvable / digest_mismatch
     └── Unavailable         503  signing_unavailable
 """
 

@@ -568,6 +568,15 @@ class Queries:
             raise NotFound(f"no satellite {satellite}", code="satellite_not_found")
         return row
 
+    async def checkin_seqs(self, satellite: str) -> tuple[int, list[int]]:
+        """The check-ins held from a satellite: its retention floor (everything up to it
+        was ingested and pruned) and the seqs kept above it."""
+        _last, floor = await self.checkin_bounds(satellite)
+        rows = await self.tx.fetchall(
+            "SELECT seq FROM checkins WHERE satellite = ? ORDER BY seq", satellite
+        )
+        return floor, [int(r["seq"]) for r in rows]
+
     async def checkin_bounds(self, satellite: str) -> tuple[int, int]:
         row = await self.tx.fetchone(
             "SELECT last_seq, seq_floor FROM satellites WHERE name = ?", satellite

@@ -61,6 +61,8 @@ def test_json_only_where_it_changes_the_output() -> None:
         "groundcontrol satellite join-token",
         "groundcontrol status",
         "groundcontrol credential list",
+        "groundcontrol bundle export",
+        "groundcontrol reports import",
         "satellite status",
         "satellite gc",
     }

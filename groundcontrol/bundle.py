@@ -1,0 +1,475 @@
+"""USB bundles for air-gapped satellites, and the reports they send back.
+
+``export_bundle`` writes one satellite's current signed state, its root chain, the ack
+list of the check-ins already ingested and every blob and manifest the state names into
+a standard OCI image layout (see ``registry_proxy.ocilayout`` and
+``groundcontrol.contract.bundle``). Blobs stream from the central registry through the
+one registry client, are hashed as they are written and become visible under their
+digest only when the digest matched; an export cut short and run again copies only what
+is missing. The satellite files are written last, so a bundle without them is visibly
+incomplete.
+
+``import_reports`` ingests the check-ins a stick carried back through the same
+idempotent ingest as the online endpoint, and keeps the satellite's inventory for the
+next delta export.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import secrets
+import tarfile
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from groundcontrol import checkins
+from groundcontrol.config import Config
+from groundcontrol.contract import ContractError, TrustedState
+from groundcontrol.contract.bundle import (
+    ACKS_FILE,
+    CHECKINS_FILE,
+    INVENTORY_FILE,
+    ROOTS_DIR,
+    STATE_FILE,
+    Acks,
+    Inventory,
+)
+from groundcontrol.errors import BadRequest, NotFound, UpstreamError
+from groundcontrol.services import Services
+from registry_proxy.digest import Digest
+from registry_proxy.durable import atomic_write, fsync_dir, publish
+from registry_proxy.errors import RegistryError
+from registry_proxy.ocilayout import (
+    INDEX_FILE,
+    LAYOUT_FILE,
+    LAYOUT_VERSION,
+    blob_path,
+    index_document,
+    ref_name,
+    walk,
+)
+from registry_proxy.upstream import UpstreamClient
+from registry_proxy.upstream import UpstreamError as RegistryClientError
+
+log = logging.getLogger("groundcontrol.bundle")
+
+Progress = Callable[[str, int, int], None]  # (what, bytes done, bytes in all)
+
+MAX_REPORTS_BYTES = 256 * 1024 * 1024
+
+
+@dataclass
+class ExportResult:
+    satellite: str
+    state_version: int
+    images: int = 0
+    blobs_written: int = 0
+    blobs_present: int = 0
+    blobs_skipped: int = 0  # held by the satellite (delta)
+    bytes_written: int = 0
+
+    def to_dict(self) -> dict[str, int | str]:
+        return dict(self.__dict__)
+
+
+def inventory_path(config: Config, satellite: str) -> Path:
+    """Where the last inventory a satellite carried back is kept (``--since-checkins``)."""
+    return (
+        config.data_dir / "inventories" / f"{hashlib.sha256(satellite.encode()).hexdigest()}.json"
+    )
+
+
+async def export_bundle(
+    services: Services,
+    satellite: str,
+    output: Path,
+    *,
+    held: frozenset[str] = frozenset(),
+    tar: int | None = None,
+    progress: Progress | None = None,
+) -> ExportResult:
+    """``tar``: write one tar at ``output`` (0) or parts of at most that many bytes."""
+    async with services.store.transaction() as q:
+        row = await q.latest_state(satellite)
+        if row is None:
+            raise NotFound(f"no state published for satellite {satellite}", code="state_not_found")
+        envelope = str(row["envelope"]).encode()
+        roots = [(v, await q.root(v)) for v in await q.root_versions()]
+        floor, seqs = await q.checkin_seqs(satellite)
+    chain = [(v, text.encode()) for v, text in roots if text is not None]
+    try:
+        # the same checks a satellite makes (bar expiry and version): never ship a state
+        # that the chain does not sign
+        trust = TrustedState.load(satellite, [e for _, e in chain], envelope, 0)
+    except ContractError as exc:
+        raise BadRequest(
+            f"state of {satellite} does not verify: {exc}", code="state_invalid"
+        ) from None
+    doc = trust.state
+    assert doc is not None
+    result = ExportResult(satellite, doc.version)
+    signed = [(f"{ROOTS_DIR}/{version}.json", data) for version, data in chain]
+    signed.append((ACKS_FILE, Acks(satellite, floor, frozenset(seqs)).to_bytes()))
+    signed.append((STATE_FILE, envelope))  # last: its presence marks a whole bundle
+    sink: _Sink
+    if tar is None:
+        await asyncio.to_thread(output.mkdir, parents=True, exist_ok=True)
+        sink = _DirSink(output)
+    else:
+        sink = _TarSink(_PartsWriter(output, tar), signed)
+    config = services.config
+    client = UpstreamClient(
+        "central",
+        config.registry_url,
+        username=config.registry_username or None,
+        password=config.registry_password or None,
+    )
+    written: set[Digest] = set()
+
+    async def fetch(repository: str, digest: Digest) -> bytes:
+        body = sink.manifest(digest)
+        if body is None:
+            body = (await client.get_manifest(repository, str(digest))).body  # verified there
+            sink.put_manifest(digest, body)
+        return body
+
+    try:
+        entries = []
+        for image in doc.images:
+            digest = Digest.parse(image.digest)
+            async for node in walk(image.repository, digest, image.media_type, image.size, fetch):
+                if node.digest in written or node.is_manifest:  # manifests: written by fetch
+                    continue
+                written.add(node.digest)
+                if str(node.digest) in held:
+                    result.blobs_skipped += 1
+                    continue
+                if sink.has(node.digest, node.size):
+                    result.blobs_present += 1
+                    continue
+                async with client.open_blob(node.repository, node.digest) as blob:
+                    result.bytes_written += await sink.put_blob(
+                        node.digest, node.size, blob.chunks(), progress
+                    )
+                result.blobs_written += 1
+            entries.append(
+                (
+                    ref_name(image.repository, image.tag, image.digest),
+                    image.digest,
+                    image.media_type,
+                    image.size,
+                )
+            )
+            result.images += 1
+        sink.finish(index_document(entries), signed)
+    except RegistryClientError as exc:
+        sink.abort()
+        raise UpstreamError(f"central registry: {exc}") from None
+    except RegistryError as exc:
+        sink.abort()
+        raise UpstreamError(f"central registry: {exc.message}", code="digest_mismatch") from None
+    except BaseException:
+        sink.abort()
+        raise
+    finally:
+        await client.aclose()
+    return result
+
+
+def _mismatch(digest: Digest, actual: Digest, done: int) -> UpstreamError:
+    return UpstreamError(
+        f"blob {digest} arrived as {actual} ({done} bytes)", code="digest_mismatch"
+    )
+
+
+class _Sink:
+    """Where an export writes: a bundle directory, or a tar stream (split or not)."""
+
+    def manifest(self, digest: Digest) -> bytes | None:
+        return None
+
+    def put_manifest(self, digest: Digest, body: bytes) -> None:
+        raise NotImplementedError
+
+    def has(self, digest: Digest, size: int) -> bool:
+        return False
+
+    async def put_blob(
+        self, digest: Digest, size: int, chunks: AsyncIterator[bytes], progress: Progress | None
+    ) -> int:
+        raise NotImplementedError
+
+    def finish(self, index: bytes, signed: list[tuple[str, bytes]]) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        pass
+
+
+class _DirSink(_Sink):
+    """A directory: each blob hashed as written and published under its digest only on
+    a match, so an export run again on the same directory copies only what is missing."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def manifest(self, digest: Digest) -> bytes | None:
+        path = blob_path(self.root, digest)
+        if path.exists():
+            body = path.read_bytes()
+            if Digest.of(body, digest.algorithm) == digest:
+                return body
+            path.unlink()
+        return None
+
+    def put_manifest(self, digest: Digest, body: bytes) -> None:
+        _publish_bytes(blob_path(self.root, digest), body)
+
+    def has(self, digest: Digest, size: int) -> bool:
+        path = blob_path(self.root, digest)
+        return path.exists() and path.stat().st_size == size
+
+    async def put_blob(
+        self, digest: Digest, size: int, chunks: AsyncIterator[bytes], progress: Progress | None
+    ) -> int:
+        path = blob_path(self.root, digest)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        hasher = digest.hasher()
+        done = 0
+        try:
+            with await asyncio.to_thread(open, tmp, "wb") as f:
+                async for chunk in chunks:
+                    hasher.update(chunk)
+                    f.write(chunk)
+                    done += len(chunk)
+                    if progress is not None:
+                        progress(str(digest), done, size)
+                f.flush()
+                os.fsync(f.fileno())
+            actual = Digest(digest.algorithm, hasher.hexdigest())
+            if actual != digest or done != size:
+                raise _mismatch(digest, actual, done)
+            publish(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return done
+
+    def finish(self, index: bytes, signed: list[tuple[str, bytes]]) -> None:
+        atomic_write(self.root / LAYOUT_FILE, LAYOUT_VERSION + b"\n")
+        atomic_write(self.root / INDEX_FILE, index)
+        for name, data in signed:
+            atomic_write(self.root / name, data)
+
+
+class _PartsWriter:
+    """One output file, or with ``part_size`` the parts PATH.000, PATH.001, … of at most
+    that many bytes each (FAT32 holds files below 4 GiB)."""
+
+    def __init__(self, path: Path, part_size: int) -> None:
+        self.path = path
+        self.part_size = part_size
+        self.parts: list[Path] = []
+        self._file: BinaryIO | None = None
+        self._left = 0
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def _next(self) -> BinaryIO:
+        if self._file is not None:
+            self._close_part()
+        name = self.path if self.part_size == 0 else Path(f"{self.path}.{len(self.parts):03d}")
+        self.parts.append(name)
+        self._file = open(name, "wb")  # noqa: SIM115 (closed by _close_part)
+        self._left = self.part_size or -1
+        return self._file
+
+    def _close_part(self) -> None:
+        assert self._file is not None
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._file = None
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            out = self._file if self._file is not None and self._left != 0 else self._next()
+            n = len(view) if self._left < 0 else min(len(view), self._left)
+            out.write(view[:n])
+            view = view[n:]
+            if self._left > 0:
+                self._left -= n
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._close_part()
+        fsync_dir(self.path.parent)
+
+    def remove(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        for part in self.parts:
+            part.unlink(missing_ok=True)
+
+
+class _TarSink(_Sink):
+    """One tar streamed as it is made (no temporary copy): the signed files first, so an
+    import verifies the state before it reads a blob, then every manifest and blob, the
+    index last. A blob that does not hash to its digest aborts the whole tar."""
+
+    def __init__(self, out: _PartsWriter, signed: list[tuple[str, bytes]]) -> None:
+        self.out = out
+        self._manifests: dict[Digest, bytes] = {}
+        self._file(LAYOUT_FILE, LAYOUT_VERSION + b"\n")
+        for name, data in signed:
+            self._file(name, data)
+
+    def _header(self, name: str, size: int) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = size
+        info.mode = 0o644
+        self.out.write(info.tobuf(format=tarfile.PAX_FORMAT))
+
+    def _pad(self, size: int) -> None:
+        self.out.write(b"\0" * (-size % tarfile.BLOCKSIZE))
+
+    def _file(self, name: str, data: bytes) -> None:
+        self._header(name, len(data))
+        self.out.write(data)
+        self._pad(len(data))
+
+    def manifest(self, digest: Digest) -> bytes | None:
+        return self._manifests.get(digest)
+
+    def put_manifest(self, digest: Digest, body: bytes) -> None:
+        self._manifests[digest] = body
+        self._file(f"blobs/{digest.algorithm}/{digest.encoded}", body)
+
+    async def put_blob(
+        self, digest: Digest, size: int, chunks: AsyncIterator[bytes], progress: Progress | None
+    ) -> int:
+        self._header(f"blobs/{digest.algorithm}/{digest.encoded}", size)
+        hasher = digest.hasher()
+        done = 0
+        async for chunk in chunks:
+            if done + len(chunk) > size:
+                raise _mismatch(digest, Digest(digest.algorithm, "?"), done + len(chunk))
+            hasher.update(chunk)
+            self.out.write(chunk)
+            done += len(chunk)
+            if progress is not None:
+                progress(str(digest), done, size)
+        actual = Digest(digest.algorithm, hasher.hexdigest())
+        if actual != digest or done != size:
+            raise _mismatch(digest, actual, done)
+        self._pad(size)
+        return done
+
+    def finish(self, index: bytes, signed: list[tuple[str, bytes]]) -> None:
+        self._file(INDEX_FILE, index)
+        self.out.write(b"\0" * (2 * tarfile.BLOCKSIZE))
+        self.out.close()
+
+    def abort(self) -> None:
+        self.out.remove()
+
+
+def _publish_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    publish(tmp, path)
+
+
+# --- reports carried back -------------------------------------------------------------
+
+
+@dataclass
+class ReportsResult:
+    satellites: dict[str, dict[str, object]] = field(default_factory=dict)
+
+
+async def import_reports(services: Services, directory: Path, now: float) -> ReportsResult:
+    """Ingest every ``<satellite>/checkins.json`` under ``directory`` (online rules,
+    idempotent), and keep each ``<satellite>/inventory.json`` for delta exports."""
+    result = ReportsResult()
+    config = services.config
+    found = await asyncio.to_thread(_report_dirs, directory)
+    for sub, has_checkins, has_inventory in found:
+        name = sub.name
+        checkin_file = sub / CHECKINS_FILE
+        inventory_file = sub / INVENTORY_FILE
+        entry: dict[str, object] = {}
+        if has_checkins:
+            body = _read_capped(checkin_file)
+            envelopes = checkins.split_batch(body)
+            ingested = await checkins.ingest(
+                services.store,
+                name,
+                envelopes,
+                now,
+                config.checkins_kept,
+                offline_after=config.offline_after,
+                late_after=config.stale_after,
+            )
+            entry.update(ingested.to_dict())
+        if has_inventory:
+            data = _read_capped(inventory_file)
+            try:
+                inventory = Inventory.from_bytes(data)
+            except ContractError as exc:
+                raise BadRequest(f"{inventory_file}: {exc}", code="reports_invalid") from None
+            if inventory.satellite != name:
+                raise BadRequest(
+                    f"{inventory_file}: the inventory of {inventory.satellite}, not {name}",
+                    code="reports_invalid",
+                )
+            async with services.store.transaction() as q:
+                await q.satellite(name)  # refuses an unknown satellite
+            atomic_write(inventory_path(config, name), data)
+            entry["inventory_blobs"] = len(inventory.blobs)
+        result.satellites[name] = entry
+    if not found:
+        raise NotFound(f"{directory}: no reports found", code="reports_not_found")
+    return result
+
+
+def _report_dirs(directory: Path) -> list[tuple[Path, bool, bool]]:
+    """Each satellite's directory with reports in it: (path, check-ins?, inventory?)."""
+    if not directory.is_dir():
+        raise NotFound(f"{directory}: no such directory", code="reports_not_found")
+    found = []
+    for sub in sorted(p for p in directory.iterdir() if p.is_dir()):
+        has = ((sub / CHECKINS_FILE).is_file(), (sub / INVENTORY_FILE).is_file())
+        if any(has):
+            found.append((sub, *has))
+    return found
+
+
+def _read_capped(path: Path) -> bytes:
+    if path.stat().st_size > MAX_REPORTS_BYTES:
+        raise BadRequest(f"{path}: larger than {MAX_REPORTS_BYTES} bytes", code="reports_invalid")
+    return path.read_bytes()
+
+
+def held_blobs(data: bytes, satellite: str, where: str) -> frozenset[str]:
+    """The digests an inventory file says ``satellite`` holds."""
+    try:
+        inventory = Inventory.from_bytes(data)
+    except ContractError as exc:
+        raise BadRequest(f"{where}: {exc}", code="inventory_invalid") from None
+    if inventory.satellite != satellite:
+        raise BadRequest(
+            f"{where}: the inventory of {inventory.satellite}, not {satellite}",
+            code="inventory_invalid",
+        )
+    return inventory.blobs

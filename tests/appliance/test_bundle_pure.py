@@ -1,0 +1,144 @@
+"""The pure parts of USB bundles: the ack list and inventory documents, the state check
+on a copy of the trusted state, and the layout walk's order."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from appliance.bundle import BundleError, check_state
+from groundcontrol.contract import MalformedDocument, TrustedState, sign_root, sign_state
+from groundcontrol.contract.bundle import Acks, Inventory, checkins_body
+from registry_proxy.digest import Digest
+from registry_proxy.ocilayout import index_document, walk
+from tests.groundcontrol.test_contract import NOW, SAT, make_root, make_state
+from tests.groundcontrol.test_contract_trusted import ROOT_KEYS, STATE_KEYS, root_bytes, state_bytes
+
+
+def test_acks_round_trip_and_cover() -> None:
+    acks = Acks("site-a", 5, frozenset({7, 9}))
+    again = Acks.from_bytes(acks.to_bytes())
+    assert again == acks
+    assert [s for s in range(1, 11) if again.covers(s)] == [1, 2, 3, 4, 5, 7, 9]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"[]",
+        b'{"satellite": "a", "through": -1, "seqs": []}',
+        b'{"satellite": "a", "through": 1, "seqs": [true]}',
+        b'{"satellite": "a", "through": 1, "seqs": [], "more": 1}',
+        b'{"satellite": "", "through": 1, "seqs": []}',
+        b'{"satellite": "a", "through": 1, "through": 2, "seqs": []}',
+    ],
+)
+def test_acks_refuse_what_is_not_an_ack_list(data: bytes) -> None:
+    with pytest.raises(MalformedDocument):
+        Acks.from_bytes(data)
+
+
+def test_inventory_round_trip_and_refusals() -> None:
+    inventory = Inventory("site-a", frozenset({"sha256:" + "a" * 64}))
+    assert Inventory.from_bytes(inventory.to_bytes()) == inventory
+    with pytest.raises(MalformedDocument):
+        Inventory.from_bytes(b'{"satellite": "a", "blobs": [1]}')
+
+
+def test_checkins_body_keeps_each_envelope_byte_for_byte() -> None:
+    envelopes = [b'{"payload":"x", "b": 1}', b'{ "payload" : "y" }']
+    body = checkins_body(envelopes)
+    assert json.loads(body)["checkins"] == [{"payload": "x", "b": 1}, {"payload": "y"}]
+    assert all(envelope in body for envelope in envelopes)
+
+
+def trusted() -> TrustedState:
+    trust = TrustedState.first_use(SAT, root_bytes(1), NOW)
+    trust.update_state(state_bytes(1), NOW)
+    return trust
+
+
+def test_check_state_works_on_a_copy() -> None:
+    trust = trusted()
+    doc, newer, current = check_state(trust, [(1, root_bytes(1))], state_bytes(2), NOW)
+    assert doc.version == 2 and newer == [] and current is False
+    assert trust.version == 1  # unchanged
+
+
+def test_check_state_follows_the_root_chain_the_bundle_carries() -> None:
+    trust = trusted()
+    new_state_keys = [ROOT_KEYS[0]]
+    root2 = sign_root(make_root(2, ROOT_KEYS, new_state_keys), ROOT_KEYS).to_json()
+    envelope = sign_state(make_state(version=3), new_state_keys).to_json()
+    with pytest.raises(BundleError, match="SignatureError"):
+        check_state(trust, [(1, root_bytes(1))], envelope, NOW)
+    doc, newer, _ = check_state(trust, [(1, root_bytes(1)), (2, root2)], envelope, NOW)
+    assert doc.version == 3 and newer == [root2]
+    assert trust.root.version == 1
+
+
+def test_check_state_names_the_reason() -> None:
+    trust = trusted()
+    assert check_state(trust, [], state_bytes(1), NOW)[2] is True  # the applied one
+    with pytest.raises(BundleError, match="WrongSatelliteError"):
+        check_state(trust, [], state_bytes(2, satellite="other"), NOW)
+    trust.update_state(state_bytes(3), NOW)
+    with pytest.raises(BundleError, match="RollbackError"):
+        check_state(trust, [], state_bytes(2), NOW)
+    assert STATE_KEYS  # the fixtures' keys signed all of the above
+
+
+def test_walk_yields_children_before_parents() -> None:
+    def blob(data: bytes) -> dict[str, object]:
+        return {
+            "mediaType": "application/octet-stream",
+            "digest": str(Digest.of(data)),
+            "size": len(data),
+        }
+
+    config = {**blob(b"{}"), "mediaType": "application/vnd.oci.image.config.v1+json"}
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": config,
+            "layers": [blob(b"one"), blob(b"two")],
+        }
+    ).encode()
+    index = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [
+                {
+                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "digest": str(Digest.of(manifest)),
+                    "size": len(manifest),
+                }
+            ],
+        }
+    ).encode()
+    docs = {Digest.of(manifest): manifest, Digest.of(index): index}
+
+    async def fetch(repository: str, digest: Digest) -> bytes:
+        return docs[digest]
+
+    async def collect() -> list[tuple[str, bool]]:
+        media = "application/vnd.oci.image.index.v1+json"
+        return [
+            (str(node.digest), node.is_manifest)
+            async for node in walk("r", Digest.of(index), media, len(index), fetch)
+        ]
+
+    order = asyncio.run(collect())
+    assert order == [
+        (config["digest"], False),
+        (str(Digest.of(b"one")), False),
+        (str(Digest.of(b"two")), False),
+        (str(Digest.of(manifest)), True),
+        (str(Digest.of(index)), True),
+    ]
+    named = json.loads(index_document([("r:v1", str(Digest.of(index)), "x", 1)]))
+    assert named["manifests"][0]["annotations"] == {"org.opencontainers.image.ref.name": "r:v1"}
