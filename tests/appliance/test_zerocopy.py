@@ -3,7 +3,6 @@ and clients that go away mid-transfer."""
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import socket
@@ -13,6 +12,7 @@ import pytest
 
 from appliance import zerocopy
 from tests.conftest import SatelliteFactory
+from tests.support.images import sha256_bytes
 from tests.support.satellite import SatelliteProcess
 
 MIB = 1024 * 1024
@@ -22,7 +22,7 @@ MIB = 1024 * 1024
 def blob(satellite: SatelliteProcess) -> tuple[bytes, str]:
     # larger than zerocopy.SENDFILE_MAX_CHUNK, so a blob goes out in several calls
     data = os.urandom(2 * zerocopy.SENDFILE_MAX_CHUNK + 5 * MIB + 123)
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    digest = sha256_bytes(data)
     r = httpx.post(
         f"{satellite.url}/v2/zc/blobs/uploads/?digest={digest}", content=data, timeout=60
     )
@@ -92,7 +92,7 @@ def test_without_the_extension_blobs_are_still_served(
     """The chunked path (as under a server without zero-copy) gives the same bytes."""
     sat = satellite_factory(extra_config="[server]\nzero_copy = false\n")
     data = os.urandom(3 * MIB)
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    digest = sha256_bytes(data)
     assert (
         httpx.post(
             f"{sat.url}/v2/r/blobs/uploads/?digest={digest}", content=data, timeout=60
