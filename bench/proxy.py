@@ -61,7 +61,7 @@ from bench.registry import log, median
 from tests.support.faultrelay import Fault, FaultRelay, blackhole
 from tests.support.images import MEDIA_OCI_MANIFEST, ImageRef, build_image, sha256_bytes
 from tests.support.net import LOOPBACK
-from tests.support.satellite import SatelliteProcess, Upstream
+from tests.support.satellite import SatelliteProcess, UpstreamTable
 from tests.support.skopeo import Skopeo
 from tests.support.upstream import UpstreamRegistry
 
@@ -170,7 +170,7 @@ def open_target(
                 root,
                 push=False,
                 registry={"tag_timeout": TAG_TIMEOUT} if registry is None else registry,
-                upstreams=[Upstream("up", upstream_url, default=True)],
+                upstreams=[UpstreamTable("up", upstream_url, default=True)],
             )
         elif kind == DOCKER_REGISTRY:
             proc = UpstreamRegistry(root, proxy_remote=upstream_url)

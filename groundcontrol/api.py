@@ -48,7 +48,7 @@ from groundcontrol.auth import (
     require_own_satellite,
     require_satellite,
 )
-from groundcontrol.config import INT64_MAX, parse_int
+from groundcontrol.config import parse_int
 from groundcontrol.errors import (
     BadRequest,
     Forbidden,
@@ -75,6 +75,7 @@ from groundcontrol.services import Services
 from groundcontrol.status import SUMMARIES, derive_status
 from groundcontrol.store import Queries
 from registry_proxy import strict_json
+from registry_proxy.units import INT64_MAX
 from registry_proxy.waits import wait_event
 
 log = logging.getLogger("groundcontrol")

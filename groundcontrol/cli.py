@@ -21,15 +21,9 @@ from typing import Any
 
 import httpx
 
-from groundcontrol.config import (
-    Config,
-    ConfigError,
-    load_config,
-    parse_database_url,
-    parse_int,
-    parse_listen,
-)
+from groundcontrol.config import Config, load_config, parse_database_url, parse_int
 from groundcontrol.status import SUMMARIES
+from registry_proxy.units import ConfigError, parse_listen
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 

@@ -15,7 +15,7 @@ import httpx
 from tests.conftest import SatelliteFactory
 from tests.support.groundcontrol import GroundControlProcess
 from tests.support.images import GeneratedLayout, sha256_bytes
-from tests.support.satellite import SatelliteProcess, Upstream
+from tests.support.satellite import SatelliteProcess, UpstreamTable
 from tests.support.skopeo import Skopeo
 from tests.support.upstream import UpstreamRegistry
 
@@ -52,7 +52,7 @@ def test_satellite_writes_one_plain_line_per_request(
 ) -> None:
     skopeo.copy(image_layout.oci("app:v1"), f"docker://{upstream_registry.host}/library/app:v1")
     sat = satellite_factory(
-        push=True, upstreams=[Upstream("up", upstream_registry.url, default=False)]
+        push=True, upstreams=[UpstreamTable("up", upstream_registry.url, default=False)]
     )
     digest = push_blob(sat, "local/data", b"x" * 1000)
     blob = httpx.get(f"{sat.url}/v2/local/data/blobs/{digest}")

@@ -21,7 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from groundcontrol.config import ConfigError, load_config
+from groundcontrol.config import load_config
+from registry_proxy.units import ConfigError
 from tests.conftest import SatelliteFactory
 from tests.support.groundcontrol import GroundControlProcess
 from tests.support.images import sha256_bytes

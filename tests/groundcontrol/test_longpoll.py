@@ -17,12 +17,13 @@ import httpx
 import pytest
 
 from groundcontrol import api
-from groundcontrol.config import Config, ConfigError, load_config
+from groundcontrol.config import Config, load_config
 from groundcontrol.contract import verify_state
 from groundcontrol.db import Database
 from groundcontrol.services import Services
 from groundcontrol.store import Store
 from groundcontrol.watch import STATE_CHANNEL, StateWatch, notify_payloads
+from registry_proxy.units import ConfigError
 from tests.groundcontrol.conftest import FakeClock
 from tests.groundcontrol.fleet import at
 from tests.groundcontrol.test_api import error, registered
