@@ -34,12 +34,10 @@ from groundcontrol.api import (
     require_json_body,
 )
 from groundcontrol.config import Config
-from groundcontrol.errors import GroundControlError, Unauthorized
+from groundcontrol.errors import FRAMEWORK_CODES, GroundControlError, Unauthorized
 from groundcontrol.services import Services
 
 log = logging.getLogger("groundcontrol")
-
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
 def _error_response(exc: GroundControlError, request: Request) -> Response:
@@ -77,7 +75,7 @@ def _route(endpoint: Endpoint) -> Route:
 
 async def _http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    code = FRAMEWORK_CODES.get(exc.status_code, "http_error")
     return JSONResponse(
         {"error": {"code": code, "message": str(exc.detail)}},
         status_code=exc.status_code,

@@ -6,11 +6,14 @@ import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from groundcontrol.errors import CODES
+
 if TYPE_CHECKING:
     from groundcontrol.api import Endpoint
 
 _PARAM = re.compile(r"{(\w+)}")
 
+# the codes and their statuses come from the one table in groundcontrol.errors
 ERROR_SCHEMA = {
     "type": "object",
     "required": ["error"],
@@ -18,9 +21,13 @@ ERROR_SCHEMA = {
         "error": {
             "type": "object",
             "required": ["code", "message"],
-            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+            "properties": {
+                "code": {"type": "string", "enum": sorted(CODES)},
+                "message": {"type": "string"},
+            },
         }
     },
+    "x-error-codes": {code: CODES[code] for code in sorted(CODES)},
 }
 
 _SECURITY: dict[str, list[dict[str, list[str]]]] = {

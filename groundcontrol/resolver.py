@@ -47,14 +47,6 @@ MANIFEST_MEDIA_TYPES = (
 CredentialLookup = Callable[[str], Awaitable[tuple[str, str]]]
 
 
-class ImageNotFound(Unprocessable):
-    code = "image_not_found"
-
-
-class RegistryNotConfigured(Unprocessable):
-    code = "registry_not_configured"
-
-
 class Resolver:
     """Resolves references against one registry; tokens cached per scope by the client."""
 
@@ -94,16 +86,18 @@ class Resolver:
 
     async def resolve(self, ref: ImageRef) -> ImageDescriptor:
         if self._client is None:
-            raise RegistryNotConfigured(
-                f"cannot resolve {ref.reference}: no central registry configured ([registry] url)"
+            raise Unprocessable(
+                f"cannot resolve {ref.reference}: no central registry configured ([registry] url)",
+                code="registry_not_configured",
             )
         if self._credentials is not None:
             username, password = await self._credentials(urlsplit(self.url).netloc)
             self._client.auth.set_credentials(username or None, password)
         head = await self._head(ref)
         if head.media_type not in MANIFEST_MEDIA_TYPES:
-            raise ImageNotFound(
-                f"{ref.reference}: not an image manifest or index ({head.media_type})"
+            raise Unprocessable(
+                f"{ref.reference}: not an image manifest or index ({head.media_type})",
+                code="image_not_found",
             )
         try:
             return ImageDescriptor(
@@ -124,7 +118,9 @@ class Resolver:
         try:
             return await self._client.head_manifest(ref.repository, target)
         except UpstreamNotFound:
-            raise ImageNotFound(f"{ref.reference} not found in the registry") from None
+            raise Unprocessable(
+                f"{ref.reference} not found in the registry", code="image_not_found"
+            ) from None
         except UpstreamAuthError as exc:
             raise UpstreamError(
                 f"central registry refused access to {ref.repository} ({exc.status or 'token'})",
@@ -133,10 +129,12 @@ class Resolver:
         except UpstreamIntegrityError as exc:
             raise UpstreamError(f"{ref.reference}: {exc}", code="digest_mismatch") from None
         except UpstreamNotAManifest:
-            raise ImageNotFound(f"{ref.reference}: not an image manifest or index") from None
+            raise Unprocessable(
+                f"{ref.reference}: not an image manifest or index", code="image_not_found"
+            ) from None
         except UpstreamUnavailable as exc:
             raise UpstreamError(f"central registry {self.url} unreachable: {exc}") from None
         except ClientError as exc:
             raise UpstreamError(f"central registry {self.url}: {exc}") from None
         except RegistryError as exc:
-            raise ImageNotFound(f"{ref.reference}: {exc.message}") from None
+            raise Unprocessable(f"{ref.reference}: {exc.message}", code="image_not_found") from None

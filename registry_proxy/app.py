@@ -538,9 +538,10 @@ def create_app(
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
+    # inside out: a slow body is BodyDeadline's 408 before it could look unexpected
+    app.add_middleware(BodyDeadline, limits=body_limits or BodyLimits(), render=_body_timeout)
     app.add_middleware(UnexpectedErrors)
     app.add_middleware(ApiVersionHeader)
-    app.add_middleware(BodyDeadline, limits=body_limits or BodyLimits(), render=_body_timeout)
     if access_log is not None:  # outermost: it sees the 408 of a body too slow
         app.add_middleware(AccessLog, logger=ACCESS_LOG, fmt=access_log)
     app.state.registry = registry
