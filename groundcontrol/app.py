@@ -25,14 +25,8 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from groundcontrol import dashboard, fleetview
-from groundcontrol.api import (
-    ENDPOINTS,
-    Ctx,
-    Endpoint,
-    check_access,
-    principal_of,
-    require_json_body,
-)
+from groundcontrol.api.base import Ctx, Endpoint, check_access, principal_of, require_json_body
+from groundcontrol.api.table import ENDPOINTS
 from groundcontrol.config import Config
 from groundcontrol.errors import FRAMEWORK_CODES, GroundControlError, Unauthorized
 from groundcontrol.services import Services

@@ -101,7 +101,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from groundcontrol.api import token_json
+    from groundcontrol.api.tokens import token_json
     from groundcontrol.auth import hash_token, new_operator_token
 
     config = _config(args)

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from groundcontrol.api.base import Endpoint
 from groundcontrol.errors import CODES
-
-if TYPE_CHECKING:
-    from groundcontrol.api import Endpoint
 
 _PARAM = re.compile(r"{(\w+)}")
 

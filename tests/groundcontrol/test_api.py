@@ -55,7 +55,7 @@ async def registered(
 
 
 async def test_openapi_lists_every_route(client: httpx.AsyncClient) -> None:
-    from groundcontrol.api import ENDPOINTS
+    from groundcontrol.api.table import ENDPOINTS
 
     r = await client.get("/api/v1/openapi.json")
     assert r.status_code == 200
