@@ -90,23 +90,7 @@ async def _current_state(ctx: Ctx, name: str) -> dict[str, Any] | None:
 
 
 async def _satellite_state(ctx: Ctx, name: str) -> tuple[Satellite, dict[str, Any] | None]:
-    async with ctx.services.store.transaction() as q:
-        sat = await q.satellite(name)
-        latest = await q.latest_state(name)
-    if sat.revoked_at is None and (
-        latest is None or latest["expires_at"] - ctx.now < ctx.services.config.state_refresh_before
-    ):
-        try:
-            await ctx.services.publisher.publish_now([name], ctx.now, force=True)
-        except GroundControlError as exc:
-            if latest is None or latest["expires_at"] <= ctx.now:
-                raise
-            # the early refresh exists for outages like this one: the state still holds
-            log.warning("state of %s not re-signed yet: %s", name, exc.message)
-            return sat, latest
-        async with ctx.services.store.transaction() as q:
-            latest = await q.latest_state(name)
-    return sat, latest
+    return await ctx.services.publisher.state_for_read(name, ctx.now)
 
 
 WAIT_DIGITS_MAX = 6
