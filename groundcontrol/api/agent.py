@@ -1,6 +1,5 @@
 """What satellites call: registration, their signed state (long-polled), the trust-root
-chain, check-ins and their upstream credentials.
-"""
+chain, check-ins and their upstream credentials."""
 
 from __future__ import annotations
 
@@ -15,9 +14,7 @@ from starlette.responses import Response
 from groundcontrol import checkins, registration
 from groundcontrol.api.base import MAX_CHECKIN_BODY, Ctx, int_param, log, ok, read_body, read_json
 from groundcontrol.api.credentials import satellite_credentials
-from groundcontrol.auth import (
-    SatellitePrincipal,
-)
+from groundcontrol.auth import SatellitePrincipal
 from groundcontrol.config import parse_int
 from groundcontrol.errors import (
     BadRequest,
@@ -27,10 +24,7 @@ from groundcontrol.errors import (
     PayloadTooLarge,
     Unprocessable,
 )
-from groundcontrol.models import (
-    Satellite,
-    effective_config,
-)
+from groundcontrol.models import Satellite, effective_config
 from registry_proxy.waits import wait_event
 
 

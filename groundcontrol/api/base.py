@@ -1,6 +1,5 @@
 """The shared vocabulary of the API modules: the request context, the endpoint record,
-body reading and JSON answers, and the access check done before any handler runs.
-"""
+body reading and JSON answers, and the access check done before any handler runs."""
 
 from __future__ import annotations
 
@@ -23,12 +22,7 @@ from groundcontrol.auth import (
     require_satellite,
 )
 from groundcontrol.config import parse_int
-from groundcontrol.errors import (
-    BadRequest,
-    PayloadTooLarge,
-    Unauthorized,
-    UnsupportedMediaType,
-)
+from groundcontrol.errors import BadRequest, PayloadTooLarge, Unauthorized, UnsupportedMediaType
 from groundcontrol.publish import Published
 from groundcontrol.services import Services
 from registry_proxy import strict_json

@@ -7,13 +7,8 @@ from typing import Any
 from starlette.responses import Response
 
 from groundcontrol.api.base import Ctx, iso, ok, only_keys, read_object
-from groundcontrol.errors import (
-    BadRequest,
-)
-from groundcontrol.models import (
-    check_registry_host,
-    parse_group_names,
-)
+from groundcontrol.errors import BadRequest
+from groundcontrol.models import check_registry_host, parse_group_names
 from groundcontrol.services import Services
 
 

@@ -7,14 +7,8 @@ from typing import Any
 from starlette.responses import Response
 
 from groundcontrol.api.base import Ctx, iso, ok, only_keys, published_json, read_object
-from groundcontrol.errors import (
-    BadRequest,
-)
-from groundcontrol.models import (
-    Group,
-    check_name,
-    parse_images,
-)
+from groundcontrol.errors import BadRequest
+from groundcontrol.models import Group, check_name, parse_images
 from groundcontrol.store import Queries
 
 

@@ -1,6 +1,5 @@
 """/api/v1/satellites and /api/v1/status: satellites as operators manage them, their
-check-ins and the fleet's status.
-"""
+check-ins and the fleet's status."""
 
 from __future__ import annotations
 
@@ -22,9 +21,7 @@ from groundcontrol.api.base import (
     read_json,
     read_object,
 )
-from groundcontrol.errors import (
-    BadRequest,
-)
+from groundcontrol.errors import BadRequest
 from groundcontrol.models import (
     Satellite,
     check_name,

@@ -7,13 +7,8 @@ from typing import Any
 from starlette.responses import Response
 
 from groundcontrol.api.base import Ctx, iso, ok, only_keys, read_object
-from groundcontrol.auth import (
-    hash_token,
-    new_operator_token,
-)
-from groundcontrol.errors import (
-    BadRequest,
-)
+from groundcontrol.auth import hash_token, new_operator_token
+from groundcontrol.errors import BadRequest
 
 
 async def list_tokens(ctx: Ctx) -> Response:
