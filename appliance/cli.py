@@ -12,8 +12,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from appliance.config import Config, ConfigError, load, parse_listen, parse_upstream_flag
+from appliance.config import Config, load, parse_listen, parse_upstream_flag
 from registry_proxy.store import ContentStore
+from registry_proxy.units import ConfigError
 
 if TYPE_CHECKING:
     from groundcontrol.contract import StateDocument

@@ -12,41 +12,23 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from registry_proxy import names
+from registry_proxy import names, units
 from registry_proxy.accesslog import Format as AccessLogFormat
-from registry_proxy.units import parse_duration
+from registry_proxy.units import ConfigError, parse_duration
 
 DEFAULT_LISTEN = "0.0.0.0:8585"
 DEFAULT_DATA_DIR = Path("/var/lib/satellite")
 DEFAULT_MAX_BYTES = 50 * 1024**3
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
-_UNITS = {
-    "b": 1,
-    "kb": 1000,
-    "mb": 1000**2,
-    "gb": 1000**3,
-    "tb": 1000**4,
-    "kib": 1024,
-    "mib": 1024**2,
-    "gib": 1024**3,
-    "tib": 1024**4,
-}
-
-
-class ConfigError(ValueError):
-    """A configuration value that cannot be used; the message names the key."""
-
 
 @dataclass(frozen=True)
-class Upstream:
+class UpstreamConfig:
     name: str
     url: str
     default: bool = False
@@ -69,7 +51,7 @@ class Config:
     body_min_rate: int = 1024
     body_rate_window: float = 30.0
     body_timeout: float = 0.0
-    upstreams: tuple[Upstream, ...] = ()
+    upstreams: tuple[UpstreamConfig, ...] = ()
     groundcontrol_url: str | None = None
     groundcontrol_ca_file: str | None = None
     state_interval: float | None = None  # None: the signed config's (or 60 s)
@@ -87,14 +69,10 @@ class Config:
 
 
 def parse_size(value: object, key: str) -> int:
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    if isinstance(value, str):
-        match = _SIZE.match(value)
-        if match:
-            unit = (match[2] or "B").lower()
-            return int(float(match[1]) * _UNITS[unit])
-    raise ConfigError(f"{key}: expected a size such as 50GiB or 1000000, got {value!r}")
+    try:
+        return units.parse_size(value)
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
 
 
 def _ca_file(value: object, key: str) -> Path | None:
@@ -135,19 +113,10 @@ def parse_bool(value: object, key: str) -> bool:
 
 
 def parse_listen(value: object, key: str) -> tuple[str, int]:
-    if isinstance(value, str):
-        host, sep, port = value.rpartition(":")
-        host = host.strip("[]")
-        if (
-            sep
-            and host
-            and port.isascii()
-            and port.isdigit()
-            and len(port) <= 5
-            and int(port) < 65536
-        ):
-            return host, int(port)
-    raise ConfigError(f"{key}: expected HOST:PORT, got {value!r}")
+    try:
+        return units.parse_listen(value)
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
 
 
 def _str(value: object, key: str) -> str:
@@ -179,11 +148,11 @@ def _upstream_url(value: object, key: str) -> str:
     return value.rstrip("/")
 
 
-def _upstreams(raw: object) -> tuple[Upstream, ...]:
+def _upstreams(raw: object) -> tuple[UpstreamConfig, ...]:
     if not isinstance(raw, list):
         raise ConfigError("upstream: expected [[upstream]] tables")
     allowed = {"name", "url", "default", "username", "password", "ca_file"}
-    result: list[Upstream] = []
+    result: list[UpstreamConfig] = []
     for i, entry in enumerate(raw):
         key = f"upstream[{i}]"
         if not isinstance(entry, dict):
@@ -192,7 +161,7 @@ def _upstreams(raw: object) -> tuple[Upstream, ...]:
             if name not in allowed:
                 raise ConfigError(f"{key}.{name}: unknown key")
         result.append(
-            Upstream(
+            UpstreamConfig(
                 name=_upstream_name(entry.get("name"), f"{key}.name"),
                 url=_upstream_url(entry.get("url"), f"{key}.url"),
                 default=parse_bool(entry.get("default", False), f"{key}.default"),
@@ -342,8 +311,10 @@ def load(path: Path | None, environ: Mapping[str, str] | None = None) -> Config:
     return from_mapping(doc)
 
 
-def parse_upstream_flag(value: str) -> Upstream:
+def parse_upstream_flag(value: str) -> UpstreamConfig:
     name, sep, url = value.partition("=")
     if not sep:
         raise ConfigError(f"--upstream: expected NAME=URL, got {value!r}")
-    return Upstream(name=_upstream_name(name, "--upstream"), url=_upstream_url(url, "--upstream"))
+    return UpstreamConfig(
+        name=_upstream_name(name, "--upstream"), url=_upstream_url(url, "--upstream")
+    )

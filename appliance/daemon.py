@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from hypercorn.config import Config as HypercornConfig
 from starlette.applications import Starlette
 
+from appliance import zerocopy
 from appliance.admin import admin_app, bind_socket, socket_path
 from appliance.bundle import import_for_agent
 from appliance.config import Config
@@ -273,6 +274,7 @@ async def build(config: Config) -> Daemon:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     store = ContentStore(config.data_dir, max_bytes=config.max_bytes)
     metrics = Metrics()
+    zerocopy.register_metrics(metrics.registry)
     identity = load_identity(config.data_dir)
     app = create_app(
         store,

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +40,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from appliance.config import Upstream
+from appliance.config import UpstreamConfig
+from registry_proxy import names
 from registry_proxy.durable import atomic_write, fsync_dir
 from registry_proxy.routing import UpstreamName
 
@@ -55,9 +55,6 @@ RANCHER_REGISTRIES = {
     "rke2": PurePosixPath("etc/rancher/rke2/registries.yaml"),
 }
 BACKUP_DIR = PurePosixPath("var/backups/satellite/runtime-config")
-_REGISTRY_HOST = re.compile(
-    r"(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?"
-)
 HEADER = "written by `satellite runtime-config {runtime}`; `--revert` restores what was here"
 
 
@@ -70,7 +67,7 @@ class Mirror:
     """Where one upstream's images are found on the satellite, as a runtime sees it."""
 
     registry: str  # the host in the runtime's image references: docker.io, harbor.corp:5000
-    upstream: Upstream
+    upstream: UpstreamConfig
     prefix: str | None  # a first path segment the satellite routes by, when ns cannot
 
     @property
@@ -112,7 +109,7 @@ def default_mirror_url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def _is_hub(upstream: Upstream) -> bool:
+def _is_hub(upstream: UpstreamConfig) -> bool:
     return UpstreamName(upstream.name, upstream.url).is_docker_hub
 
 
@@ -121,7 +118,7 @@ def _looks_like_host(name: str) -> bool:
     return "." in name or ":" in name or name == "localhost"
 
 
-def mirrors(upstreams: Sequence[Upstream]) -> list[Mirror]:
+def mirrors(upstreams: Sequence[UpstreamConfig]) -> list[Mirror]:
     """One Mirror per upstream, the default upstream first (short names resolve to it)."""
     if not upstreams:
         raise RuntimeConfigError(
@@ -137,7 +134,7 @@ def mirrors(upstreams: Sequence[Upstream]) -> list[Mirror]:
             registry = upstream.name
         else:
             registry = urlsplit(upstream.url).netloc.rpartition("@")[2]
-        if not _REGISTRY_HOST.fullmatch(registry):
+        if not names.is_registry_host(registry):
             # it names a directory (certs.d/<host>) and a TOML/YAML key: nothing else fits
             raise RuntimeConfigError(
                 f"upstream {upstream.name!r}: {registry!r} is not a registry host[:port]"
@@ -205,7 +202,7 @@ def _containerd_notes(read: Reader) -> list[str]:
 
 
 def render_containerd(
-    mirror_url: str, upstreams: Sequence[Upstream], read: Reader
+    mirror_url: str, upstreams: Sequence[UpstreamConfig], read: Reader
 ) -> RuntimeConfig:
     files = {
         CONTAINERD_CERTS_D / m.registry / "hosts.toml": containerd_hosts_toml(m, mirror_url)
@@ -217,7 +214,7 @@ def render_containerd(
 # --------------------------------------------------------------------------- CRI-O, podman
 
 
-def registries_conf(mirror_url: str, upstreams: Sequence[Upstream], runtime: str) -> bytes:
+def registries_conf(mirror_url: str, upstreams: Sequence[UpstreamConfig], runtime: str) -> bytes:
     """A containers-registries.conf(5) v2 drop-in; the default upstream leads the search list
     so that a short name (`nginx:1`) resolves through the satellite too."""
     found = mirrors(upstreams)
@@ -241,7 +238,7 @@ def registries_conf(mirror_url: str, upstreams: Sequence[Upstream], runtime: str
 
 
 def render_containers(
-    runtime: str, mirror_url: str, upstreams: Sequence[Upstream], read: Reader
+    runtime: str, mirror_url: str, upstreams: Sequence[UpstreamConfig], read: Reader
 ) -> RuntimeConfig:
     notes = [
         "registries.conf.d drop-ins are read at each pull by podman, skopeo and buildah; "
@@ -290,7 +287,9 @@ def merge_daemon_json(current: bytes | None, mirror_url: str) -> bytes:
     return (json.dumps(doc, indent=2) + "\n").encode()
 
 
-def render_docker(mirror_url: str, upstreams: Sequence[Upstream], read: Reader) -> RuntimeConfig:
+def render_docker(
+    mirror_url: str, upstreams: Sequence[UpstreamConfig], read: Reader
+) -> RuntimeConfig:
     hub = [m for m in mirrors(upstreams) if m.registry == DOCKER_HUB]
     if not hub:
         raise RuntimeConfigError(
@@ -321,7 +320,7 @@ def render_docker(mirror_url: str, upstreams: Sequence[Upstream], read: Reader) 
 
 
 def merge_registries_yaml(
-    current: bytes | None, path: PurePosixPath, mirror_url: str, upstreams: Sequence[Upstream]
+    current: bytes | None, path: PurePosixPath, mirror_url: str, upstreams: Sequence[UpstreamConfig]
 ) -> bytes:
     """registries.yaml with the satellite first in each mirrored registry's endpoints;
     `configs` and every other key kept (comments are not: YAML round trips drop them)."""
@@ -356,7 +355,7 @@ def merge_registries_yaml(
 
 
 def render_rancher(
-    runtime: str, mirror_url: str, upstreams: Sequence[Upstream], read: Reader
+    runtime: str, mirror_url: str, upstreams: Sequence[UpstreamConfig], read: Reader
 ) -> RuntimeConfig:
     path = RANCHER_REGISTRIES[runtime]
     merged = merge_registries_yaml(read(path), path, mirror_url, upstreams)
@@ -369,7 +368,7 @@ def render_rancher(
 
 
 def render(
-    runtime: str, mirror_url: str, upstreams: Sequence[Upstream], read: Reader
+    runtime: str, mirror_url: str, upstreams: Sequence[UpstreamConfig], read: Reader
 ) -> RuntimeConfig:
     """The files that point `runtime` at the satellite at `mirror_url`. Pure: `read` gives
     the present bytes of a path relative to the root (None when there is no file)."""

@@ -44,8 +44,12 @@ async def serve_until_signalled(
     Under systemd (Type=notify) it says READY=1 once the store is open on a bound port,
     pings the watchdog from this event loop and says STOPPING=1 on the signal.
     ``side_servers`` (the admin socket) run beside the main app and stop with it."""
-    if zero_copy:
-        zerocopy.install()
+    if not zero_copy:
+        log.info("zero-copy blob sends: off (server.zero_copy = false)")
+    elif zerocopy.install():
+        log.info("zero-copy blob sends: on (sendfile under hypercorn's HTTP/1.1)")
+    else:
+        log.warning("zero-copy blob sends: off (this hypercorn is not supported)")
     framing.install()  # after zerocopy: it subclasses the protocol class in place
     notifier = notifier or notify.current()
     stop = asyncio.Event()

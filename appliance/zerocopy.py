@@ -18,9 +18,13 @@ exactly this; hypercorn does not implement it, so this module adds it:
   On this machine 16 MiB pieces were as fast as unbounded calls or faster, and 2 MiB
   pieces a little slower (docs/benchmarks.md).
 
-``install()`` puts the three in place of hypercorn's classes. It checks the hypercorn
-version it was written against and does nothing on any other, so an upgrade degrades
-to ordinary (copying) sends instead of breaking.
+``install()`` puts the three in place of hypercorn's classes (``uninstall()`` puts hypercorn's
+back, for tests). It checks the hypercorn version it was written against and does nothing
+on any other, so an upgrade degrades to ordinary (copying) sends instead of breaking;
+pyproject.toml pins hypercorn and h11 to the versions it was tested with, the server logs
+at start whether it is on, and ``/metrics`` shows it (``satellite_zero_copy``) with the
+bytes it sent (``satellite_sendfile_bytes_total``). docs/satellite.md says what replacing
+the patch would take.
 """
 
 from __future__ import annotations
@@ -42,12 +46,25 @@ from hypercorn.protocol.events import Event as StreamEvent
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
 from hypercorn.typing import AppWrapper
+from hypercorn.utils import suppress_body
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
 
 log = logging.getLogger("satellite.zerocopy")
 
 EXTENSION = "http.response.zerocopysend"
 SUPPORTED = ("0.17.", "0.18.")
 SENDFILE_MAX_CHUNK = 16 * 1024 * 1024  # bytes per sendfile call
+
+
+@dataclass
+class _State:
+    installed: bool = False
+    sent_bytes: int = 0  # by sendfile, since the process started
+    replaced: dict[tuple[Any, str], Any] | None = None  # what install() put aside
+
+
+_state = _State()
 
 
 @dataclass(frozen=True)
@@ -101,7 +118,9 @@ class ZeroCopyHTTPStream(HTTPStream):
         count = message.get("count")
         if count is None:
             count = os.fstat(file.fileno()).st_size - offset
-        if self.scope["method"] != "HEAD" and count > 0:
+        # no body after HEAD, 1xx, 204 and 304, whatever the app sends (as hypercorn does)
+        status = int(self.response["status"])
+        if not suppress_body(self.scope["method"], status) and count > 0:
             await self.send(
                 FileBody(stream_id=self.stream_id, file=file, offset=offset, count=int(count))
             )
@@ -143,12 +162,23 @@ class ZeroCopyTCPServer(TCPServer):
                 offset, end = event.offset, event.offset + event.count
                 while offset < end:
                     count = min(SENDFILE_MAX_CHUNK, end - offset)
-                    await self.loop.sendfile(self.writer.transport, event.file, offset, count)
+                    sent = await self.loop.sendfile(
+                        self.writer.transport, event.file, offset, count
+                    )
+                    _state.sent_bytes += sent
                     offset += count
                     if offset < end:
                         await asyncio.sleep(0)  # the other connections' turn
             except (ConnectionError, RuntimeError):
                 await self.protocol.handle(Closed())
+
+
+# the names hypercorn looks its classes up by when it accepts a connection
+_PLACES: tuple[tuple[Any, str, type], ...] = (
+    (hypercorn.asyncio.run, "TCPServer", ZeroCopyTCPServer),
+    (hypercorn.protocol, "H11Protocol", ZeroCopyH11Protocol),
+    (hypercorn.protocol.h11, "HTTPStream", ZeroCopyHTTPStream),
+)
 
 
 def install() -> bool:
@@ -157,8 +187,47 @@ def install() -> bool:
     if not installed.startswith(SUPPORTED):
         log.warning("hypercorn %s is not one zero-copy sends were written for", installed)
         return False
-    # the names hypercorn looks its classes up by when it accepts a connection
-    setattr(hypercorn.asyncio.run, "TCPServer", ZeroCopyTCPServer)  # noqa: B010
-    setattr(hypercorn.protocol, "H11Protocol", ZeroCopyH11Protocol)  # noqa: B010
-    setattr(hypercorn.protocol.h11, "HTTPStream", ZeroCopyHTTPStream)  # noqa: B010
+    if _state.replaced is None:
+        _state.replaced = {(module, name): getattr(module, name) for module, name, _ in _PLACES}
+        for module, name, ours in _PLACES:
+            setattr(module, name, ours)
+    _state.installed = True
     return True
+
+
+def uninstall() -> None:
+    """Puts back the classes install() replaced (whatever was there then: what was
+    installed on top afterwards, such as registry_proxy.framing's, goes too)."""
+    replaced, _state.replaced = _state.replaced, None
+    for (module, name), original in (replaced or {}).items():
+        setattr(module, name, original)
+    _state.installed = False
+
+
+def installed() -> bool:
+    return _state.installed
+
+
+def sent_bytes() -> int:
+    """Body bytes sent with sendfile by this process so far."""
+    return _state.sent_bytes
+
+
+class _ZeroCopyCollector(Collector):
+    def collect(self) -> list[Metric]:
+        on = GaugeMetricFamily(
+            "satellite_zero_copy",
+            "1 while blob bodies go out with sendfile (the ASGI zero-copy extension is installed)",
+            value=1 if _state.installed else 0,
+        )
+        sent = CounterMetricFamily(
+            "satellite_sendfile_bytes",
+            "Body bytes sent with sendfile instead of through Python",
+            value=_state.sent_bytes,
+        )
+        return [on, sent]
+
+
+def register_metrics(registry: CollectorRegistry) -> None:
+    """Shows this module's state in `registry` (read at each scrape)."""
+    registry.register(_ZeroCopyCollector())

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -55,6 +54,7 @@ from appliance.identity import UpstreamCredential, load_identity
 from appliance.register import register
 from groundcontrol.contract import ImageStatus, StateDocument, TrustedState
 from tests.support.groundcontrol import GroundControlProcess, groundcontrol_env
+from tests.support.images import sha256_bytes
 from tests.support.postgres import postgres_cluster
 from tests.support.upstream import UpstreamRegistry
 
@@ -68,7 +68,7 @@ def log(message: str) -> None:
 
 def push_tiny_image(registry: str, repo: str, tag: str) -> None:
     config = json.dumps({"architecture": "amd64", "os": "linux", "tag": tag}).encode()
-    digest = "sha256:" + hashlib.sha256(config).hexdigest()
+    digest = sha256_bytes(config)
     with httpx.Client(base_url=registry, timeout=30) as client:
         start = client.post(f"/v2/{repo}/blobs/uploads/")
         location = start.headers["location"]

@@ -59,9 +59,9 @@ import httpx
 
 from bench.registry import log, median
 from tests.support.faultrelay import Fault, FaultRelay, blackhole
-from tests.support.images import MEDIA_OCI_MANIFEST, ImageRef, build_image
+from tests.support.images import MEDIA_OCI_MANIFEST, ImageRef, build_image, sha256_bytes
 from tests.support.net import LOOPBACK
-from tests.support.satellite import SatelliteProcess, Upstream
+from tests.support.satellite import SatelliteProcess, UpstreamTable
 from tests.support.skopeo import Skopeo
 from tests.support.upstream import UpstreamRegistry
 
@@ -170,7 +170,7 @@ def open_target(
                 root,
                 push=False,
                 registry={"tag_timeout": TAG_TIMEOUT} if registry is None else registry,
-                upstreams=[Upstream("up", upstream_url, default=True)],
+                upstreams=[UpstreamTable("up", upstream_url, default=True)],
             )
         elif kind == DOCKER_REGISTRY:
             proc = UpstreamRegistry(root, proxy_remote=upstream_url)
@@ -348,7 +348,7 @@ def warm(host: str) -> str:
     with httpx.Client(timeout=30, trust_env=False) as client:
         r = client.get(f"http://{host}/v2/{REPO}/manifests/{TAG}", headers={"Accept": ACCEPT})
         r.raise_for_status()
-        return "sha256:" + hashlib.sha256(r.content).hexdigest()
+        return sha256_bytes(r.content)
 
 
 def tag_requests(
@@ -366,10 +366,7 @@ def tag_requests(
                     f"http://{host}/v2/{REPO}/manifests/{TAG}", headers={"Accept": ACCEPT}
                 )
                 rec["status"] = r.status_code
-                rec["ok"] = (
-                    r.status_code == 200
-                    and "sha256:" + hashlib.sha256(r.content).hexdigest() == expect_digest
-                )
+                rec["ok"] = r.status_code == 200 and sha256_bytes(r.content) == expect_digest
             except httpx.TimeoutException:
                 rec["status"] = "timeout"
             except httpx.HTTPError as exc:
@@ -468,10 +465,7 @@ async def _outage_client(
                 f"http://{host}/v2/{REPO}/manifests/{TAG}", headers={"Accept": ACCEPT}
             )
             rec["status"] = r.status_code
-            rec["ok"] = (
-                r.status_code == 200
-                and "sha256:" + hashlib.sha256(r.content).hexdigest() == expect_digest
-            )
+            rec["ok"] = r.status_code == 200 and sha256_bytes(r.content) == expect_digest
         except httpx.HTTPError as exc:
             rec["status"] = type(exc).__name__
         rec["seconds"] = time.perf_counter() - t_start
@@ -505,7 +499,7 @@ def outage(root: Path, upstream: UpstreamRegistry, stale_after: str) -> JSON:
                 f"http://{target.host}/v2/{REPO}/manifests/{TAG}", headers={"Accept": ACCEPT}
             )
             r.raise_for_status()
-            digest = "sha256:" + hashlib.sha256(r.content).hexdigest()
+            digest = sha256_bytes(r.content)
         target.relay.reset_counters()
         target.relay.add_fault(Fault("/v2/", blackhole()))
         records = asyncio.run(_outage_clients(target.host, digest))

@@ -11,7 +11,6 @@ small distinct blobs), so the data dir is what a real one of that size looks lik
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import socket
 import statistics
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.support.images import sha256_bytes
 from tests.support.satellite import SatelliteProcess
 
 
@@ -29,7 +29,7 @@ def fill(sat: SatelliteProcess, count: int) -> None:
     with httpx.Client(base_url=sat.url, timeout=30, trust_env=False) as http:
         for i in range(count):
             data = f"blob {i}\n".encode() * 8
-            digest = "sha256:" + hashlib.sha256(data).hexdigest()
+            digest = sha256_bytes(data)
             response = http.post(f"/v2/bench/startup/blobs/uploads/?digest={digest}", content=data)
             if response.status_code != 201:
                 raise RuntimeError(f"upload {i}: {response.status_code} {response.text[:200]}")

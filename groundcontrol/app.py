@@ -25,21 +25,13 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from groundcontrol import dashboard, fleetview
-from groundcontrol.api import (
-    ENDPOINTS,
-    Ctx,
-    Endpoint,
-    check_access,
-    principal_of,
-    require_json_body,
-)
+from groundcontrol.api.base import Ctx, Endpoint, check_access, principal_of, require_json_body
+from groundcontrol.api.table import ENDPOINTS
 from groundcontrol.config import Config
-from groundcontrol.errors import GroundControlError, Unauthorized
+from groundcontrol.errors import FRAMEWORK_CODES, GroundControlError, Unauthorized
 from groundcontrol.services import Services
 
 log = logging.getLogger("groundcontrol")
-
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
 def _error_response(exc: GroundControlError, request: Request) -> Response:
@@ -77,7 +69,7 @@ def _route(endpoint: Endpoint) -> Route:
 
 async def _http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    code = FRAMEWORK_CODES.get(exc.status_code, "http_error")
     return JSONResponse(
         {"error": {"code": code, "message": str(exc.detail)}},
         status_code=exc.status_code,

@@ -63,8 +63,10 @@ from groundcontrol.contract.artifact import (
     TRUST_REPOSITORY,
     version_tag,
 )
+from groundcontrol.registry_credentials import RegistryCredentials
 from groundcontrol.sealing import Sealer
 from groundcontrol.store import Store
+from registry_proxy.upstream import parse_challenges
 from registry_proxy.waits import wait_event
 
 log = logging.getLogger("groundcontrol.artifacts")
@@ -274,8 +276,12 @@ class OrasRegistry(oras.provider.Registry):  # type: ignore[misc]
         response = send()
         if response.status_code != 401:
             return response
-        challenge = response.headers.get("www-authenticate", "")
-        if challenge.lower().startswith("basic"):
+        # the project's one challenge parser (several challenges, quoted commas): Basic
+        # here, Bearer left to oras-py's token flow
+        schemes = {
+            c.scheme for c in parse_challenges([response.headers.get("www-authenticate", "")])
+        }
+        if "bearer" not in schemes and "basic" in schemes:
             if self._basic is None or self._use_basic:
                 return response
             self._use_basic = True
@@ -350,7 +356,7 @@ class ArtifactPusher:
         concurrency: int = 4,
     ) -> None:
         self.store = store
-        self.sealer = sealer
+        self.credentials = RegistryCredentials(store, sealer, config)
         self.config = config
         self.target = Target.from_config(config)
         self.clock = clock
@@ -417,7 +423,7 @@ class ArtifactPusher:
         target = self.target
         if target is None:
             return self.stats
-        self._credentials = await self._load_credentials(target)
+        self._credentials = await self.credentials.for_host(target.host)
         pending = 0
         try:
             await self._sync_root(target)
@@ -457,19 +463,6 @@ class ArtifactPusher:
         self.stats.last_error = message
         self.stats.last_error_at = self.clock()
         log.warning("state artifact push failed (retried on the next publish): %s", message)
-
-    async def _load_credentials(self, target: Target) -> tuple[str, str]:
-        async with self.store.transaction() as q:
-            rows = await q.upstream_credentials()
-        for row in rows:
-            if row["registry"] == target.host:
-                password = self.sealer.open(row["secret"], f"upstream:{row['registry']}")
-                return str(row["username"]), password
-        if self.config.registry_username and urlsplit(self.config.registry_url).netloc == (
-            target.host
-        ):
-            return self.config.registry_username, self.config.registry_password
-        return "", ""
 
     def _client(self, target: Target) -> OrasRegistry:
         creds = self._credentials or ("", "")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from html import escape
 
-from groundcontrol.api import iso
+from groundcontrol.api.base import iso
 
 
 def _fmt(x: float) -> str:

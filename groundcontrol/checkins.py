@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from groundcontrol.config import INT64_MAX
 from groundcontrol.contract import (
     CheckIn,
     ContractError,
@@ -32,6 +31,7 @@ from groundcontrol.contract import (
 from groundcontrol.errors import BadRequest, Forbidden
 from groundcontrol.status import contact_kind, contact_runs
 from groundcontrol.store import Store
+from registry_proxy.units import INT64_MAX
 
 MAX_ENVELOPE_BYTES = 1024 * 1024
 CONTACTS_KEPT = 8 * 86400  # the dashboard draws the last 7 days

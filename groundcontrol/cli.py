@@ -21,16 +21,9 @@ from typing import Any
 
 import httpx
 
-from groundcontrol.config import (
-    Config,
-    ConfigError,
-    load_config,
-    parse_database_url,
-    parse_int,
-    parse_listen,
-    parse_size,
-)
+from groundcontrol.config import Config, load_config, parse_database_url, parse_int
 from groundcontrol.status import SUMMARIES
+from registry_proxy.units import ConfigError, parse_listen, parse_size
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -108,7 +101,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from groundcontrol.api import token_json
+    from groundcontrol.api.tokens import token_json
     from groundcontrol.auth import hash_token, new_operator_token
 
     config = _config(args)

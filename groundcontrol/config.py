@@ -15,37 +15,18 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from registry_proxy import names
+from registry_proxy import names, units
+from registry_proxy.units import INT64_MAX, ConfigError, parse_listen, parse_size
 
 DEFAULT_DATA_DIR = "/var/lib/groundcontrol"
 DEFAULT_LISTEN = "0.0.0.0:8080"
 
 
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message starts with the key."""
-
-
-INT64_MAX = 2**63 - 1
-"""The largest integer both databases store (BIGINT, SQLite INTEGER)."""
 MAX_DURATION = 100 * 365 * 86400
 """Durations are added to timestamps that must stay valid dates and int64s."""
 # ASCII digits only ("²" and "٣" are str.isdigit() too) and at most 19 of them: no
 # int() of a megabyte of digits, no value past int64 before the range check
 _INTEGER = re.compile(r"[0-9]{1,19}")
-_DURATION = re.compile(r" *([0-9]{1,19}) *(ms|s|m|h|d)? *")
-_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
-_SIZE = re.compile(r" *([0-9]{1,19}) *([KMGTkmgt][Ii]?[Bb]|[Bb])? *")
-_SIZE_UNITS = {
-    "b": 1,
-    "kb": 10**3,
-    "mb": 10**6,
-    "gb": 10**9,
-    "tb": 10**12,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-    "tib": 2**40,
-}
 
 
 def parse_int(text: str, lo: int = 0, hi: int = INT64_MAX) -> int:
@@ -67,42 +48,10 @@ def _in_range(value: int, hi: int, what: str) -> int:
 
 
 def parse_duration(value: object) -> int:
-    """Seconds from ``90``, ``"90s"``, ``"15m"``, ``"7d"``; at most 100 years."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration")
-    if isinstance(value, int):
-        return _in_range(value, MAX_DURATION, "a duration (seconds)")
-    if isinstance(value, str):
-        m = _DURATION.fullmatch(value)
-        if m:
-            seconds = int(int(m.group(1)) * _DURATION_UNITS[m.group(2)])
-            return _in_range(seconds, MAX_DURATION, "a duration (seconds)")
-    raise ValueError(f"expected a duration like 90s, 15m, 7d, got {value!r}")
-
-
-def parse_size(value: object) -> int:
-    """Bytes from ``1024``, ``"512MiB"``, ``"50GiB"``; at most 2**63 - 1."""
-    if isinstance(value, bool):
-        raise ValueError("expected a size")
-    if isinstance(value, int):
-        return _in_range(value, INT64_MAX, "a size (bytes)")
-    if isinstance(value, str):
-        m = _SIZE.fullmatch(value)
-        if m:
-            unit = (m.group(2) or "b").lower()
-            return _in_range(int(m.group(1)) * _SIZE_UNITS[unit], INT64_MAX, "a size (bytes)")
-    raise ValueError(f"expected a size like 512MiB or 50GiB, got {value!r}")
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[::1]:8080`` for IPv6) into host and port."""
-    host, sep, port = value.rpartition(":")
-    try:
-        if not sep or not host:
-            raise ValueError
-        return host.strip("[]"), parse_int(port, 0, 65535)
-    except ValueError:
-        raise ValueError(f"expected HOST:PORT, got {value!r}") from None
+    """Whole seconds from ``90``, ``"90s"``, ``"15m"``, ``"7d"``; at most 100 years."""
+    if isinstance(value, float):
+        raise ValueError(f"expected a duration like 90s, 15m, 7d, got {value!r}")
+    return int(units.parse_duration(value, maximum=MAX_DURATION))
 
 
 def parse_registry_url(value: str) -> str:

@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from groundcontrol import actions, charts, fleetview
-from groundcontrol.api import Ctx, Endpoint, media_type, principal_of
+from groundcontrol.api.base import Ctx, Endpoint, media_type, principal_of
 from groundcontrol.auth import (
     SESSION_COOKIE,
     Principal,

@@ -20,7 +20,8 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
-from groundcontrol.api import V1, Ctx, Endpoint, iso, ok, satellite_json
+from groundcontrol.api.base import V1, Ctx, Endpoint, iso, ok
+from groundcontrol.api.satellites import satellite_json
 from groundcontrol.config import parse_int
 from groundcontrol.contract import Envelope, StateDocument
 from groundcontrol.errors import BadRequest

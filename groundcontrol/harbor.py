@@ -25,20 +25,12 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from groundcontrol.errors import UpstreamError
+from groundcontrol.errors import HarborError
 from groundcontrol.publish import desired_images
 from groundcontrol.sealing import Sealer
 from groundcontrol.store import Store
 
 API = "/api/v2.0"
-
-
-class HarborError(UpstreamError):
-    code = "harbor_error"
-
-    def __init__(self, message: str, *, http_status: int | None = None) -> None:
-        super().__init__(message)
-        self.http_status = http_status  # Harbor's answer, when it gave one
 
 
 def robot_name(satellite: str) -> str:

@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from groundcontrol.config import Config, parse_duration, parse_size
+from groundcontrol.config import Config, parse_duration
 from groundcontrol.errors import BadRequest
 from registry_proxy import names
+from registry_proxy.units import parse_size
 
 # Ground Control's own names (groups, satellites, label keys, platforms); what registries
 # name (repositories, tags, digests, hosts) is registry_proxy.names' grammar. Every
@@ -148,7 +149,7 @@ def parse_group_names(value: object) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class Upstream:
+class SatelliteUpstream:
     name: str
     url: str
     default: bool = False
@@ -177,7 +178,7 @@ class SatelliteConfig:
     checkin_interval: int
     cache_max_bytes: int
     bandwidth_bytes_per_second: int  # 0: no cap
-    upstreams: tuple[Upstream, ...] = ()
+    upstreams: tuple[SatelliteUpstream, ...] = ()
     state_registry: StateRegistry | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -227,7 +228,7 @@ def parse_config_overrides(value: object) -> dict[str, Any]:
     return out
 
 
-def _parse_upstreams(raw: object) -> tuple[Upstream, ...]:
+def _parse_upstreams(raw: object) -> tuple[SatelliteUpstream, ...]:
     if not isinstance(raw, list):
         raise ValueError("expected a list of {name, url, default}")
     ups = []
@@ -241,7 +242,7 @@ def _parse_upstreams(raw: object) -> tuple[Upstream, ...]:
             raise ValueError(f"upstream {name}: url must be http(s)://HOST[:PORT] without a path")
         if not isinstance(default, bool):
             raise ValueError(f"upstream {name}: default must be true or false")
-        ups.append(Upstream(name, url.rstrip("/"), default))
+        ups.append(SatelliteUpstream(name, url.rstrip("/"), default))
     if len({u.name for u in ups}) != len(ups):
         raise ValueError("upstream names must be unique")
     if sum(u.default for u in ups) > 1:
@@ -249,7 +250,7 @@ def _parse_upstreams(raw: object) -> tuple[Upstream, ...]:
     return tuple(ups)
 
 
-def central_upstream(registry_url: str) -> Upstream | None:
+def central_upstream(registry_url: str) -> SatelliteUpstream | None:
     """The central registry (``[registry] url``) as a satellite's default upstream, named
     by its ``host[:port]`` (the name its upstream credentials are kept under)."""
     if not registry_url:
@@ -257,7 +258,7 @@ def central_upstream(registry_url: str) -> Upstream | None:
     host = urlsplit(registry_url).netloc.lower()
     if not names.is_registry_host(host):
         return None  # not a host[:port] a satellite could name (an IPv6 literal, say)
-    return Upstream(host, registry_url.rstrip("/"), default=True)
+    return SatelliteUpstream(host, registry_url.rstrip("/"), default=True)
 
 
 def effective_config(defaults: Config, overrides: Mapping[str, Any]) -> SatelliteConfig:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from groundcontrol.api import Endpoint
+from groundcontrol.api.base import Endpoint
+from groundcontrol.errors import CODES
 
 _PARAM = re.compile(r"{(\w+)}")
 
+# the codes and their statuses come from the one table in groundcontrol.errors
 ERROR_SCHEMA = {
     "type": "object",
     "required": ["error"],
@@ -18,9 +19,13 @@ ERROR_SCHEMA = {
         "error": {
             "type": "object",
             "required": ["code", "message"],
-            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+            "properties": {
+                "code": {"type": "string", "enum": sorted(CODES)},
+                "message": {"type": "string"},
+            },
         }
     },
+    "x-error-codes": {code: CODES[code] for code in sorted(CODES)},
 }
 
 _SECURITY: dict[str, list[dict[str, list[str]]]] = {

@@ -12,6 +12,7 @@ before expiry, or an operator asking to re-resolve moved tags).
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -19,13 +20,15 @@ from typing import Any, TypeVar
 
 from groundcontrol.config import Config
 from groundcontrol.contract import ImageDescriptor, StateDocument, canonical_json, sign_state
-from groundcontrol.errors import Conflict
+from groundcontrol.db import Row
+from groundcontrol.errors import Conflict, GroundControlError
 from groundcontrol.keys import Signer, to_datetime
-from groundcontrol.models import Group, ImageRef, effective_config
+from groundcontrol.models import Group, ImageRef, Satellite, effective_config
 from groundcontrol.resolver import Resolver
 from groundcontrol.store import Queries, Store
 
 MAX_ATTEMPTS = 4
+log = logging.getLogger("groundcontrol")
 T = TypeVar("T")
 
 
@@ -170,6 +173,29 @@ class Publisher:
 
         _, published = await self.run(nothing, now, force=force)
         return published
+
+    async def state_for_read(self, name: str, now: float) -> tuple[Satellite, Row | None]:
+        """The satellite and its latest state, re-signed with a new version first when
+        that state nears expiry (``state.refresh_before``). When re-signing fails (the
+        registry or the keys unavailable) a state that has not expired yet is still
+        answered; one that has, or none at all, raises."""
+        async with self.store.transaction() as q:
+            sat = await q.satellite(name)
+            latest = await q.latest_state(name)
+        if sat.revoked_at is None and (
+            latest is None or latest["expires_at"] - now < self.config.state_refresh_before
+        ):
+            try:
+                await self.publish_now([name], now, force=True)
+            except GroundControlError as exc:
+                if latest is None or latest["expires_at"] <= now:
+                    raise
+                # the early refresh exists for outages like this one: the state still holds
+                log.warning("state of %s not re-signed yet: %s", name, exc.message)
+                return sat, latest
+            async with self.store.transaction() as q:
+                latest = await q.latest_state(name)
+        return sat, latest
 
     async def publish(
         self,

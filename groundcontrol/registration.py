@@ -68,7 +68,7 @@ async def register(
         raise BadRequest("expected an object with token and public_key")
     token, public_key = body.get("token"), body.get("public_key")
     if not isinstance(token, str):
-        raise BadRequest("token is required", code="invalid_join_token")
+        raise BadRequest("token is required")
     if not isinstance(public_key, str):
         raise BadRequest("public_key (base64 raw Ed25519) is required", code="invalid_public_key")
     token_id = split_join_token(token)

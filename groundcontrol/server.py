@@ -18,11 +18,12 @@ from hypercorn.config import Config as HypercornConfig
 from starlette.applications import Starlette
 
 from groundcontrol.app import create_app
-from groundcontrol.config import Config, parse_listen
+from groundcontrol.config import Config
 from groundcontrol.errors import GroundControlError
 from registry_proxy import framing
 from registry_proxy.accesslog import AccessLog
 from registry_proxy.deadline import BodyDeadline, BodyLimits
+from registry_proxy.units import parse_listen
 
 
 def _body_timeout(message: str) -> tuple[bytes, str]:

@@ -15,7 +15,8 @@ from groundcontrol.db.migrations import migrate
 from groundcontrol.harbor import HarborClient, HarborRobots
 from groundcontrol.keys import KeyStore, Signer, init_trust
 from groundcontrol.publish import Publisher
-from groundcontrol.resolver import RegistryAuth, Resolver
+from groundcontrol.registry_credentials import RegistryCredentials
+from groundcontrol.resolver import Resolver
 from groundcontrol.sealing import Sealer
 from groundcontrol.store import Store
 from groundcontrol.watch import StateWatch
@@ -68,13 +69,13 @@ class Services:
             await db.close()
             raise
         signer = Signer(keys)
+        sealer = Sealer(config.keys_dir / "secrets.key")
         resolver = Resolver(
             config.registry_url,
-            RegistryAuth(config.registry_username, config.registry_password),
+            credentials=RegistryCredentials(store, sealer, config).for_host,
             timeout=config.registry_timeout,
             transport=registry_transport,
         )
-        sealer = Sealer(config.keys_dir / "secrets.key")
         artifacts = ArtifactPusher(store, sealer, config, clock=clock)
         # after each publish that committed: push to the registry in the background
         publisher = Publisher(store, signer, resolver, config, on_published=artifacts.notify)

@@ -28,6 +28,7 @@ from registry_proxy.accesslog import UPSTREAM_SCOPE_KEY, AccessLog
 from registry_proxy.accesslog import Format as AccessLogFormat
 from registry_proxy.deadline import BodyDeadline, BodyLimits
 from registry_proxy.digest import Digest
+from registry_proxy.edge import EXCEPTION_HANDLERS, UnexpectedErrors
 from registry_proxy.errors import RegistryError
 from registry_proxy.manifest import MAX_MANIFEST_BYTES, OCI_INDEX, accepts
 from registry_proxy.metrics import CONTENT_TYPE_LATEST, Metrics
@@ -61,16 +62,12 @@ def _route(rest: str) -> tuple[str, re.Match[str]]:
         match = pattern.fullmatch(rest)
         if match is not None:
             return kind, match
-    raise RegistryError("NAME_INVALID", "unknown endpoint", status=404)
+    raise RegistryError("NOT_FOUND", "no such endpoint")
 
 
 @dataclass(frozen=True)
 class RegistrySettings:
     push: bool = False
-
-
-def _error_response(exc: RegistryError) -> Response:
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
 
 class Registry:
@@ -117,7 +114,13 @@ class Registry:
             # no name, reference or upload id may contain an escape: refuse them whole,
             # so that an encoded "/" or "." can never change what a path means
             raise RegistryError("NAME_INVALID", "escaped characters are not allowed in paths")
-        kind, match = _route(path[len("/v2/") :])
+        rest = path[len("/v2/") :]
+        if rest in ("", "_catalog"):  # their own routes took the methods they answer
+            allowed = "GET, HEAD" if rest == "" else "GET"
+            raise RegistryError(
+                "UNSUPPORTED", f"{request.method} is not allowed here", headers={"Allow": allowed}
+            )
+        kind, match = _route(rest)
         target = self.router.route(validate_name(match["name"]), request.query_params.get("ns"))
         arg = match.groupdict().get("arg")
         method = request.method
@@ -127,7 +130,10 @@ class Registry:
             )
         handler = self._handlers.get((kind, method))
         if handler is None:
-            raise RegistryError("METHOD_UNKNOWN", f"{method} is not allowed here")
+            allowed = ", ".join(m for k, m in self._handlers if k == kind)
+            raise RegistryError(
+                "UNSUPPORTED", f"{method} is not allowed here", headers={"Allow": allowed}
+            )
         try:
             response = await handler(self, request, target, arg)
         except RegistryError as exc:
@@ -449,13 +455,6 @@ def _body_timeout(message: str) -> tuple[bytes, str]:
     return json.dumps(error.body()).encode(), "application/json"
 
 
-async def _registry_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RegistryError)
-    if request.method == "HEAD":
-        return Response(status_code=exc.status, headers=exc.headers)
-    return _error_response(exc)
-
-
 def create_app(
     store: ContentStore,
     settings: RegistrySettings | None = None,
@@ -536,11 +535,13 @@ def create_app(
             Route("/healthz", healthz, methods=["GET", "HEAD"]),
             Route("/readyz", readyz, methods=["GET", "HEAD"]),
         ],
-        exception_handlers={RegistryError: _registry_error},
+        exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
-    app.add_middleware(ApiVersionHeader)
+    # inside out: a slow body is BodyDeadline's 408 before it could look unexpected
     app.add_middleware(BodyDeadline, limits=body_limits or BodyLimits(), render=_body_timeout)
+    app.add_middleware(UnexpectedErrors)
+    app.add_middleware(ApiVersionHeader)
     if access_log is not None:  # outermost: it sees the 408 of a body too slow
         app.add_middleware(AccessLog, logger=ACCESS_LOG, fmt=access_log)
     app.state.registry = registry

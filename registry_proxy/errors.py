@@ -1,8 +1,9 @@
 """The protocol's error codes, in one table, and the one exception that carries them.
 
-Handlers raise ``RegistryError(code, message)`` anywhere; a single exception handler
-at the edge of the app turns it into the OCI error body
-``{"errors": [{"code", "message", "detail"}]}`` with the status of the code.
+Handlers raise ``RegistryError(code, message)`` anywhere; registry_proxy/edge.py turns
+it (and the framework's own 404/405s, and unexpected exceptions) into the OCI error body
+``{"errors": [{"code", "message", "detail"}]}`` with the status of the code. A code that
+is not in the table is a bug, refused when the error is made.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ STATUS: dict[str, int] = {
     # not in the spec's table, but needed to answer every failure with the same body
     "RANGE_INVALID": 416,
     "PAGINATION_NUMBER_INVALID": 400,
-    "METHOD_UNKNOWN": 405,
+    "NOT_FOUND": 404,  # a path that is no endpoint of the API
+    "REQUEST_TIMEOUT": 408,  # a request body slower than the configured floor
     "UNAVAILABLE": 503,
     "UNKNOWN": 500,
 }
@@ -48,6 +50,8 @@ class RegistryError(Exception):
         headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(f"{code}: {message}")
+        if code not in STATUS:
+            raise ValueError(f"{code} is not in registry_proxy.errors.STATUS")
         self.code = code
         self.message = message
         self.detail = detail

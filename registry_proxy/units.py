@@ -1,23 +1,86 @@
-"""Durations in configuration files: ``90``, ``"90s"``, ``"15m"``, ``"7d"``."""
+"""Values in configuration files, for both programs: durations (``90``, ``"90s"``,
+``"15m"``, ``"7d"``), sizes (``1024``, ``"512MiB"``, ``"1.5GiB"``) and listen addresses
+(``HOST:PORT``), and the one error a bad configuration value raises.
+
+Text is read as ASCII digits only (``"²"`` and ``"٣"`` are ``str.isdigit()`` too) with a
+bounded number of them, so no ``int()`` of a megabyte of digits and no value past what
+the databases store.
+"""
 
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 
-_DURATION = re.compile(r"\s*([0-9]{1,12})\s*(ms|s|m|h|d)?\s*")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+INT64_MAX = 2**63 - 1
+"""The largest integer both databases store (BIGINT, SQLite INTEGER)."""
+
+_DURATION = re.compile(r" *([0-9]{1,19}) *(ms|s|m|h|d)? *")
+_DURATION_UNITS: dict[str | None, Fraction] = {
+    "ms": Fraction(1, 1000),
+    "s": Fraction(1),
+    "m": Fraction(60),
+    "h": Fraction(3600),
+    "d": Fraction(86400),
+    None: Fraction(1),
+}
+_SIZE = re.compile(r" *([0-9]{1,19}(?:\.[0-9]{1,9})?) *([KMGTkmgt][Ii]?[Bb]|[Bb])? *")
+_SIZE_UNITS = {
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+_PORT = re.compile(r"[0-9]{1,5}")
 
 
-def parse_duration(value: object) -> float:
-    """Seconds; ``ValueError`` naming what was expected. ASCII digits only."""
-    if isinstance(value, bool):
-        raise ValueError(f"expected a duration like 90s, 15m, 7d, got {value!r}")
-    if isinstance(value, int | float):
-        if not 0 <= value <= 10**12:
-            raise ValueError(f"expected a duration from 0 to 10^12 seconds, got {value!r}")
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message starts with the key."""
+
+
+def _in_range(value: float | Fraction, maximum: float, what: str) -> None:
+    if not 0 <= value <= maximum:
+        raise ValueError(f"expected {what} from 0 to {maximum}, got {value}")
+
+
+def parse_duration(value: object, *, maximum: float = 10**12) -> float:
+    """Seconds, from a number or ``90s``, ``15m``, ``7d``, ``250ms``; at most `maximum`."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        _in_range(value, maximum, "a duration in seconds")
         return float(value)
     if isinstance(value, str):
         match = _DURATION.fullmatch(value)
         if match:
-            return int(match[1]) * _DURATION_UNITS[match[2]]
+            seconds = int(match[1]) * _DURATION_UNITS[match[2]]
+            _in_range(seconds, maximum, "a duration in seconds")
+            return float(seconds)
     raise ValueError(f"expected a duration like 90s, 15m, 7d, got {value!r}")
+
+
+def parse_size(value: object) -> int:
+    """Bytes, from an integer or ``512MiB``, ``1.5 GB``; at most 2**63 - 1."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        _in_range(value, INT64_MAX, "a size in bytes")
+        return value
+    if isinstance(value, str):
+        match = _SIZE.fullmatch(value)
+        if match:
+            size = int(Fraction(match[1]) * _SIZE_UNITS[(match[2] or "b").lower()])
+            _in_range(size, INT64_MAX, "a size in bytes")
+            return size
+    raise ValueError(f"expected a size like 512MiB, 1.5GiB or 1000000, got {value!r}")
+
+
+def parse_listen(value: object) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:8080`` for IPv6) into host and port."""
+    if isinstance(value, str):
+        host, sep, port = value.rpartition(":")
+        host = host.strip("[]")
+        if sep and host and _PORT.fullmatch(port) and int(port) <= 65535:
+            return host, int(port)
+    raise ValueError(f"expected HOST:PORT, got {value!r}")

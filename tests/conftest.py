@@ -80,7 +80,7 @@ SatelliteFactory = Callable[..., SatelliteProcess]
 
 @pytest.fixture
 def satellite_factory(tmp_path: Path) -> Iterator[SatelliteFactory]:
-    """`make(push=True, upstreams=[Upstream(...)], extra_config="...", ...)` -> started."""
+    """`make(push=True, upstreams=[UpstreamTable(...)], extra_config="...", ...)` -> started."""
     started: list[SatelliteProcess] = []
 
     def make(**kwargs: Any) -> SatelliteProcess:

@@ -21,7 +21,7 @@ from tests.conftest import SatelliteFactory
 from tests.support.images import GeneratedLayout, blob_path, find_ref
 from tests.support.net import free_port, wait_http
 from tests.support.podman import Podman
-from tests.support.satellite import REPO_ROOT, Upstream, render_config
+from tests.support.satellite import REPO_ROOT, UpstreamTable, render_config
 from tests.support.skopeo import Skopeo
 from tests.support.upstream import UpstreamRegistry, require_tool
 
@@ -104,7 +104,9 @@ def test_image_pushed_to_a_satellite_runs_under_podman_and_serves_a_pull(
     podman.run("pull", "--tls-verify=false", ref, timeout=300)
     config = tmp_path / "satellite.toml"
     config.write_text(
-        render_config(push=False, upstreams=[Upstream("docker.io", upstream_registry.url, True)])
+        render_config(
+            push=False, upstreams=[UpstreamTable("docker.io", upstream_registry.url, True)]
+        )
     )
     config.chmod(0o644)
     port = free_port()

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.config import DEFAULT_LISTEN, ConfigError, load, parse_size
+from appliance.config import DEFAULT_LISTEN, load, parse_size
+from registry_proxy.units import ConfigError
 
 
 def test_defaults_work_without_a_file() -> None:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.config import ConfigError, load, parse_listen, parse_upstream_flag
+from appliance.config import load, parse_listen, parse_upstream_flag
+from registry_proxy.units import ConfigError
 
 AROUND = ["{}\n", "{}\r", "{}\r\n", "{} ", " {}", "\n{}"]
 

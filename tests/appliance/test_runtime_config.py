@@ -16,12 +16,12 @@ import pytest
 import yaml
 
 from appliance import runtime_config as rc
-from appliance.config import Upstream as ConfigUpstream
+from appliance.config import UpstreamConfig
 from tests.conftest import SatelliteFactory
 from tests.support.containerd import Containerd
 from tests.support.images import GeneratedLayout
 from tests.support.podman import OFFLINE_ENV, Podman
-from tests.support.satellite import SatelliteProcess, Upstream, satellite_command
+from tests.support.satellite import SatelliteProcess, UpstreamTable, satellite_command
 from tests.support.skopeo import Skopeo
 from tests.support.upstream import UpstreamRegistry, require_tool
 
@@ -72,8 +72,8 @@ def test_containerd_hosts_toml_pulls_through_the_satellite(
     sat = satellite_factory(
         push=False,
         upstreams=[
-            Upstream("docker.io", upstream_registry.url, default=True),
-            Upstream("central", upstream_registry.url),
+            UpstreamTable("docker.io", upstream_registry.url, default=True),
+            UpstreamTable("central", upstream_registry.url),
         ],
     )
     root = tmp_path / "root"
@@ -114,7 +114,7 @@ def test_containerd_hosts_toml_pulls_through_the_satellite(
 def test_containerd_note_names_the_config_path_line_for_the_installed_version(
     tmp_path: Path,
 ) -> None:
-    upstreams = [ConfigUpstream("docker.io", "https://registry-1.docker.io", default=True)]
+    upstreams = [UpstreamConfig("docker.io", "https://registry-1.docker.io", default=True)]
     files: dict[PurePosixPath, bytes] = {}
     v2 = rc.render("containerd", "http://10.0.0.5:8585", upstreams, files.get)
     assert '[plugins."io.containerd.grpc.v1.cri".registry]' in v2.notes[0]
@@ -141,7 +141,7 @@ def hub_satellite(
 ) -> SatelliteProcess:
     skopeo.copy(image_layout.oci("app:v1"), f"docker://{upstream_registry.host}/library/app:v1")
     return satellite_factory(
-        push=False, upstreams=[Upstream("docker.io", upstream_registry.url, default=True)]
+        push=False, upstreams=[UpstreamTable("docker.io", upstream_registry.url, default=True)]
     )
 
 
@@ -369,9 +369,9 @@ def test_mirror_url_and_routing_prefix_per_upstream() -> None:
     assert rc.parse_mirror_url("https://sat.site:443/") == "https://sat.site:443"
     found = rc.mirrors(
         [
-            ConfigUpstream("central", "https://harbor.corp"),
-            ConfigUpstream("hub", "https://registry-1.docker.io", default=True),
-            ConfigUpstream("ghcr.io", "https://ghcr.io"),
+            UpstreamConfig("central", "https://harbor.corp"),
+            UpstreamConfig("hub", "https://registry-1.docker.io", default=True),
+            UpstreamConfig("ghcr.io", "https://ghcr.io"),
         ]
     )
     assert [(m.registry, m.prefix) for m in found] == [
@@ -380,10 +380,10 @@ def test_mirror_url_and_routing_prefix_per_upstream() -> None:
         ("ghcr.io", None),
     ]
     with pytest.raises(rc.RuntimeConfigError, match="not a registry host"):
-        rc.mirrors([ConfigUpstream("../../etc/cron.d", "https://x.example")])
+        rc.mirrors([UpstreamConfig("../../etc/cron.d", "https://x.example")])
     with pytest.raises(rc.RuntimeConfigError, match=r"both ghcr\.io"):
         rc.mirrors(
-            [ConfigUpstream("ghcr.io", "https://ghcr.io"), ConfigUpstream("x", "https://ghcr.io")]
+            [UpstreamConfig("ghcr.io", "https://ghcr.io"), UpstreamConfig("x", "https://ghcr.io")]
         )
 
 

@@ -1,18 +1,28 @@
 """Zero-copy blob sends through the real server: exact bytes, ranges, HEAD, keep-alive,
-and clients that go away mid-transfer."""
+and clients that go away mid-transfer; each test checks the bytes went out by sendfile,
+so that a server that silently fell back to copying fails here."""
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
 import http.client
 import os
 import socket
+import threading
+from pathlib import Path
+from typing import Any
 
 import httpx
+import hypercorn.asyncio.run
+import hypercorn.protocol
+import hypercorn.protocol.h11
 import pytest
+from hypercorn.asyncio import serve
 
 from appliance import zerocopy
+from appliance.server import hypercorn_config
 from tests.conftest import SatelliteFactory
+from tests.support.images import sha256_bytes
 from tests.support.satellite import SatelliteProcess
 
 MIB = 1024 * 1024
@@ -22,7 +32,7 @@ MIB = 1024 * 1024
 def blob(satellite: SatelliteProcess) -> tuple[bytes, str]:
     # larger than zerocopy.SENDFILE_MAX_CHUNK, so a blob goes out in several calls
     data = os.urandom(2 * zerocopy.SENDFILE_MAX_CHUNK + 5 * MIB + 123)
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    digest = sha256_bytes(data)
     r = httpx.post(
         f"{satellite.url}/v2/zc/blobs/uploads/?digest={digest}", content=data, timeout=60
     )
@@ -34,6 +44,8 @@ def test_keep_alive_connection_serves_many_zero_copy_responses(
     satellite: SatelliteProcess, blob: tuple[bytes, str]
 ) -> None:
     data, digest = blob
+    assert satellite.metric("satellite_zero_copy") == 1
+    assert satellite.metric("satellite_sendfile_bytes_total") == 0
     conn = http.client.HTTPConnection("127.0.0.1", satellite.port, timeout=30)
     try:
         path = f"/v2/zc/blobs/{digest}"
@@ -63,6 +75,9 @@ def test_keep_alive_connection_serves_many_zero_copy_responses(
         assert r.read() == b"{}"
     finally:
         conn.close()
+    # every body byte above went out by sendfile: three whole blobs and two ranges
+    ranges = (3000000 - 1000000 + 1) + (2 * edge + 9 - (edge - 7) + 1)
+    assert satellite.metric("satellite_sendfile_bytes_total") == 3 * len(data) + ranges
 
 
 def test_clients_leaving_mid_transfer_do_not_hurt_the_server(
@@ -84,6 +99,89 @@ def test_clients_leaving_mid_transfer_do_not_hurt_the_server(
 def test_install_refuses_an_unknown_hypercorn(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(zerocopy, "version", lambda name: "99.0")
     assert zerocopy.install() is False
+    assert zerocopy.installed() is False
+
+
+def test_uninstall_puts_hypercorns_classes_back() -> None:
+    before = _hypercorn_classes()
+    assert zerocopy.install() is True
+    try:
+        assert _hypercorn_classes() == (
+            zerocopy.ZeroCopyTCPServer,
+            zerocopy.ZeroCopyH11Protocol,
+            zerocopy.ZeroCopyHTTPStream,
+        )
+        assert zerocopy.installed() is True
+    finally:
+        zerocopy.uninstall()
+    assert _hypercorn_classes() == before
+    assert zerocopy.installed() is False
+
+
+def _hypercorn_classes() -> tuple[type, type, type]:
+    return (
+        hypercorn.asyncio.run.TCPServer,
+        hypercorn.protocol.H11Protocol,
+        hypercorn.protocol.h11.HTTPStream,
+    )
+
+
+def _file_app(file: Any, size: int) -> Any:
+    """Answers /204 and /304 with that status and a zero-copy body (which must not go
+    out), anything else with 200 and the whole `file`."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        assert zerocopy.EXTENSION in scope["extensions"]
+        status = {"/204": 204, "/304": 304}.get(scope["path"], 200)
+        headers = [] if status == 204 else [(b"content-length", str(size).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": zerocopy.EXTENSION, "file": file, "offset": 0, "count": size})
+
+    return app
+
+
+def test_no_body_goes_out_after_204_or_304() -> None:
+    """An app that sends a file after 204/304 gets no body on the wire (as hypercorn
+    drops ordinary bodies there); the connection stays in step for the next request."""
+    body = Path(__file__).read_bytes()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    config = hypercorn_config("127.0.0.1", port)
+    config.bind = [f"fd://{listener.detach()}"]  # hypercorn owns (and closes) it now
+    assert zerocopy.install() is True
+    sent_before = zerocopy.sent_bytes()
+    running: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+
+    def run(file: Any) -> None:
+        async def main() -> None:
+            stop = asyncio.Event()
+            running.append((asyncio.get_running_loop(), stop))
+            await serve(_file_app(file, len(body)), config, shutdown_trigger=stop.wait)
+
+        asyncio.run(main())
+
+    with open(__file__, "rb") as file:
+        thread = threading.Thread(target=run, args=(file,), daemon=True)
+        thread.start()
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            for path, status in (("/204", 204), ("/304", 304), ("/file", 200), ("/304", 304)):
+                conn.request("GET", path)  # the listener is bound: connecting cannot race
+                r = conn.getresponse()
+                assert r.status == status
+                assert r.read() == (body if status == 200 else b"")
+            conn.close()
+            assert zerocopy.sent_bytes() - sent_before == len(body)
+        finally:
+            for loop, stop in running:
+                loop.call_soon_threadsafe(stop.set)
+            thread.join(timeout=15)
+            zerocopy.uninstall()
+    assert not thread.is_alive()
 
 
 def test_without_the_extension_blobs_are_still_served(
@@ -92,7 +190,7 @@ def test_without_the_extension_blobs_are_still_served(
     """The chunked path (as under a server without zero-copy) gives the same bytes."""
     sat = satellite_factory(extra_config="[server]\nzero_copy = false\n")
     data = os.urandom(3 * MIB)
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    digest = sha256_bytes(data)
     assert (
         httpx.post(
             f"{sat.url}/v2/r/blobs/uploads/?digest={digest}", content=data, timeout=60
@@ -100,3 +198,6 @@ def test_without_the_extension_blobs_are_still_served(
         == 201
     )
     assert httpx.get(f"{sat.url}/v2/r/blobs/{digest}", timeout=30).content == data
+    assert sat.metric("satellite_zero_copy") == 0
+    assert sat.metric("satellite_sendfile_bytes_total") == 0
+    assert "zero-copy blob sends: off" in sat.log_tail()

@@ -5,7 +5,6 @@ pull-through answer came from; plain or JSON lines; off with `[log] access = fal
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import time
@@ -15,8 +14,8 @@ import httpx
 
 from tests.conftest import SatelliteFactory
 from tests.support.groundcontrol import GroundControlProcess
-from tests.support.images import GeneratedLayout
-from tests.support.satellite import SatelliteProcess, Upstream
+from tests.support.images import GeneratedLayout, sha256_bytes
+from tests.support.satellite import SatelliteProcess, UpstreamTable
 from tests.support.skopeo import Skopeo
 from tests.support.upstream import UpstreamRegistry
 
@@ -39,7 +38,7 @@ def access_lines(path: Path, last_target: str) -> list[re.Match[str]]:
 
 
 def push_blob(sat: SatelliteProcess, repo: str, data: bytes) -> str:
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    digest = sha256_bytes(data)
     r = httpx.post(f"{sat.url}/v2/{repo}/blobs/uploads/?digest={digest}", content=data)
     assert r.status_code == 201, r.text
     return digest
@@ -53,7 +52,7 @@ def test_satellite_writes_one_plain_line_per_request(
 ) -> None:
     skopeo.copy(image_layout.oci("app:v1"), f"docker://{upstream_registry.host}/library/app:v1")
     sat = satellite_factory(
-        push=True, upstreams=[Upstream("up", upstream_registry.url, default=False)]
+        push=True, upstreams=[UpstreamTable("up", upstream_registry.url, default=False)]
     )
     digest = push_blob(sat, "local/data", b"x" * 1000)
     blob = httpx.get(f"{sat.url}/v2/local/data/blobs/{digest}")

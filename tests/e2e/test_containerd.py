@@ -11,7 +11,7 @@ import httpx
 from tests.conftest import SatelliteFactory
 from tests.support.containerd import Containerd
 from tests.support.images import GeneratedLayout
-from tests.support.satellite import SatelliteProcess, Upstream
+from tests.support.satellite import SatelliteProcess, UpstreamTable
 from tests.support.skopeo import Skopeo
 from tests.support.upstream import UpstreamRegistry
 
@@ -41,7 +41,9 @@ def test_ctr_pulls_through_the_satellite_and_again_offline(
         f"docker://{upstream_registry.host}/library/multi:v1",
         all_images=True,
     )
-    sat = satellite_factory(push=False, upstreams=[Upstream("docker.io", upstream_registry.url)])
+    sat = satellite_factory(
+        push=False, upstreams=[UpstreamTable("docker.io", upstream_registry.url)]
+    )
     hosts = _hosts_dir(tmp_path, sat)
     first = containerd_factory()
     first.pull("docker.io/library/app:v1", hosts)

@@ -28,6 +28,7 @@ from tests.support.faultrelay import (
     stall,
     status,
 )
+from tests.support.images import sha256_bytes
 from tests.support.net import LOOPBACK
 from tests.support.upstream import UpstreamRegistry
 
@@ -58,7 +59,7 @@ def client(base_url: str, timeout: httpx.Timeout | float = 10.0) -> httpx.Client
 def push_blob(http: httpx.Client, repo: str, data: bytes) -> str:
     """POST an upload, then PUT the whole body with ?digest= (docker-registry 2.8 answers a
     monolithic POST ?digest= with 202 and an empty upload, so two steps are needed)."""
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    digest = sha256_bytes(data)
     started = http.post(f"/v2/{repo}/blobs/uploads/")
     assert started.status_code == 202, started.text
     location = started.headers["location"]

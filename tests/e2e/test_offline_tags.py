@@ -5,7 +5,6 @@ revalidate). A real satellite, a real docker-registry, a FaultRelay that blackho
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 
 import httpx
@@ -15,7 +14,7 @@ from tests.conftest import SatelliteFactory
 from tests.support.faultrelay import Fault, FaultRelay, blackhole, stall
 from tests.support.images import GeneratedLayout
 from tests.support.net import LOOPBACK
-from tests.support.satellite import Upstream
+from tests.support.satellite import UpstreamTable
 from tests.support.skopeo import Skopeo
 from tests.support.upstream import UpstreamRegistry
 
@@ -27,16 +26,6 @@ STALE = "satellite; hit; detail=stale"
 def relay(upstream_registry: UpstreamRegistry) -> Iterator[FaultRelay]:
     with FaultRelay(LOOPBACK, upstream_registry.port) as relay:
         yield relay
-
-
-def metric(base: str, name: str, **labels: str) -> float:
-    text = httpx.get(f"{base}/metrics").text
-    total = 0.0
-    for line in text.splitlines():
-        match = re.match(rf"^{name}(?:\{{(.*)\}})? (\S+)$", line)
-        if match and all(f'{k}="{v}"' in (match[1] or "") for k, v in labels.items()):
-            total += float(match[2])
-    return total
 
 
 def test_a_cached_tag_answers_while_the_upstream_is_dark(
@@ -52,7 +41,7 @@ def test_a_cached_tag_answers_while_the_upstream_is_dark(
     sat = satellite_factory(
         push=False,
         registry={"tag_timeout": 600, "stale_after": "0.25"},
-        upstreams=[Upstream("up", relay.url, default=True)],
+        upstreams=[UpstreamTable("up", relay.url, default=True)],
     )
     url = f"{sat.url}/v2/library/app/manifests/v1"
     first = httpx.get(url, headers={"accept": ACCEPT}, timeout=30)
@@ -69,7 +58,7 @@ def test_a_cached_tag_answers_while_the_upstream_is_dark(
             assert r.status_code == 200
             assert r.content == image_layout.app.manifest_bytes()
             assert r.headers["cache-status"] == STALE
-    assert metric(sat.url, "satellite_stale_answers_total", reason="slow") == 3
+    assert sat.metric("satellite_stale_answers_total", reason="slow") == 3
     # the three pulls shared one lookup, still waiting on the dark link
     assert relay.count("/manifests/v1", method="HEAD") == 1
     # a tag never cached has nothing to answer with: it waits for the upstream
@@ -90,7 +79,7 @@ def test_an_upstream_answer_within_the_budget_wins(
     sat = satellite_factory(
         push=False,
         registry={"tag_timeout": 60, "stale_after": 30},
-        upstreams=[Upstream("up", relay.url, default=True)],
+        upstreams=[UpstreamTable("up", relay.url, default=True)],
     )
     url = f"{sat.url}/v2/library/app/manifests/v1"
     assert httpx.get(url, headers={"accept": ACCEPT}, timeout=30).status_code == 200
@@ -106,4 +95,4 @@ def test_an_upstream_answer_within_the_budget_wins(
     assert r.status_code == 200
     assert r.headers["cache-status"] == "satellite; fwd=uri-miss"
     assert r.headers["docker-content-digest"] == image_layout.multi.digest
-    assert metric(sat.url, "satellite_stale_answers_total") == 0
+    assert sat.metric("satellite_stale_answers_total") == 0

@@ -10,7 +10,7 @@ import httpx
 
 from tests.conftest import SatelliteFactory, UpstreamFactory
 from tests.support.images import GeneratedLayout, read_blob
-from tests.support.satellite import SatelliteProcess, Upstream
+from tests.support.satellite import SatelliteProcess, UpstreamTable
 from tests.support.skopeo import Skopeo, SkopeoError
 from tests.support.upstream import UpstreamRegistry
 
@@ -33,7 +33,7 @@ def _seed_upstream(skopeo: Skopeo, layout: GeneratedLayout, upstream: UpstreamRe
 
 
 def _proxy(factory: SatelliteFactory, url: str, **kwargs: object) -> SatelliteProcess:
-    return factory(push=False, upstreams=[Upstream(UP, url, default=True)], **kwargs)
+    return factory(push=False, upstreams=[UpstreamTable(UP, url, default=True)], **kwargs)
 
 
 def _blob_digests(layout_dir: Path) -> set[str]:
@@ -79,7 +79,7 @@ def test_ns_parameter_routes_like_containerd(
 ) -> None:
     _seed_upstream(skopeo, image_layout, upstream_registry)
     # no default upstream: without ?ns= the repository is local (and unknown)
-    sat = satellite_factory(push=False, upstreams=[Upstream(UP, upstream_registry.url)])
+    sat = satellite_factory(push=False, upstreams=[UpstreamTable(UP, upstream_registry.url)])
     r = httpx.get(f"{sat.url}/v2/library/app/manifests/v1", headers={"accept": ACCEPT})
     assert r.status_code == 404
     r = httpx.get(f"{sat.url}/v2/library/app/manifests/v1?ns={UP}", headers={"accept": ACCEPT})
@@ -114,7 +114,7 @@ def test_private_upstream_with_basic_auth(
     authed = satellite_factory(
         push=False,
         upstreams=[
-            Upstream(
+            UpstreamTable(
                 UP, private.url, default=True, extra={"username": "robot", "password": "s3cret"}
             )
         ],

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,9 +15,9 @@ import pytest
 from tests.conftest import SatelliteFactory
 from tests.support.faultrelay import Fault, FaultRelay, blackhole, corrupt, cut_after, stall
 from tests.support.faultrelay import status as status_fault
-from tests.support.images import GeneratedLayout
+from tests.support.images import GeneratedLayout, sha256_bytes
 from tests.support.net import LOOPBACK
-from tests.support.satellite import SatelliteProcess, Upstream
+from tests.support.satellite import SatelliteProcess, UpstreamTable
 from tests.support.skopeo import Skopeo
 from tests.support.upstream import UpstreamRegistry
 
@@ -39,17 +38,9 @@ class Rig:
     def blob_url(self) -> str:
         return f"{self.satellite.url}/v2/library/big/blobs/{self.digest}"
 
-    def metric(self, name: str) -> float:
-        text = httpx.get(f"{self.satellite.url}/metrics").text
-        total = 0.0
-        for line in text.splitlines():
-            if re.match(rf"^{name}(\{{.*\}})? ", line):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
-
 
 def _push_blob(upstream: UpstreamRegistry, repo: str, data: bytes) -> str:
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    digest = sha256_bytes(data)
     with httpx.Client(base_url=upstream.url, timeout=60) as c:
         location = c.post(f"/v2/{repo}/blobs/uploads/").headers["location"]
         sep = "&" if "?" in location else "?"
@@ -66,7 +57,7 @@ def rig(upstream_registry: UpstreamRegistry, satellite_factory: SatelliteFactory
         sat = satellite_factory(
             push=False,
             registry={"tag_timeout": 1},
-            upstreams=[Upstream(UP, relay.url, default=True)],
+            upstreams=[UpstreamTable(UP, relay.url, default=True)],
         )
         yield Rig(upstream_registry, relay, sat, data, digest)
 
@@ -90,8 +81,13 @@ def test_twenty_clients_one_upstream_transfer(rig: Rig) -> None:
     assert all(hashlib.sha256(b).hexdigest() == rig.digest.split(":")[1] for b in bodies)
     assert rig.relay.count(rig.digest, method="GET") == 1
     assert rig.relay.bytes_relayed_for(rig.digest) == SIZE
-    assert rig.metric("satellite_upstream_bytes_total") == SIZE
-    assert rig.metric("satellite_coalesced_waiters_total") + 1 >= 1
+    assert rig.satellite.metric("satellite_upstream_bytes_total") == SIZE
+    # one request missed and started the fill; each of the other 19 either joined it or,
+    # arriving after it committed, was a cache hit: none of them asked upstream
+    assert rig.satellite.metric("satellite_cache_misses_total") == 1
+    joined = rig.satellite.metric("satellite_coalesced_waiters_total")
+    hits = rig.satellite.metric("satellite_cache_hits_total")
+    assert joined + hits == 19
     # cached now: more clients cost the upstream nothing
     _get_all(rig.blob_url(), 3)
     assert rig.relay.count(rig.digest, method="GET") == 1
@@ -106,7 +102,7 @@ def test_cut_transfer_resumes_with_range(rig: Rig) -> None:
     assert rig.relay.count(rig.digest, method="GET") == 2
     # resumed, not restarted: upstream sent each byte once
     assert rig.relay.bytes_relayed_for(rig.digest) == SIZE
-    assert rig.metric("satellite_upstream_resumes_total") == 1
+    assert rig.satellite.metric("satellite_upstream_resumes_total") == 1
 
 
 def test_corrupt_blob_is_never_committed_nor_completed(rig: Rig) -> None:
@@ -115,7 +111,7 @@ def test_corrupt_blob_is_never_committed_nor_completed(rig: Rig) -> None:
         # the response is aborted mid-body: the client must not see a complete download
         r = httpx.get(rig.blob_url(), timeout=120)
         assert r.content != rig.data  # pragma: no cover - reached only if not aborted
-    assert rig.metric("satellite_digest_mismatches_total") == 1
+    assert rig.satellite.metric("satellite_digest_mismatches_total") == 1
     blobs = list((rig.satellite.data_dir / "blobs").rglob("*"))
     assert not any(p.name == rig.digest.split(":")[1] for p in blobs)
     # the next request fetches it again, and this time gets it right
@@ -175,10 +171,10 @@ def test_blackholed_upstream_opens_the_breaker(
         assert r.status_code == 200
         assert r.content == image_layout.app.manifest_bytes()
         assert r.headers["cache-status"] == "satellite; hit; detail=stale"
-        if rig.metric("satellite_upstream_online") == 0:
+        if rig.satellite.metric("satellite_upstream_online") == 0:
             break
         time.sleep(0.1)
-    assert rig.metric("satellite_upstream_online") == 0
+    assert rig.satellite.metric("satellite_upstream_online") == 0
     # the breaker is open: pulls no longer go upstream at all (only the breaker's own
     # probes of /v2/ may, when its retry time comes round on a slow machine)
     seen = rig.relay.count("/manifests/")

@@ -8,7 +8,6 @@ the same connection is read as a request (RFC 9112 §6.3, §2.2).
 
 from __future__ import annotations
 
-import hashlib
 import re
 import socket
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ import pytest
 
 from tests.conftest import SatelliteFactory
 from tests.support.groundcontrol import GroundControlProcess
+from tests.support.images import sha256_bytes
 from tests.support.net import LOOPBACK
 
 BOUND = 20.0  # seconds a server gets to answer or close; a bound, not a measurement
@@ -125,7 +125,7 @@ def test_a_chunked_upload_still_works(satellite_factory: SatelliteFactory) -> No
     """Transfer-Encoding alone frames the body as before (and the blob is stored)."""
     port = satellite_factory().port
     data = b"0123456789" * 100
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    digest = sha256_bytes(data)
     body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data)
     head = (
         b"POST /v2/r/blobs/uploads/?digest=%s HTTP/1.1\r\nHost: x\r\n"
@@ -138,7 +138,7 @@ def test_a_chunked_upload_still_works(satellite_factory: SatelliteFactory) -> No
 
 def chunked_upload(data: bytes, trailer: bytes) -> bytes:
     """A monolithic chunked upload of `data` whose body ends with `trailer`."""
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    digest = sha256_bytes(data)
     head = (
         b"POST /v2/r/blobs/uploads/?digest=%s HTTP/1.1\r\nHost: x\r\n"
         b"Transfer-Encoding: chunked\r\n\r\n" % digest.encode()
@@ -165,7 +165,7 @@ def test_a_bare_lf_in_a_chunked_trailer_is_refused(
     statuses, closed = exchange(port, chunked_upload(data, trailer) + SMUGGLED)
     assert statuses == [400], statuses
     assert closed
-    digest = b"sha256:" + hashlib.sha256(data).hexdigest().encode()
+    digest = sha256_bytes(data).encode()
     get = b"GET /v2/r/blobs/%s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % digest
     assert exchange(port, get) == ([404], True)
 

@@ -10,7 +10,6 @@ here measures time.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import select
 import socket
@@ -22,9 +21,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from groundcontrol.config import ConfigError, load_config
+from groundcontrol.config import load_config
+from registry_proxy.units import ConfigError
 from tests.conftest import SatelliteFactory
 from tests.support.groundcontrol import GroundControlProcess
+from tests.support.images import sha256_bytes
 from tests.support.net import LOOPBACK
 from tests.support.satellite import SatelliteProcess
 
@@ -146,7 +147,7 @@ def test_a_stalled_monolithic_upload_is_answered_408(satellite: SatelliteProcess
 
 def test_a_steady_upload_over_several_windows_is_not_cut(satellite: SatelliteProcess) -> None:
     data = bytes(range(256)) * 4096  # 1 MiB in 32 pieces, well above the floor
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    digest = sha256_bytes(data)
     location = start_upload(satellite)
     with connect(satellite.port) as sock:
         sock.sendall(

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from groundcontrol.db import Database, open_database
 from groundcontrol.db.migrations import migrate
 from groundcontrol.services import Services
 from groundcontrol.store import Store
+from tests.support.images import sha256_bytes
 from tests.support.postgres import PostgresCluster, postgres_available, postgres_cluster
 from tests.support.upstream import UpstreamRegistry
 
@@ -109,7 +109,7 @@ def central_registry(
             skopeo.copy(image_layout.oci(tag), dst, all_images=True)
             raw = skopeo.inspect_raw(dst)
             described[tag] = (
-                "sha256:" + hashlib.sha256(raw).hexdigest(),
+                sha256_bytes(raw),
                 len(raw),
                 json.loads(raw)["mediaType"],
             )

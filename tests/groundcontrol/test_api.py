@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import ast
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+import groundcontrol
+from groundcontrol import errors
 from groundcontrol.contract import ImageStatus
+from groundcontrol.errors import CODES, BadRequest, GroundControlError
 from groundcontrol.services import Services
 from tests.groundcontrol.conftest import FakeClock
 from tests.groundcontrol.fleet import SimSatellite
+
+ERROR_CLASSES = {
+    name
+    for name, value in vars(errors).items()
+    if isinstance(value, type) and issubclass(value, GroundControlError)
+}
 
 
 def error(r: httpx.Response) -> str:
@@ -44,7 +55,7 @@ async def registered(
 
 
 async def test_openapi_lists_every_route(client: httpx.AsyncClient) -> None:
-    from groundcontrol.api import ENDPOINTS
+    from groundcontrol.api.table import ENDPOINTS
 
     r = await client.get("/api/v1/openapi.json")
     assert r.status_code == 200
@@ -52,6 +63,35 @@ async def test_openapi_lists_every_route(client: httpx.AsyncClient) -> None:
     assert doc["openapi"].startswith("3.")
     for ep in ENDPOINTS:
         assert ep.method.lower() in doc["paths"][ep.path]
+
+
+async def test_openapi_lists_every_error_code_with_its_status(client: httpx.AsyncClient) -> None:
+    doc = (await client.get("/api/v1/openapi.json")).json()
+    schema = doc["components"]["schemas"]["Error"]
+    assert schema["properties"]["error"]["properties"]["code"]["enum"] == sorted(CODES)
+    assert schema["x-error-codes"] == CODES
+    assert schema["x-error-codes"]["satellite_revoked"] == 403
+
+
+def test_every_error_code_is_in_the_one_table() -> None:
+    """Read from the source: each code= given to an error, and each error class, lives in
+    groundcontrol/errors.py's table; an unregistered code is refused when raised."""
+    root = Path(groundcontrol.__file__).parent
+    seen: set[str] = set()
+    for path in root.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef) and path.name != "errors.py":
+                bases = {ast.unparse(b) for b in node.bases}
+                assert not bases & ERROR_CLASSES, f"{path.name}: {node.name} subclasses {bases}"
+            if isinstance(node, ast.Call):
+                for kw in node.keywords:
+                    if kw.arg == "code" and isinstance(kw.value, ast.Constant):
+                        seen.add(str(kw.value.value))
+    assert seen and seen <= set(CODES), seen - set(CODES)
+    with pytest.raises(ValueError, match="not registered"):
+        BadRequest("x", code="made_up_here")
+    assert BadRequest("x", code="group_in_use").status == 409  # the status is the code's
 
 
 async def test_unknown_route_and_method_are_json_errors(

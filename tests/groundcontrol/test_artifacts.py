@@ -28,9 +28,10 @@ from groundcontrol.artifacts import (
     state_artifact,
 )
 from groundcontrol.auth import hash_token, new_operator_token
-from groundcontrol.config import Config, ConfigError, load_config
+from groundcontrol.config import Config, load_config
 from groundcontrol.contract import verify_root, verify_root_chain, verify_state
 from groundcontrol.services import Services
+from registry_proxy.units import ConfigError
 from tests.groundcontrol.conftest import CentralRegistry, FakeClock
 from tests.groundcontrol.fleet import SimSatellite, at
 from tests.support.net import free_port

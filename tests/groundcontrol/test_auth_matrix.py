@@ -12,14 +12,15 @@ import re
 
 import httpx
 
-from groundcontrol import api, dashboard, fleetview
-from groundcontrol.api import Endpoint
+from groundcontrol import dashboard, fleetview
+from groundcontrol.api.base import Endpoint
+from groundcontrol.api.table import ENDPOINTS
 from groundcontrol.contract import generate_key, public_key_b64
 from groundcontrol.services import Services
 from tests.groundcontrol.conftest import FakeClock
 from tests.groundcontrol.fleet import SimSatellite
 
-ALL = api.ENDPOINTS + fleetview.API_ENDPOINTS + dashboard.ENDPOINTS
+ALL = ENDPOINTS + fleetview.API_ENDPOINTS + dashboard.ENDPOINTS
 DENIED = (401, 403)
 
 
@@ -186,7 +187,7 @@ async def test_api_refuses_bodies_that_are_not_json(
 
 async def test_openapi_lists_415_on_state_changing_routes(client: httpx.AsyncClient) -> None:
     doc = (await client.get("/api/v1/openapi.json")).json()
-    for ep in api.ENDPOINTS:
+    for ep in ENDPOINTS:
         responses = doc["paths"][ep.path][ep.method.lower()]["responses"]
         changing = ep.method in ("POST", "PUT", "PATCH", "DELETE")
         assert ("415" in responses) == changing, (ep.method, ep.path)

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from groundcontrol.config import Config
-from groundcontrol.models import Upstream, effective_config
+from groundcontrol.models import SatelliteUpstream, effective_config
 from tests.groundcontrol.conftest import CentralRegistry
 from tests.groundcontrol.fleet import SimSatellite
 from tests.groundcontrol.test_serve import gc
@@ -22,11 +22,11 @@ from tests.support.groundcontrol import GroundControlProcess
 
 def test_central_registry_is_the_default_upstream_unless_overridden() -> None:
     config = Config(registry_url="https://Harbor.example:8443/")
-    central = Upstream("harbor.example:8443", "https://Harbor.example:8443", default=True)
+    central = SatelliteUpstream("harbor.example:8443", "https://Harbor.example:8443", default=True)
     assert effective_config(config, {}).upstreams == (central,)
     mirror = {"name": "docker.io", "url": "https://mirror.example", "default": True}
     assert effective_config(config, {"upstreams": [mirror]}).upstreams == (
-        Upstream("docker.io", "https://mirror.example", True),
+        SatelliteUpstream("docker.io", "https://mirror.example", True),
     )
     assert effective_config(config, {"upstreams": []}).upstreams == ()  # none on purpose
     assert effective_config(Config(), {}).upstreams == ()  # no central registry configured

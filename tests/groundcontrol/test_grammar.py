@@ -18,15 +18,7 @@ import httpx
 import pytest
 
 from groundcontrol.cli import _config_values
-from groundcontrol.config import (
-    INT64_MAX,
-    ConfigError,
-    load_config,
-    parse_duration,
-    parse_int,
-    parse_listen,
-    parse_size,
-)
+from groundcontrol.config import load_config, parse_duration, parse_int
 from groundcontrol.contract import (
     CHECKIN_PAYLOAD_TYPE,
     CheckIn,
@@ -38,6 +30,7 @@ from groundcontrol.contract import (
 from groundcontrol.errors import BadRequest
 from groundcontrol.models import parse_config_overrides, parse_labels, parse_reference
 from registry_proxy import names
+from registry_proxy.units import INT64_MAX, ConfigError, parse_listen, parse_size
 from tests.groundcontrol.conftest import FakeClock
 from tests.groundcontrol.fleet import SimSatellite, at
 from tests.groundcontrol.test_api import error, registered

@@ -16,13 +16,15 @@ from typing import Any
 import httpx
 import pytest
 
-from groundcontrol import api
-from groundcontrol.config import Config, ConfigError, load_config
+from groundcontrol.api import agent
+from groundcontrol.api.base import Ctx
+from groundcontrol.config import Config, load_config
 from groundcontrol.contract import verify_state
 from groundcontrol.db import Database
 from groundcontrol.services import Services
 from groundcontrol.store import Store
 from groundcontrol.watch import STATE_CHANNEL, StateWatch, notify_payloads
+from registry_proxy.units import ConfigError
 from tests.groundcontrol.conftest import FakeClock
 from tests.groundcontrol.fleet import at
 from tests.groundcontrol.test_api import error, registered
@@ -119,10 +121,10 @@ async def test_a_publish_between_the_read_and_the_wait_is_not_missed(
     """Read 1 comes before the waiter subscribes, read 2 after it (then it waits): a
     version committed right after either read must still be answered at once."""
     sat = await registered(client, op, clock, "s1")
-    original = api._satellite_state
+    original = agent._satellite_state
     reads = 0
 
-    async def read_then_publish(ctx: api.Ctx, name: str) -> Any:
+    async def read_then_publish(ctx: Ctx, name: str) -> Any:
         nonlocal reads
         reads += 1
         result = await original(ctx, name)
@@ -130,7 +132,7 @@ async def test_a_publish_between_the_read_and_the_wait_is_not_missed(
             await services.publisher.publish_now([name], ctx.now, force=True)
         return result
 
-    monkeypatch.setattr(api, "_satellite_state", read_then_publish)
+    monkeypatch.setattr(agent, "_satellite_state", read_then_publish)
     r = await client.get(STATE, params={"have": "1", "wait": "60"}, headers=sat.headers)
     assert r.status_code == 200 and r.headers["X-State-Version"] == "2"
     assert reads == publish_after_read + 1

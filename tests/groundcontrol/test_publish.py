@@ -11,9 +11,12 @@ import httpx
 import pytest
 
 from groundcontrol.config import Config
+from groundcontrol.errors import UpstreamError
 from groundcontrol.models import Group, parse_images
 from groundcontrol.publish import content_hash, desired_images
-from groundcontrol.resolver import RegistryAuth, Resolver
+from groundcontrol.registry_credentials import RegistryCredentials
+from groundcontrol.resolver import Resolver
+from groundcontrol.services import Services
 from tests.groundcontrol.conftest import CentralRegistry, FakeClock
 from tests.groundcontrol.fleet import SimSatellite
 from tests.support.net import free_port
@@ -162,7 +165,7 @@ async def test_basic_auth_registry(
         dest_creds=("ci", "pw"),
     )
     ref = parse_images(["team/app:v1"])[0]
-    good = Resolver(registry.url, RegistryAuth("ci", "pw"))
+    good = Resolver(registry.url, "ci", "pw")
     anonymous = Resolver(registry.url)
     try:
         desc = await good.resolve(ref)
@@ -173,3 +176,38 @@ async def test_basic_auth_registry(
     finally:
         await good.aclose()
         await anonymous.aclose()
+
+
+async def test_the_resolver_uses_the_credential_stored_for_its_host(
+    upstream_registry_factory: Callable[..., Any],
+    image_layout: Any,
+    skopeo: Any,
+    services: Services,
+    client: httpx.AsyncClient,
+    op: dict[str, str],
+) -> None:
+    """The same lookup as the state-artifact push: an upstream credential for the
+    registry's host wins; without one the resolver is anonymous and refused."""
+    registry = upstream_registry_factory(auth=("ci", "pw"))
+    skopeo.copy(
+        image_layout.oci("app:v1"),
+        f"docker://{registry.host}/team/app:v1",
+        dest_creds=("ci", "pw"),
+    )
+    credentials = RegistryCredentials(services.store, services.sealer, services.config)
+    resolver = Resolver(registry.url, credentials=credentials.for_host)
+    ref = parse_images(["team/app:v1"])[0]
+    try:
+        with pytest.raises(UpstreamError) as exc:
+            await resolver.resolve(ref)
+        assert exc.value.code == "registry_unauthorized"
+        r = await client.put(
+            f"/api/v1/upstream-credentials/{registry.host}",
+            json={"username": "ci", "password": "pw"},
+            headers=op,
+        )
+        assert r.status_code == 200, r.text
+        desc = await resolver.resolve(ref)
+        assert desc.media_type == OCI_MANIFEST and desc.digest.startswith("sha256:")
+    finally:
+        await resolver.aclose()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from groundcontrol.config import Config, ConfigError, load_config, parse_duration, parse_size
+from groundcontrol.config import Config, load_config, parse_duration
 from groundcontrol.db.sqlite import sqlite_path
 from groundcontrol.errors import BadRequest
 from groundcontrol.models import (
@@ -17,6 +17,7 @@ from groundcontrol.models import (
     parse_reference,
 )
 from groundcontrol.status import derive_status
+from registry_proxy.units import ConfigError, parse_size
 
 
 def test_units() -> None:

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ import pytest
 
 from registry_proxy.app import RegistrySettings, create_app
 from registry_proxy.store import ContentStore
+from tests.support.images import image_manifest
 from tests.support.images import sha256_bytes as sha256
 
 
@@ -35,28 +35,6 @@ async def push_blob(client: httpx.AsyncClient, repo: str, data: bytes) -> str:
     r = await client.post(f"/v2/{repo}/blobs/uploads/?digest={digest}", content=data)
     assert r.status_code == 201, r.text
     return digest
-
-
-def image_manifest(config: bytes, layers: list[bytes], **extra: Any) -> bytes:
-    doc: dict[str, Any] = {
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": sha256(config),
-            "size": len(config),
-        },
-        "layers": [
-            {
-                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                "digest": sha256(layer),
-                "size": len(layer),
-            }
-            for layer in layers
-        ],
-    }
-    doc.update(extra)
-    return json.dumps(doc).encode()
 
 
 async def push_image(

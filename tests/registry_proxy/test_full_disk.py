@@ -12,6 +12,7 @@ import pytest
 
 from registry_proxy.app import RegistrySettings, create_app
 from registry_proxy.store import ContentStore
+from tests.support.images import sha256_bytes
 
 
 @pytest.fixture
@@ -46,12 +47,12 @@ async def disk_client(small_disk: Path) -> AsyncIterator[tuple[httpx.AsyncClient
 async def test_upload_on_a_full_disk(disk_client: tuple[httpx.AsyncClient, ContentStore]) -> None:
     client, store = disk_client
     small = b"kept" * 1000
-    small_digest = "sha256:" + hashlib.sha256(small).hexdigest()
+    small_digest = sha256_bytes(small)
     assert (
         await client.post(f"/v2/r/blobs/uploads/?digest={small_digest}", content=small)
     ).status_code == 201
     big = b"\x01" * (4 * 1024 * 1024)
-    digest = "sha256:" + hashlib.sha256(big).hexdigest()
+    digest = sha256_bytes(big)
     r = await client.post(f"/v2/r/blobs/uploads/?digest={digest}", content=big)
     assert r.status_code == 507
     assert r.json()["errors"][0]["message"] == "no space left on the satellite's storage"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import httpx
 import pytest
@@ -72,8 +73,12 @@ CASES: list[tuple[str, str, str, bytes | None, dict[str, str], int, str]] = [
     ),
     ("bad tag", "GET", "/v2/r/manifests/-bad", None, {}, 400, "MANIFEST_INVALID"),
     ("tag too long", "GET", "/v2/r/manifests/" + "t" * 129, None, {}, 400, "MANIFEST_INVALID"),
-    ("unknown endpoint", "GET", "/v2/r/whatever", None, {}, 404, "NAME_INVALID"),
-    ("method not allowed", "POST", "/v2/r/manifests/latest", b"", {}, 405, "METHOD_UNKNOWN"),
+    ("unknown endpoint", "GET", "/v2/r/whatever", None, {}, 404, "NOT_FOUND"),
+    ("unknown path outside /v2/", "GET", "/v3/r", None, {}, 404, "NOT_FOUND"),
+    ("method not allowed", "POST", "/v2/r/manifests/latest", b"", {}, 405, "UNSUPPORTED"),
+    ("POST on the catalog", "POST", "/v2/_catalog", b"", {}, 405, "UNSUPPORTED"),
+    ("DELETE on the base", "DELETE", "/v2/", None, {}, 405, "UNSUPPORTED"),
+    ("POST on /metrics", "POST", "/metrics", b"", {}, 405, "UNSUPPORTED"),
     (
         "bad upload id",
         "PATCH",
@@ -453,7 +458,7 @@ async def test_unnormalized_dot_segments(store: ContentStore, raw_path: bytes) -
     await app(scope, receive, send)  # type: ignore[arg-type]
     assert sent[0]["status"] in (400, 404)
     body = json.loads(b"".join(m.get("body", b"") for m in sent[1:]))  # type: ignore[misc]
-    assert body["errors"][0]["code"] in ("NAME_INVALID", "DIGEST_INVALID")
+    assert body["errors"][0]["code"] in ("NAME_INVALID", "DIGEST_INVALID", "NOT_FOUND")
 
 
 @pytest.mark.parametrize(
@@ -475,3 +480,49 @@ async def test_content_range_with_a_total_is_accepted_when_consistent(
     r = await client.patch(location, content=b"12345", headers={"content-range": "0-4/10"})
     assert r.status_code == 202, r.text
     assert r.headers["range"] == "0-4"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("POST", "/v2/_catalog", "GET"),
+        ("PATCH", "/v2/r/manifests/latest", "GET, HEAD, PUT, DELETE"),
+        ("POST", "/healthz", "GET, HEAD"),
+    ],
+)
+async def test_wrong_methods_say_which_are_allowed(
+    client: httpx.AsyncClient, method: str, path: str, allow: str
+) -> None:
+    r = await client.request(method, path)
+    assert r.status_code == 405
+    assert r.json()["errors"][0]["code"] == "UNSUPPORTED"
+    assert set(r.headers["allow"].split(", ")) == set(allow.split(", "))
+
+
+async def test_an_unexpected_exception_is_a_500_with_a_request_id_in_the_log(
+    client: httpx.AsyncClient,
+    store: ContentStore,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def broken(*args: object) -> list[str]:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(store, "catalog", broken)
+    with caplog.at_level(logging.ERROR, logger="satellite.registry"):
+        r = await client.get("/v2/_catalog")
+        head = await client.head("/v2/_catalog")
+    assert r.status_code == 500
+    request_id = r.headers["x-request-id"]
+    assert r.json() == {
+        "errors": [
+            {"code": "UNKNOWN", "message": "internal error", "detail": {"request_id": request_id}}
+        ]
+    }
+    assert (head.status_code, head.content) == (500, b"")
+    logged = [rec for rec in caplog.records if request_id in rec.getMessage()]
+    assert len(logged) == 1 and logged[0].exc_info is not None
+    assert "a bug" in str(logged[0].exc_info[1])
+    # and the app goes on answering
+    monkeypatch.undo()
+    assert (await client.get("/v2/_catalog")).status_code == 200

@@ -175,5 +175,6 @@ async def test_a_control_character_in_the_path_never_reaches_a_handler(
     await app(scope, receive, send)  # type: ignore[arg-type]
     assert sent[0]["status"] in (400, 404), sent
     body = b"".join(m.get("body", b"") for m in sent[1:])  # type: ignore[misc]
-    if body != b"Not Found":  # Starlette's own answer when "{rest:path}" does not match
-        assert json.loads(body)["errors"][0]["code"] in ("NAME_INVALID", "MANIFEST_INVALID")
+    # an OCI body even when "{rest:path}" does not match (Starlette's own 404 before)
+    codes = ("NAME_INVALID", "MANIFEST_INVALID", "NOT_FOUND")
+    assert json.loads(body)["errors"][0]["code"] in codes

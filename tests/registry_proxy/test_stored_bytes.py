@@ -16,7 +16,8 @@ from registry_proxy.digest import Digest
 from registry_proxy.errors import RegistryError
 from registry_proxy.store import ContentStore
 from tests.conftest import SatelliteFactory
-from tests.registry_proxy.conftest import image_manifest, push_blob, sha256
+from tests.registry_proxy.conftest import push_blob, sha256
+from tests.support.images import image_manifest, sha256_bytes
 from tests.support.net import LOOPBACK
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -182,7 +183,7 @@ def test_a_crash_during_a_monolithic_upload_leaves_nothing(
     resume it: the next start removes its data at once, not after 24 hours."""
     sat = satellite_factory()
     data = bytes(4 * 1024 * 1024)
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    digest = sha256_bytes(data)
     with socket.create_connection((LOOPBACK, sat.port), timeout=20) as sock:
         head = (
             f"POST /v2/r/blobs/uploads/?digest={digest} HTTP/1.1\r\nHost: x\r\n"

@@ -444,7 +444,7 @@ async def test_refused_tag_lookup_is_not_retried_but_a_digest_lookup_is(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A tag lookup has a local fallback: a closed port answers it at once."""
-    from registry_proxy import upstream as upstream_module
+    from registry_proxy.upstream import client as upstream_module
 
     sleeps: list[float] = []
 

@@ -13,28 +13,31 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.net import wait_for_path
+from tests.support.process import ServerProcess
 from tests.support.upstream import require_tool
 
 
-class Containerd:
+class Containerd(ServerProcess):
+    name = "containerd"
+
     def __init__(self, root: Path) -> None:
+        super().__init__(root / "containerd.log")
         self.root = root
         self.socket = root / "c.sock"
-        config = root / "config.toml"
+        self.config = root / "config.toml"
         root.mkdir(parents=True, exist_ok=True)
-        config.write_text(
+        self.config.write_text(
             "version = 2\n"
             f'root = "{root / "root"}"\n'
             f'state = "{root / "state"}"\n'
             f'[grpc]\n  address = "{self.socket}"\n'
             '[plugins."io.containerd.grpc.v1.cri"]\n  disable_tcp_service = true\n'
         )
-        self.log = (root / "containerd.log").open("wb")
-        self.proc = subprocess.Popen(
-            ["containerd", "--config", str(config)], stdout=self.log, stderr=subprocess.STDOUT
-        )
-        wait_for_path(self.socket, timeout=20)
+
+    def start(self) -> Containerd:
+        self._launch(["containerd", "--config", str(self.config)])
+        self._await_path(self.socket)
+        return self
 
     def ctr(self, *args: str, timeout: float = 120, env: Mapping[str, str] | None = None) -> str:
         result = subprocess.run(
@@ -60,15 +63,6 @@ class Containerd:
                 return fields[2]
         raise AssertionError(f"{ref} not in containerd")
 
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        self.log.close()
-
 
 @pytest.fixture
 def containerd_factory(tmp_path: Path) -> Iterator[Callable[[], Containerd]]:
@@ -78,7 +72,7 @@ def containerd_factory(tmp_path: Path) -> Iterator[Callable[[], Containerd]]:
     def make() -> Containerd:
         # unix socket paths are short: keep the root under /tmp
         root = Path(subprocess.check_output(["mktemp", "-d", "/tmp/ctd.XXXXXX"], text=True).strip())
-        started.append(Containerd(root))
+        started.append(Containerd(root).start())
         return started[-1]
 
     yield make

@@ -332,6 +332,30 @@ def _layer_files(seed: str, index: int, layer_size: int) -> list[tuple[str, int,
     ]
 
 
+def manifest_document(config: JSON, layers: Sequence[JSON]) -> JSON:
+    """An OCI image manifest for the given config and layer descriptors."""
+    return {
+        "schemaVersion": 2,
+        "mediaType": MEDIA_OCI_MANIFEST,
+        "config": config,
+        "layers": list(layers),
+    }
+
+
+def image_manifest(config: bytes, layers: Sequence[bytes], **extra: Any) -> bytes:
+    """The manifest (encoded) of an image made of these config and layer bytes, for tests
+    that push blobs themselves; `extra` adds top-level fields (subject, annotations...)."""
+    doc = manifest_document(
+        {"mediaType": MEDIA_OCI_CONFIG, "digest": sha256_bytes(config), "size": len(config)},
+        [
+            {"mediaType": MEDIA_OCI_LAYER_GZIP, "digest": sha256_bytes(layer), "size": len(layer)}
+            for layer in layers
+        ],
+    )
+    doc.update(extra)
+    return json.dumps(doc).encode()
+
+
 def _write_image(
     layout: Path,
     layer_files: Sequence[Sequence[tuple[str, int, str]]],
@@ -364,15 +388,13 @@ def _write_image(
         ],
     }
     config_digest, config_size = write_blob(layout, canonical_json(config))
-    manifest: JSON = {
-        "schemaVersion": 2,
-        "mediaType": MEDIA_OCI_MANIFEST,
-        "config": {"mediaType": MEDIA_OCI_CONFIG, "digest": config_digest, "size": config_size},
-        "layers": [
+    manifest = manifest_document(
+        {"mediaType": MEDIA_OCI_CONFIG, "digest": config_digest, "size": config_size},
+        [
             {"mediaType": layer.media_type, "digest": layer.digest, "size": layer.size}
             for layer in layers
         ],
-    }
+    )
     if annotations:
         manifest["annotations"] = dict(annotations)
     digest, size = write_blob(layout, canonical_json(manifest))

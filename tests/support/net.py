@@ -90,10 +90,19 @@ def kill_process(proc: subprocess.Popen[bytes], *, grace: float = 10.0) -> int:
     return proc.wait(timeout=grace)
 
 
-def wait_for_path(path: Path, *, timeout: float = 20.0, interval: float = 0.05) -> None:
-    """Blocks until `path` exists (a socket a server creates when ready); bounded."""
+def wait_for_path(
+    path: Path,
+    *,
+    timeout: float = 20.0,
+    interval: float = 0.05,
+    proc: subprocess.Popen[bytes] | None = None,
+) -> None:
+    """Blocks until `path` exists (a socket a server creates when ready); bounded, and
+    failing at once if `proc` (the server that should create it) exits."""
     deadline = time.monotonic() + timeout
     while not path.exists():
+        if proc is not None and proc.poll() is not None:
+            raise StartupError(f"exited with {proc.returncode} before {path} appeared")
         if time.monotonic() >= deadline:
             raise StartupError(f"{path} did not appear within {timeout}s")
         time.sleep(interval)

@@ -1,5 +1,6 @@
 """The shape every server wrapper of the tests and benchmarks shares: a child process
-whose output goes to a log file, started and then awaited over HTTP, stopped with a
+whose output goes to a log file, started and then awaited (over HTTP, or for a socket
+file to appear), stopped with a
 bounded SIGTERM (or killed), with the log's tail in every startup error."""
 
 from __future__ import annotations
@@ -11,7 +12,14 @@ from typing import IO
 
 import httpx
 
-from tests.support.net import StartupError, kill_process, log_tail, stop_process, wait_http
+from tests.support.net import (
+    StartupError,
+    kill_process,
+    log_tail,
+    stop_process,
+    wait_for_path,
+    wait_http,
+)
 
 
 class ServerProcess:
@@ -66,6 +74,17 @@ class ServerProcess:
             self.stop()
             raise StartupError(
                 f"{self.name}: {exc}\n{detail}--- {self.log_path} tail ---\n{self.log_tail()}"
+            ) from None
+
+    def _await_path(self, path: Path) -> None:
+        """Returns once `path` exists (a socket the server creates when ready); else stops
+        the process and raises StartupError with the log's tail."""
+        try:
+            wait_for_path(path, timeout=self.startup_timeout, proc=self._proc)
+        except StartupError as exc:
+            self.stop()
+            raise StartupError(
+                f"{self.name}: {exc}\n--- {self.log_path} tail ---\n{self.log_tail()}"
             ) from None
 
     def _forget(self) -> None:

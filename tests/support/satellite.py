@@ -11,10 +11,13 @@ The process's stdout and stderr go to `root/satellite.log` (appended across rest
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 from tests.support.net import (
     LOOPBACK,
@@ -28,7 +31,7 @@ TomlValue = str | int | bool
 
 
 @dataclass(frozen=True)
-class Upstream:
+class UpstreamTable:
     """One `[[upstream]]` table of the satellite config."""
 
     name: str
@@ -58,7 +61,7 @@ def render_config(
     *,
     push: bool = True,
     registry: Mapping[str, TomlValue] | None = None,
-    upstreams: Sequence[Upstream] = (),
+    upstreams: Sequence[UpstreamTable] = (),
     extra_config: str = "",
 ) -> str:
     """The config TOML: `[registry]` (push + `registry` keys), upstreams, then `extra_config`.
@@ -94,7 +97,7 @@ class SatelliteProcess(ServerProcess):
         *,
         push: bool = True,
         registry: Mapping[str, TomlValue] | None = None,
-        upstreams: Sequence[Upstream] = (),
+        upstreams: Sequence[UpstreamTable] = (),
         extra_config: str = "",
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
@@ -119,6 +122,16 @@ class SatelliteProcess(ServerProcess):
     @property
     def url(self) -> str:
         return f"http://{self.host}"
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of the samples of `name` on /metrics whose labels include `labels`."""
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        total = 0.0
+        for line in text.splitlines():
+            match = re.match(rf"^{name}(?:\{{(.*)\}})? (\S+)$", line)
+            if match and all(f'{k}="{v}"' in (match[1] or "") for k, v in labels.items()):
+                total += float(match[2])
+        return total
 
     def command(self) -> list[str]:
         return [

@@ -31,6 +31,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
+from tests.support.images import sha256_bytes
 from tests.support.net import LOOPBACK, free_port
 
 STARTUP_ATTEMPTS = 200  # x 0.025 s
@@ -152,7 +153,7 @@ class BearerRegistry:
     requests: list[RegistryRequest] = field(default_factory=list)
 
     def add_manifest(self, repo: str, tag: str, body: bytes, media_type: str) -> str:
-        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        digest = sha256_bytes(body)
         self.manifests[(repo, tag)] = (body, media_type)
         self.manifests[(repo, digest)] = (body, media_type)
         return digest
@@ -207,7 +208,7 @@ class BearerRegistry:
                     status_code=404,
                 )
             body, media_type = found
-            digest = "sha256:" + hashlib.sha256(body).hexdigest()
+            digest = sha256_bytes(body)
             headers = {"Docker-Content-Digest": digest, "Content-Type": media_type}
             if request.method == "HEAD":
                 return Response(headers={**headers, "Content-Length": str(len(body))})

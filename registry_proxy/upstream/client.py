@@ -1,4 +1,5 @@
-"""The client the pull-through proxy uses to talk to one upstream OCI registry.
+"""The client the pull-through proxy (and Ground Control's image resolver) uses to talk
+to one OCI registry.
 
 One ``UpstreamClient`` per configured upstream holds one pooled ``httpx.AsyncClient``
 (HTTP/1.1), whose transport sends blob GETs over ``BlobTransport``'s lean connections
@@ -7,19 +8,8 @@ against the digest asked for and the digest the upstream announces), answers HEA
 streams blobs (with ``Range`` to resume), and pings. Repository names are passed through
 as given: the Docker Hub ``library/`` rule belongs to the router.
 
-Exceptions::
-
-    UpstreamError                   anything this module raises about the upstream
-    ├── UpstreamUnavailable         the link is down: connect errors, timeouts, a connection
-    │                               cut mid-transfer, 5xx/429 still there after the retries
-    │                               (the circuit breaker counts these)
-    ├── UpstreamNotFound            404, or MANIFEST_UNKNOWN / BLOB_UNKNOWN / NAME_UNKNOWN
-    ├── UpstreamAuthError           401/403 once the auth flow has had its go
-    ├── UpstreamIntegrityError      bytes that do not match the digest asked for or announced
-    └── UpstreamProtocolError       anything else unexpected (statuses, headers, sizes, JSON)
-
-httpx's exceptions are translated in exactly one place, ``_translated()``; nothing else
-in this module names one. Invalid repository names and references are refused with
+httpx's exceptions are translated in exactly one place, ``errors.translated()``; nothing
+else here names one. Invalid repository names and references are refused with
 ``RegistryError`` (the protocol error of the local API) before anything is sent.
 
 Retries: connection errors, timeouts, 5xx and 429 are retried with exponential backoff
@@ -28,7 +18,7 @@ and jitter (``Retry-After`` in seconds wins, capped by ``max_backoff``), at most
 is read whole inside an attempt; a blob is retried until its response headers are in,
 never once ``open_blob`` has yielded. ``ping`` is a probe and makes a single attempt.
 
-Auth (``RegistryAuth``): anonymous; Basic, sent only to an origin that asked for it
+Auth (``auth.RegistryAuth``): anonymous; Basic, sent only to an origin that asked for it
 with a ``WWW-Authenticate: Basic`` challenge (and from then on proactively); and the
 Bearer token flow of distribution/Docker Hub. Credentials never follow a redirect to
 another origin (httpx drops ``Authorization`` there; blob storage is commonly a CDN).
@@ -37,14 +27,13 @@ another origin (httpx drops ``Authorization`` there; blob storage is commonly a 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import random
 import re
 import ssl
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -65,108 +54,26 @@ from registry_proxy.manifest import (
 )
 from registry_proxy.names import parse_reference, validate_name
 from registry_proxy.numbers import DIGITS, parse_uint
+from registry_proxy.upstream.auth import USER_AGENT, RegistryAuth
+from registry_proxy.upstream.errors import (
+    UpstreamAuthError,
+    UpstreamIntegrityError,
+    UpstreamNotAManifest,
+    UpstreamNotFound,
+    UpstreamProtocolError,
+    UpstreamUnavailable,
+    read_limited,
+    retry_after,
+    translated,
+)
 
 log = logging.getLogger("satellite.upstream")
-
 T = TypeVar("T")
 
-USER_AGENT = "satellite/0.1"
 MANIFEST_ACCEPT = ", ".join((OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST))
 NOT_FOUND_CODES = frozenset({"MANIFEST_UNKNOWN", "BLOB_UNKNOWN", "NAME_UNKNOWN"})
 MAX_ERROR_BODY = 64 * 1024  # error bodies are read for their message, no further
-MAX_TOKEN_BODY = 1024 * 1024
 MAX_REDIRECTS = 5
-DEFAULT_TOKEN_LIFETIME = 60.0  # distribution's token spec: expires_in defaults to 60 s
-TOKEN_EXPIRY_MARGIN = 10.0  # renew this long before a token expires (at most half its life)
-
-
-# --------------------------------------------------------------------------- errors
-
-
-class UpstreamError(Exception):
-    """Base of everything this module raises about the upstream."""
-
-    def __init__(self, message: str, *, status: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-
-
-class UpstreamUnavailable(UpstreamError):
-    """The link is down (or the upstream is overloaded); the circuit breaker counts these."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int | None = None,
-        retry_after: float | None = None,
-        refused: bool = False,
-    ) -> None:
-        super().__init__(message, status=status)
-        self.retry_after = retry_after
-        self.refused = refused  # nothing listens there: retrying soon rarely helps
-
-
-class UpstreamNotFound(UpstreamError):
-    """The upstream does not have the repository, manifest or blob."""
-
-
-class UpstreamAuthError(UpstreamError):
-    """The upstream (or its token service) refused us after the auth flow."""
-
-
-class UpstreamIntegrityError(UpstreamError):
-    """The upstream served bytes that do not match the digest asked for or announced."""
-
-
-class UpstreamProtocolError(UpstreamError):
-    """The upstream answered something this client cannot make sense of."""
-
-
-@contextlib.contextmanager
-def _translated(what: str) -> Iterator[None]:
-    """The one boundary where httpx's exceptions become this module's."""
-    try:
-        yield
-    except httpx.TimeoutException as exc:
-        raise UpstreamUnavailable(f"{what}: timed out ({type(exc).__name__})") from exc
-    except (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError) as exc:
-        # refused, reset, cut mid-body, TLS handshake failed: the link is down for us
-        raise UpstreamUnavailable(
-            f"{what}: {type(exc).__name__}: {exc}", refused=_is_refused(exc)
-        ) from exc
-    except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        # too many redirects, undecodable body, unsupported scheme, bad URL
-        raise UpstreamProtocolError(f"{what}: {type(exc).__name__}: {exc}") from exc
-
-
-def _is_refused(exc: BaseException) -> bool:
-    seen: BaseException | None = exc
-    for _ in range(8):  # the cause chain through httpcore and anyio is short
-        if seen is None:
-            return False
-        if isinstance(seen, ConnectionRefusedError):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
-def as_registry_error(exc: BaseException, unknown_code: str, reference: str) -> RegistryError:
-    """What a client of the satellite is told when going upstream for `reference` failed:
-    the protocol's error for each kind of upstream failure (RegistryErrors pass as they are)."""
-    if isinstance(exc, RegistryError):
-        return exc
-    if isinstance(exc, UpstreamNotFound):
-        return RegistryError(unknown_code, f"{reference} is not known upstream")
-    if isinstance(exc, UpstreamAuthError):
-        return RegistryError("DENIED", f"upstream refused access to {reference}: {exc}")
-    if isinstance(exc, asyncio.CancelledError):
-        return RegistryError("UNAVAILABLE", "the satellite is shutting down")
-    return RegistryError("UNAVAILABLE", f"upstream failed for {reference}: {exc}")
-
-
-# --------------------------------------------------------------------------- values
 
 
 @dataclass(frozen=True)
@@ -212,280 +119,9 @@ class UpstreamBlob:
         """The raw bytes as they arrive (BlobTransport hands out up to 1 MiB at a time,
         so the caller's per-chunk work does not dominate a fast link); a cut connection
         raises UpstreamUnavailable."""
-        with _translated(self._what):
+        with translated(self._what):
             async for chunk in self._response.aiter_raw():
                 yield chunk
-
-
-# --------------------------------------------------------------------------- auth
-
-
-@dataclass(frozen=True)
-class Challenge:
-    scheme: str  # lower-cased
-    params: dict[str, str]
-
-
-_TOKEN_CHARS = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
-_SCHEME_RE = re.compile(rf"[\s,]*({_TOKEN_CHARS})(?=\s|,|$)")
-_PARAM_RE = re.compile(rf'[\s,]*({_TOKEN_CHARS})\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,]*)')
-_ESCAPE_RE = re.compile(r"\\(.)")
-
-
-def parse_challenges(values: list[str]) -> list[Challenge]:
-    """``WWW-Authenticate`` header values → challenges (RFC 9110 §11.6.1): quoted values
-    may hold commas and escapes; one value may carry several challenges."""
-    out: list[Challenge] = []
-    for value in values:
-        pos = 0
-        current: Challenge | None = None
-        while pos < len(value):
-            if current is not None and (param := _PARAM_RE.match(value, pos)):
-                raw = param.group(2)
-                if raw.startswith('"'):
-                    raw = _ESCAPE_RE.sub(r"\1", raw[1:-1])
-                current.params.setdefault(param.group(1).lower(), raw)
-                pos = param.end()
-                continue
-            scheme = _SCHEME_RE.match(value, pos)
-            if scheme is None:
-                break  # token68 or garbage: keep what was understood
-            current = Challenge(scheme.group(1).lower(), {})
-            out.append(current)
-            pos = scheme.end()
-    return out
-
-
-_REPO_PATH = re.compile(r"/v2/(.+)/(?:manifests|blobs|tags|referrers)/[^/]*$")
-
-
-def _pull_scope(url: httpx.URL) -> str | None:
-    """The token scope a registry request needs: ``repository:<name>:pull``."""
-    match = _REPO_PATH.search(url.path)
-    return f"repository:{match.group(1)}:pull" if match else None
-
-
-def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
-    return (url.scheme, url.host, url.port)
-
-
-TokenKey = tuple[str, str, str]  # (realm, service, scope)
-
-
-@dataclass(frozen=True)
-class _Token:
-    value: str
-    renew_at: float
-
-
-class RegistryAuth(httpx.Auth):
-    """Anonymous, Basic and Bearer-token auth for registries, as an httpx auth flow.
-
-    Bearer (distribution's token spec, as Docker Hub does it): a 401 with
-    ``WWW-Authenticate: Bearer realm=...,service=...,scope=...`` makes the flow yield
-    ``GET realm?service=...&scope=...`` (scope from the challenge, else
-    ``repository:<repo>:pull``; with Basic credentials when configured), take ``token``
-    or ``access_token`` from the JSON, and retry the original request once. Tokens are
-    cached per (realm, service, scope) until ``expires_in`` (default 60 s) less a margin;
-    once an origin has challenged, later requests carry a cached (or freshly fetched)
-    token up front, so a warm pull costs no 401 round trip.
-
-    The flow is an async generator (``async_auth_flow``), httpx's hook for flows that
-    read a body or take a lock: the token response has to be read inside the flow, and
-    a lock per scope makes concurrent requests share one token fetch. The token request
-    is yielded, so it goes through the same client and transport as everything else.
-    """
-
-    def __init__(
-        self,
-        username: str | None = None,
-        password: str | None = None,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._basic: str | None = None
-        self._clock = clock
-        self._basic_origins: set[tuple[str, str, int | None]] = set()
-        self._bearer_origins: dict[tuple[str, str, int | None], tuple[str, str]] = {}
-        self._tokens: dict[TokenKey, _Token] = {}
-        self._locks: dict[TokenKey, asyncio.Lock] = {}
-        self.set_credentials(username, password)
-
-    def set_credentials(self, username: str | None, password: str | None) -> None:
-        """Use new credentials from the next request on (rotated by Ground Control);
-        tokens fetched with the old ones are dropped."""
-        basic = None
-        if username is not None:
-            raw = f"{username}:{password or ''}".encode()
-            basic = "Basic " + base64.b64encode(raw).decode("ascii")
-        if basic != self._basic:
-            self._basic = basic
-            self._tokens.clear()
-
-    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response]:
-        raise RuntimeError("RegistryAuth works with httpx.AsyncClient only")
-
-    async def async_auth_flow(
-        self, request: httpx.Request
-    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        origin = _origin(request.url)
-        scope = _pull_scope(request.url) or ""
-        sent: str | None = None
-
-        known = self._bearer_origins.get(origin)
-        if known is not None:
-            key = (*known, scope)
-            async with self._lock(key):
-                sent = self._cached(key)
-                if sent is None:
-                    token_response = yield self._token_request(key, request)
-                    sent = await self._store_token(key, token_response)
-            request.headers["Authorization"] = f"Bearer {sent}"
-        elif self._basic is not None and origin in self._basic_origins:
-            request.headers["Authorization"] = self._basic
-
-        response = yield request
-        if response.status_code != 401:
-            return
-
-        challenges = parse_challenges(response.headers.get_list("www-authenticate"))
-        bearer = next((c for c in challenges if c.scheme == "bearer"), None)
-        if bearer is not None and bearer.params.get("realm"):
-            realm, service = bearer.params["realm"], bearer.params.get("service", "")
-            self._bearer_origins[origin] = (realm, service)
-            key = (realm, service, bearer.params.get("scope") or scope)
-            async with self._lock(key):
-                token = self._cached(key)
-                if token is None or token == sent:  # the token just refused is no good
-                    self._tokens.pop(key, None)
-                    token_response = yield self._token_request(key, request)
-                    token = await self._store_token(key, token_response)
-            request.headers["Authorization"] = f"Bearer {token}"
-            yield request  # once: a second 401 is the caller's UpstreamAuthError
-            return
-
-        if (
-            self._basic is not None
-            and any(c.scheme == "basic" for c in challenges)
-            and request.headers.get("Authorization") != self._basic
-        ):
-            self._basic_origins.add(origin)
-            request.headers["Authorization"] = self._basic
-            yield request
-
-    def _lock(self, key: TokenKey) -> asyncio.Lock:
-        lock = self._locks.get(key)
-        if lock is None:
-            lock = self._locks[key] = asyncio.Lock()
-        return lock
-
-    def _cached(self, key: TokenKey) -> str | None:
-        token = self._tokens.get(key)
-        if token is None or self._clock() >= token.renew_at:
-            return None
-        return token.value
-
-    def _token_request(self, key: TokenKey, original: httpx.Request) -> httpx.Request:
-        realm, service, scope = key
-        url = httpx.URL(realm)
-        if url.scheme not in ("http", "https"):
-            raise UpstreamProtocolError(f"Bearer challenge with a bad realm {realm[:200]!r}")
-        params = {name: value for name, value in (("service", service), ("scope", scope)) if value}
-        headers = {"User-Agent": original.headers.get("User-Agent", USER_AGENT)}
-        if self._basic is not None:
-            headers["Authorization"] = self._basic
-        # a request yielded by a flow gets no client defaults: carry the timeouts over
-        return httpx.Request(
-            "GET",
-            url.copy_merge_params(params),
-            headers=headers,
-            extensions={"timeout": original.extensions.get("timeout", {})},
-        )
-
-    async def _store_token(self, key: TokenKey, response: httpx.Response) -> str:
-        realm = key[0]
-        status = response.status_code
-        if status in (401, 403):
-            raise UpstreamAuthError(
-                f"token service {realm} refused the credentials (HTTP {status})", status=status
-            )
-        if status == 429 or status >= 500:
-            raise UpstreamUnavailable(
-                f"token service {realm}: HTTP {status}",
-                status=status,
-                retry_after=_retry_after(response.headers),
-            )
-        if status != 200:
-            raise UpstreamProtocolError(f"token service {realm}: HTTP {status}", status=status)
-        body = await _read_limited(response, MAX_TOKEN_BODY, f"token from {realm}")
-        try:
-            doc = strict_json.loads(body)
-        except ValueError:
-            raise UpstreamProtocolError(f"token service {realm}: not JSON") from None
-        token = doc.get("token") or doc.get("access_token") if isinstance(doc, dict) else None
-        if not isinstance(token, str) or not token:
-            raise UpstreamProtocolError(f"token service {realm}: no token in the answer")
-        expires_in = doc.get("expires_in")
-        lifetime = (
-            float(expires_in)
-            if isinstance(expires_in, int | float)
-            and not isinstance(expires_in, bool)
-            and expires_in > 0
-            else DEFAULT_TOKEN_LIFETIME
-        )
-        now = self._clock()
-        for stale in [k for k, t in self._tokens.items() if now >= t.renew_at]:
-            del self._tokens[stale]
-        self._tokens[key] = _Token(token, now + lifetime - min(TOKEN_EXPIRY_MARGIN, lifetime / 2))
-        return token
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-class _LimitedStream(httpx.AsyncByteStream):
-    """A response stream that refuses to deliver more than `limit` bytes."""
-
-    def __init__(self, inner: httpx.AsyncByteStream, limit: int, what: str) -> None:
-        self._inner = inner
-        self._limit = limit
-        self._what = what
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        total = 0
-        async for chunk in self._inner:
-            total += len(chunk)
-            if total > self._limit:
-                raise UpstreamProtocolError(f"{self._what}: more than {self._limit} bytes")
-            yield chunk
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
-async def _read_limited(response: httpx.Response, limit: int, what: str) -> bytes:
-    """The (decoded) body, refused when it is over `limit` bytes. Read with ``aread`` so
-    that httpx, which reads every response of an auth flow again, finds it cached."""
-    length = response.headers.get("content-length", "")
-    declared = parse_uint(length.strip())
-    if declared is not None and declared > limit:
-        raise UpstreamProtocolError(f"{what}: {length} bytes is over the {limit} byte limit")
-    if isinstance(response.stream, httpx.AsyncByteStream):
-        response.stream = _LimitedStream(response.stream, limit, what)
-    body = await response.aread()
-    if len(body) > limit:  # decoded: a small compressed body can grow
-        raise UpstreamProtocolError(f"{what}: more than {limit} bytes")
-    return body
-
-
-def _retry_after(headers: httpx.Headers) -> float | None:
-    """``Retry-After`` in seconds (the HTTP-date form is ignored: backoff applies)."""
-    value = headers.get("retry-after", "").strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return seconds if seconds >= 0 else None
 
 
 def _header_digest(headers: httpx.Headers) -> Digest | None:
@@ -523,9 +159,6 @@ _CONTENT_RANGE = re.compile(rf"bytes +({DIGITS})-({DIGITS})/({DIGITS}|\*)")
 class _Reply:
     headers: httpx.Headers
     body: bytes
-
-
-# --------------------------------------------------------------------------- client
 
 
 class UpstreamClient:
@@ -712,7 +345,7 @@ class UpstreamClient:
     ) -> AsyncIterator[httpx.Response]:
         """One request/response (auth flow and redirects included), response streamed and
         closed on exit; httpx errors inside the block come out translated."""
-        with _translated(f"{self.name}: {method} {path}"):
+        with translated(f"{self.name}: {method} {path}"):
             request = self._http.build_request(method, path, headers=headers, extensions=extensions)
             response = await self._http.send(
                 request, stream=True, auth=httpx.USE_CLIENT_DEFAULT if auth else None
@@ -772,7 +405,7 @@ class UpstreamClient:
         text = f"{what}: HTTP {status}" + (f": {'; '.join(messages)[:500]}" if messages else "")
         if status == 429 or status >= 500:
             raise UpstreamUnavailable(
-                text, status=status, retry_after=_retry_after(response.headers)
+                text, status=status, retry_after=retry_after(response.headers)
             )
         if status == 404 or codes & NOT_FOUND_CODES:
             raise UpstreamNotFound(text, status=status)
@@ -799,7 +432,7 @@ class UpstreamClient:
                 raise UpstreamProtocolError(f"{what}: HTTP {response.status_code}")
             body = b""
             if method != "HEAD":
-                body = await _read_limited(response, MAX_MANIFEST_BYTES, what)
+                body = await read_limited(response, MAX_MANIFEST_BYTES, what)
             return _Reply(response.headers, body)
 
     async def _get_manifest(self, path: str, ref: str | Digest) -> UpstreamManifest:
@@ -824,7 +457,7 @@ class UpstreamClient:
         media_type = _media_type(reply.headers) or _body_media_type(body)
         if media_type is None:
             content_type = reply.headers.get("content-type", "")[:200]
-            raise UpstreamProtocolError(f"{what}: not a manifest type ({content_type!r})")
+            raise UpstreamNotAManifest(f"{what}: not a manifest type ({content_type!r})")
         return UpstreamManifest(body, media_type, digest)
 
     def _blob(self, response: httpx.Response, what: str, offset: int) -> UpstreamBlob:
