@@ -2,11 +2,7 @@
 
 A fill downloads a blob into a staging file while hashing it, resumes with ``Range``
 when the transfer is cut (continuing the same running hash), and publishes the blob
-only when size and digest match. The staging file is named by the digest and kept when
-the link fails or the process stops, so a later fill of the same blob, in this process or
-after a restart (kill -9 included), rehashes what is there and asks only for the rest;
-content that fails verification is removed, and the store's start removes staging files
-nobody resumed for a day. It runs as its own task, detached from the request
+only when size and digest match. It runs as its own task, detached from the request
 that started it, so a client that goes away does not abort it; an idle timeout bounds
 it instead.
 
@@ -23,6 +19,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import secrets
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -74,7 +71,7 @@ class BlobFill:
         self.idle_timeout = idle_timeout
         self.max_resumes = max_resumes
         self.on_result = on_result
-        self.path: Path = staging_path(store, digest)
+        self.path: Path = store.layout.uploads / f"fill-{secrets.token_hex(8)}"
         self.size: int | None = None
         self.written = 0
         self.done = False  # verified and published in the store
@@ -108,18 +105,12 @@ class BlobFill:
         failure: BaseException | None = None
         fd = -1
         try:
-            fd = await asyncio.to_thread(os.open, self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = await asyncio.to_thread(
+                os.open, self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600
+            )
             hasher = self.digest.hasher()
-            self.written = await asyncio.to_thread(_rehash, fd, hasher)
-            if self.written:
-                log.info(
-                    "resuming %s from %d bytes staged by an earlier fill", self.digest, self.written
-                )
-                self.metrics.resumes.labels(self.client.name).inc()
-            # all of it may be here: a fill stopped between its last byte and publishing
-            complete = bool(self.written) and hasher.copy().hexdigest() == self.digest.encoded
             resumes = 0
-            while not complete:
+            while True:
                 try:
                     await self._transfer(fd, hasher)
                     break
@@ -161,12 +152,8 @@ class BlobFill:
         except BaseException as exc:  # every failure ends the fill, and is recorded
             failure = exc
             self.error = as_registry_error(exc, "BLOB_UNKNOWN", str(self.digest))
-            # a cut link or a stop keeps what was received for the next fill to resume;
-            # anything else (bad content, a full disk, a refusal) starts again from zero
-            keep = isinstance(exc, UpstreamUnavailable | asyncio.CancelledError) and self.written
-            if not keep:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
             if isinstance(exc, asyncio.CancelledError):
                 raise
         finally:
@@ -281,20 +268,6 @@ class FillReader:
         if not chunk:
             raise FillFailed("staging file shorter than reported")
         return chunk
-
-
-def staging_path(store: ContentStore, digest: Digest) -> Path:
-    return store.layout.uploads / f"fill-{digest.algorithm}-{digest.encoded}.partial"
-
-
-def _rehash(fd: int, hasher: hashlib._Hash) -> int:
-    """Feeds what an earlier fill staged into ``hasher``; leaves the file offset at its
-    end (appends continue there) and returns its length."""
-    total = 0
-    while chunk := os.read(fd, READ_CHUNK):
-        hasher.update(chunk)
-        total += len(chunk)
-    return total
 
 
 def _append(fd: int, data: bytes, hasher: hashlib._Hash) -> None:

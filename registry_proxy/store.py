@@ -73,13 +73,6 @@ async def _finished_in_thread(flush: Callable[[bytes], None], data: bytes) -> No
         raise
 
 
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except FileNotFoundError:
-        return 0.0
-
-
 def _file_size(path: Path) -> int | None:
     try:
         return path.stat().st_size
@@ -125,13 +118,10 @@ class ContentStore:
         published before its row is written). Returns the orphaned digests removed."""
         for upload_id in await self.meta.stale_uploads(time.time() - max_age):
             await self.cancel_upload(upload_id)
-        stale = time.time() - max_age
         for entry in list(self.layout.uploads.iterdir()):
             if entry.is_dir():
                 if await self.meta.upload_repo(entry.name) is None:
                     shutil.rmtree(entry, ignore_errors=True)
-            elif entry.name.endswith(".partial") and _mtime(entry) > stale:
-                continue  # a fill's staged bytes: the next fill of that blob resumes them
             else:
                 entry.unlink(missing_ok=True)
         for upload_id, repo in await self.meta.uploads():

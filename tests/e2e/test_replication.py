@@ -11,7 +11,6 @@ alone, is reported with its reason, and converges once the blob is back."""
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import sqlite3
 import time
@@ -69,7 +68,7 @@ def push(skopeo: Skopeo, layout: Path, ref: ImageRef, central: UpstreamRegistry,
     skopeo.copy(
         f"oci:{layout}:{ref.tag}",
         f"docker://{central.host}/library/{name}",
-        "--preserve-digests",  # the manifests stay byte for byte what was built
+        *(["--preserve-digests"] if ref.is_index else []),
         all_images=ref.is_index,
     )
 
@@ -267,71 +266,5 @@ def test_the_signed_bandwidth_cap_holds_replication_back(
             assert config == {"value": rate, "source": "signed"}
         total = sum(big.blob_file(d).stat().st_size for d in big.blob_digests)
         assert elapsed >= (total - MIN_BURST) / rate, (elapsed, total)
-    finally:
-        fleet.stop()
-
-
-_BLOB_LINE = re.compile(r'"GET /v2/\S+/blobs/(sha256:[0-9a-f]{64}) HTTP/[\d.]+" (\d{3}) (\d+) ')
-
-
-def blob_gets(central: UpstreamRegistry) -> list[tuple[str, int, int]]:
-    """(digest, status, bytes) of every blob GET the central registry answered."""
-    text = central.log_path.read_text(errors="replace")
-    return [(m[1], int(m[2]), int(m[3])) for m in _BLOB_LINE.finditer(text)]
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
-
-
-def test_killed_mid_replication_it_resumes_and_fetches_nothing_twice(
-    tmp_path: Path, central: UpstreamRegistry, skopeo: Skopeo
-) -> None:
-    """kill -9 while a capped replication is under way, up to five times: each restart resumes
-    the interrupted blob from the bytes staged (a Range request, never a second full
-    GET), and the store ends complete and verified."""
-    layout = tmp_path / "layout"
-    big = build_big_image(layout, "big:v1", 6 * 1024 * 1024, seed="resumed")
-    small = build_image(layout, "small:v1", layers=2, layer_size=16 * 1024, seed="small")
-    push(skopeo, layout, big, central, "big:v1")
-    push(skopeo, layout, small, central, "small:v1")
-    fleet = Fleet(tmp_path / "fleet", config=f'[registry]\nurl = "{central.url}"\n').start()
-    try:
-        fleet.create_group("shops", ["library/big:v1", "library/small:v1"])
-        config = {"bandwidth_bytes_per_second": 2_000_000}
-        token = fleet.create_satellite("shop-k", "shops", config)
-        sat = fleet.satellite("shop-k", push=False)
-        fleet.register(sat, token)
-        layer = big.layer_digests[0]
-        staged = sat.data_dir / "uploads" / f"fill-sha256-{layer.split(':')[1]}.partial"
-        kills = 0
-        for _ in range(5):
-            before = _size(staged)
-            sat.start()
-            started = time.monotonic()  # until more of the layer arrived, at most 10 s
-            while time.monotonic() - started < 10 and _size(staged) <= before:
-                time.sleep(0.05)
-            progressed = _size(staged) > before
-            if progressed:
-                time.sleep(0.5)
-            sat.kill9()
-            kills += progressed
-            if not progressed:
-                break  # nothing left to interrupt: the layer is complete
-        assert kills >= 2, kills
-        with sat:
-            wait_until(lambda: all_present(sat, 2), timeout=120, what="both images present")
-        gets = blob_gets(central)
-        needed = set(big.blob_digests) | set(small.blob_digests)
-        statuses = {d: [s for g, s, _ in gets if g == d] for d in needed}
-        # one full GET each; what was cut resumed with Range
-        assert all(s.count(200) == 1 for s in statuses.values()), (statuses, gets)
-        assert any(d == layer and s == 206 for d, s, _ in gets), gets
-        verify = run_satellite_cli("verify", "--data-dir", str(sat.data_dir))
-        assert "0 corrupt blob(s)" in verify.stdout
-        assert list((sat.data_dir / "uploads").glob("*.partial")) == []  # none left over
     finally:
         fleet.stop()
