@@ -30,7 +30,7 @@ from appliance.bundle import import_for_agent
 from appliance.config import Config
 from appliance.fleet import FleetAgent, Intervals
 from appliance.fleetdb import FleetDB
-from appliance.fleetmetrics import FleetMetrics, ReplicationMetrics
+from appliance.fleetmetrics import FleetMetrics
 from appliance.gcclient import GroundControlClient
 from appliance.identity import Identity, UpstreamCredential, load_identity, sweep_staged
 from appliance.replicate import ReplicationLoop, Replicator, collect_garbage
@@ -76,7 +76,6 @@ class RegistryConsumer:
             registry.proxy,
             lambda: self.app.state.registry.router,
             on_change=self._images_changed,
-            metrics=ReplicationMetrics(self.metrics.registry),
         )
         self.replication = ReplicationLoop(
             self.replicator, lambda: self.agent.trust.state if self.agent else None
@@ -123,14 +122,13 @@ class RegistryConsumer:
             _int(signed.get("checkin_interval")),
             DEFAULT_CHECKIN_INTERVAL,
         )
-        bandwidth = self._source(
+        self._source(
             "bandwidth_bytes_per_second",
             "-",
             None,
             _int(signed.get("bandwidth_bytes_per_second")),
             0,
         )
-        self.app.state.registry.proxy.bandwidth.set_rate(bandwidth or None)
         if self.agent is not None:
             self.agent.intervals.state = float(state_interval)
             self.agent.intervals.checkin = float(checkin_interval)
@@ -320,10 +318,6 @@ async def build(config: Config) -> Daemon:
             }
         return {
             **await agent.status(),
-            "replication": {
-                **consumer.replicator.summary(),
-                "passes": consumer.replication.passes,
-            },
             "registered": True,
             "config": consumer.sources,
             "store": await _store_status(store),

@@ -91,32 +91,3 @@ class FleetMetrics:
         self.outbox_bytes.set(stats.bytes)
         self.checkins_dropped.labels("heartbeat").set(stats.dropped_heartbeats)
         self.checkins_dropped.labels("event").set(stats.dropped_events)
-
-
-class ReplicationMetrics:
-    """Replication of the state's images into the store."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        r = registry
-        self.images = Gauge(
-            "satellite_replication_images",
-            "Images of the applied state by replication status",
-            ["status"],
-            registry=r,
-        )
-        self.blobs = Counter(
-            "satellite_replication_blobs",
-            "Blobs replication fetched from upstream (present ones are not counted)",
-            registry=r,
-        )
-        self.bytes = Counter(
-            "satellite_replication_bytes",
-            "Bytes of the blobs replication fetched from upstream",
-            registry=r,
-        )
-        self.pass_seconds = Gauge(
-            "satellite_replication_last_pass_seconds",
-            "How long the last replication pass took",
-            registry=r,
-        )
-        self.passes = Counter("satellite_replication_passes", "Replication passes run", registry=r)

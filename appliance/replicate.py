@@ -33,7 +33,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from appliance.fleetmetrics import ReplicationMetrics
 from groundcontrol.contract import ImageDescriptor, ImageStatus, ImageStatusValue, StateDocument
 from registry_proxy.digest import Digest
 from registry_proxy.manifest import Descriptor, Manifest, parse_manifest
@@ -121,9 +120,7 @@ class Replicator:
     rng: random.Random = field(default_factory=random.Random)
     images: dict[tuple[str, str], ImageProgress] = field(default_factory=dict)
     on_change: Callable[[], Awaitable[None]] | None = None
-    metrics: ReplicationMetrics | None = None
     blobs_fetched: int = 0
-    bytes_fetched: int = 0
 
     def statuses(self, doc: StateDocument) -> list[ImageStatus]:
         out = []
@@ -136,16 +133,6 @@ class Replicator:
                     ImageStatus(image.repository, image.digest, progress.status, progress.error)
                 )
         return out
-
-    def summary(self) -> dict[str, Any]:
-        """For ``satellite status``: what replication did since the daemon started."""
-        return {
-            "blobs_fetched": self.blobs_fetched,
-            "bytes_fetched": self.bytes_fetched,
-            "failed": sorted(
-                f"{r}@{d}" for (r, d), p in self.images.items() if p.status == "failed"
-            ),
-        }
 
     def next_retry(self) -> float | None:
         """When the earliest failed image is due again (clock time), if any."""
@@ -163,7 +150,6 @@ class Replicator:
         self.proxy.pin_tags(self.tag_pins(doc))
         limit = asyncio.Semaphore(self.concurrency)
         fetched_before = self.blobs_fetched
-        started = time.monotonic()
 
         async def one(image: ImageDescriptor) -> None:
             key = (image.repository, image.digest)
@@ -193,12 +179,6 @@ class Replicator:
         result.pinned, result.unpinned = await self._pins()
         result.present = sum(1 for p in self.images.values() if p.status == "present")
         result.failed = sum(1 for p in self.images.values() if p.status == "failed")
-        if self.metrics is not None:
-            for value in ("present", "missing", "failed"):
-                count = sum(1 for p in self.images.values() if p.status == value)
-                self.metrics.images.labels(value).set(count)
-            self.metrics.pass_seconds.set(time.monotonic() - started)
-            self.metrics.passes.inc()
         if self.on_change is not None:
             await self.on_change()
         return result
@@ -258,10 +238,6 @@ class Replicator:
             async with limit:
                 if await self.proxy.ensure_blob(target, ref.digest):
                     self.blobs_fetched += 1
-                    self.bytes_fetched += ref.size
-                    if self.metrics is not None:
-                        self.metrics.blobs.inc()
-                        self.metrics.bytes.inc(ref.size)
 
         await asyncio.gather(*(fetch(r) for r in refs))
         return {r.digest for r in refs}

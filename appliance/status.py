@@ -91,17 +91,6 @@ def render_status(data: dict[str, Any]) -> str:
         lines.append(
             "images:         " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
         )
-    for image in images.get("list") or []:
-        if image.get("status") == "failed":
-            lines.append(
-                f"  failed:       {image['repository']}@{image['digest']}: {image['error']}"
-            )
-    replication = data.get("replication")
-    if replication:
-        lines.append(
-            f"replication:    {replication['passes']} pass(es), {replication['blobs_fetched']}"
-            f" blob(s) / {replication['bytes_fetched']} bytes fetched since start"
-        )
     outbox = data.get("outbox") or {}
     lines.append(
         f"outbox:         {outbox.get('depth')} check-in(s) queued, {outbox.get('acked')} acked,"

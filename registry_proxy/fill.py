@@ -23,7 +23,6 @@ import secrets
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-from registry_proxy.bandwidth import Bandwidth
 from registry_proxy.digest import Digest
 from registry_proxy.durable import write_all
 from registry_proxy.errors import RegistryError
@@ -57,12 +56,8 @@ class BlobFill:
         idle_timeout: float = 60.0,
         max_resumes: int = 5,
         on_result: Callable[[BlobFill, BaseException | None], None] | None = None,
-        bandwidth: Bandwidth | None = None,
-        background: bool = False,
     ) -> None:
         self.store = store
-        self.bandwidth = bandwidth
-        self.background = background  # replication's, until a client joins it
         self.client = client
         self.upstream_repo = upstream_repo
         self.repos = [repo]
@@ -86,16 +81,7 @@ class BlobFill:
         return self.done or self.error is not None
 
     def start(self) -> None:
-        if self.bandwidth is not None and not self.background:
-            self.bandwidth.enter_foreground()
         self.task = asyncio.get_running_loop().create_task(self._run(), name=f"fill {self.digest}")
-
-    def promote(self) -> None:
-        """A client joined this background fill: it is foreground from now on."""
-        if self.background and not self.finished:
-            self.background = False
-            if self.bandwidth is not None:
-                self.bandwidth.enter_foreground()
 
     async def _notify(self) -> None:
         async with self._progress:
@@ -159,9 +145,6 @@ class BlobFill:
         finally:
             if fd >= 0:
                 os.close(fd)
-            if self.bandwidth is not None and not self.background:
-                self.bandwidth.leave_foreground()
-                self.background = True  # counted once
             self.started.set()
             await self._notify()
             if self.on_result is not None:
@@ -196,8 +179,6 @@ class BlobFill:
                 _append(fd, chunk, hasher)
                 self.written += len(chunk)
                 self.metrics.upstream_bytes.labels(self.client.name).inc(len(chunk))
-                if self.bandwidth is not None:
-                    await self.bandwidth.take(len(chunk), background=self.background)
                 if self.size is not None and self.written > self.size:
                     raise RegistryError(
                         "UNAVAILABLE", f"upstream sent more than {self.size} bytes", status=502

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
-from registry_proxy.bandwidth import Bandwidth
 from registry_proxy.breaker import CircuitBreaker
 from registry_proxy.digest import Digest
 from registry_proxy.errors import RegistryError
@@ -113,7 +112,6 @@ class Proxy:
         self._retired: set[asyncio.Task[None]] = set()
         # tags the fleet's state names: they answer the state's digest, not upstream's
         self._tag_pins: dict[tuple[str, str], Digest] = {}
-        self.bandwidth = Bandwidth()  # the cap on upstream traffic (signed config)
         for name in upstreams:
             metrics.upstream_online.labels(name).set(1)
 
@@ -258,7 +256,7 @@ class Proxy:
         A fill under way for a client is joined, never started twice."""
         if await self.store.mount_blob(target.repo, digest, None):
             return False
-        fill = self._fill(target, digest, background=True)
+        fill = self._fill(target, digest)
         await fill.wait()
         if fill.error is not None:
             raise fill.error
@@ -435,7 +433,6 @@ class Proxy:
             self.metrics.cache_hits.labels("blob").inc()
             return await self.store.open_blob(target.repo, digest), CacheStatus.HIT
         fill = self._fill(target, digest)
-        fill.promote()  # a client waits for it now
         await fill.started.wait()
         if fill.error is not None:
             raise fill.error
@@ -449,7 +446,7 @@ class Proxy:
             raise fill.error
         return await self.store.open_blob(target.repo, digest), CacheStatus.MISS
 
-    def _fill(self, target: Target, digest: Digest, *, background: bool = False) -> BlobFill:
+    def _fill(self, target: Target, digest: Digest) -> BlobFill:
         """The fill of ``digest`` under way (joined), or a new one started."""
         up = self._upstream(target)
         fill = self._fills.get(digest)
@@ -471,8 +468,6 @@ class Proxy:
             self.metrics,
             idle_timeout=self.fill_idle_timeout,
             on_result=lambda f, exc: self._fill_done(target, up, f, exc),
-            bandwidth=self.bandwidth,
-            background=background,
         )
         self._fills[digest] = fill
         fill.start()
