@@ -23,6 +23,7 @@ import secrets
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+from registry_proxy.bandwidth import Bandwidth
 from registry_proxy.digest import Digest
 from registry_proxy.durable import write_all
 from registry_proxy.errors import RegistryError
@@ -56,6 +57,8 @@ class BlobFill:
         idle_timeout: float = 60.0,
         max_resumes: int = 5,
         on_result: Callable[[BlobFill, BaseException | None], None] | None = None,
+        bandwidth: Bandwidth | None = None,
+        background: bool = False,
     ) -> None:
         self.store = store
         self.client = client
@@ -66,6 +69,8 @@ class BlobFill:
         self.idle_timeout = idle_timeout
         self.max_resumes = max_resumes
         self.on_result = on_result
+        self.bandwidth = bandwidth
+        self.background = background  # no client waits for it (replication); yields to clients
         self.path: Path = store.layout.uploads / f"fill-{secrets.token_hex(8)}"
         self.size: int | None = None
         self.written = 0
@@ -184,6 +189,8 @@ class BlobFill:
                         "UNAVAILABLE", f"upstream sent more than {self.size} bytes", status=502
                     )
                 await self._notify()
+                if self.bandwidth is not None:
+                    await self.bandwidth.take(len(chunk), background=self.background)
 
     def readable(self, end: int) -> int:
         """How far readers may go: all of it once verified, else all but the last byte."""

@@ -6,7 +6,7 @@ never collide on the global one.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
@@ -76,6 +76,28 @@ class Metrics:
         )
         self.evictions = Counter(
             "satellite_evictions", "Blobs evicted to stay within the cache budget", registry=r
+        )
+        self.bandwidth_cap = Gauge(
+            "satellite_upstream_bandwidth_cap_bytes_per_second",
+            "The cap on upstream blob traffic from the signed config (0: none)",
+            registry=r,
+        )
+        self.replicated_bytes = Counter(
+            "satellite_replicated_bytes",
+            "Blob bytes replication fetched from upstreams",
+            registry=r,
+        )
+        self.replication_images = Gauge(
+            "satellite_replication_images",
+            "The state's images by replication status",
+            ["status"],
+            registry=r,
+        )
+        self.replication_seconds = Histogram(
+            "satellite_replication_pass_seconds",
+            "How long a replication pass over the state took",
+            buckets=(0.1, 1, 5, 30, 120, 600, 1800, 3600, 4 * 3600),
+            registry=r,
         )
 
     def render(self) -> bytes:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
+from registry_proxy.bandwidth import Bandwidth
 from registry_proxy.breaker import CircuitBreaker
 from registry_proxy.digest import Digest
 from registry_proxy.errors import RegistryError
@@ -103,6 +104,7 @@ class Proxy:
         self.stale_after = stale_after  # 0: a cached tag waits for the upstream's answer
         self.fill_idle_timeout = fill_idle_timeout
         self._fills: dict[Digest, BlobFill] = {}
+        self.bandwidth = Bandwidth()  # the cap on every upstream blob transfer
         self._lookups: dict[tuple[str, str, str], _Lookup[Any]] = {}
         self._storing: dict[str, set[asyncio.Task[None]]] = {}  # by repository
         self._budget: asyncio.Task[None] | None = None
@@ -256,7 +258,7 @@ class Proxy:
         A fill under way for a client is joined, never started twice."""
         if await self.store.mount_blob(target.repo, digest, None):
             return False
-        fill = self._fill(target, digest)
+        fill = self._fill(target, digest, background=True)
         await fill.wait()
         if fill.error is not None:
             raise fill.error
@@ -446,12 +448,14 @@ class Proxy:
             raise fill.error
         return await self.store.open_blob(target.repo, digest), CacheStatus.MISS
 
-    def _fill(self, target: Target, digest: Digest) -> BlobFill:
-        """The fill of ``digest`` under way (joined), or a new one started."""
+    def _fill(self, target: Target, digest: Digest, *, background: bool = False) -> BlobFill:
+        """The fill of ``digest`` under way (joined), or a new one started. A client
+        joining a background fill makes it a client's: it takes priority from then on."""
         up = self._upstream(target)
         fill = self._fills.get(digest)
         if fill is not None and not fill.finished:
             self.metrics.coalesced.inc()
+            fill.background = fill.background and background
             if target.repo not in fill.repos:
                 fill.repos.append(target.repo)
             return fill
@@ -468,6 +472,8 @@ class Proxy:
             self.metrics,
             idle_timeout=self.fill_idle_timeout,
             on_result=lambda f, exc: self._fill_done(target, up, f, exc),
+            bandwidth=self.bandwidth,
+            background=background,
         )
         self._fills[digest] = fill
         fill.start()
