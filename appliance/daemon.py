@@ -72,6 +72,7 @@ class RegistryConsumer:
             registry.proxy,
             lambda: self.app.state.registry.router,
             on_change=self._images_changed,
+            metrics=self.metrics,
         )
         self.replication = ReplicationLoop(
             self.replicator, lambda: self.agent.trust.state if self.agent else None
@@ -297,6 +298,7 @@ async def build(config: Config) -> Daemon:
             "registered": True,
             "config": consumer.sources,
             "store": await _store_status(store),
+            "replication": consumer.replicator.progress(),
         }
 
     async def sync() -> dict[str, Any]:

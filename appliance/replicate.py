@@ -36,6 +36,7 @@ from typing import Any
 from groundcontrol.contract import ImageDescriptor, ImageStatus, ImageStatusValue, StateDocument
 from registry_proxy.digest import Digest
 from registry_proxy.manifest import Descriptor, Manifest, parse_manifest
+from registry_proxy.metrics import Metrics
 from registry_proxy.proxy import Proxy
 from registry_proxy.routing import Router, Target
 from registry_proxy.store import ContentStore
@@ -92,7 +93,7 @@ def plan_children(index: Manifest, platforms: Iterable[str]) -> tuple[Descriptor
 class ImageProgress:
     """What replication knows of one image of the state."""
 
-    status: ImageStatusValue = "missing"  # missing (not yet replicated) | present | failed
+    status: ImageStatusValue = "missing"  # missing | replicating | present | failed
     error: str | None = None
     attempts: int = 0
     next_try: float = 0.0
@@ -120,7 +121,39 @@ class Replicator:
     rng: random.Random = field(default_factory=random.Random)
     images: dict[tuple[str, str], ImageProgress] = field(default_factory=dict)
     on_change: Callable[[], Awaitable[None]] | None = None
+    metrics: Metrics | None = None
     blobs_fetched: int = 0
+    bytes_fetched: int = 0  # blob bytes fetched from upstreams, over the process's life
+    passes: int = 0
+    # the pass under way (or the last one): what its images need and how far it got
+    running: bool = False
+    pass_started: float = 0.0
+    pass_seconds: float = 0.0
+    pass_bytes_needed: int = 0  # bytes of the blobs found missing so far in this pass
+    pass_bytes_fetched: int = 0
+    _pass_digests: set[Digest] = field(default_factory=set)
+
+    def progress(self) -> dict[str, Any]:
+        """Where replication stands, for ``satellite status`` and ``sync --now``'s bar."""
+        by_status: dict[str, int] = {}
+        for image in self.images.values():
+            by_status[image.status] = by_status.get(image.status, 0) + 1
+        elapsed = (self.clock() - self.pass_started) if self.running else self.pass_seconds
+        rate = self.pass_bytes_fetched / elapsed if elapsed > 0 else 0.0
+        left = max(0, self.pass_bytes_needed - self.pass_bytes_fetched)
+        return {
+            "running": self.running,
+            "passes": self.passes,
+            "images": by_status,
+            "bytes_needed": self.pass_bytes_needed,
+            "bytes_fetched": self.pass_bytes_fetched,
+            "seconds": round(elapsed, 3),
+            "bytes_per_second": round(rate),
+            "eta_seconds": round(left / rate, 1) if self.running and rate > 0 else None,
+            "blobs_fetched_total": self.blobs_fetched,
+            "bytes_fetched_total": self.bytes_fetched,
+            "next_retry_in": _later(self.next_retry(), self.clock()),
+        }
 
     def statuses(self, doc: StateDocument) -> list[ImageStatus]:
         out = []
@@ -150,12 +183,17 @@ class Replicator:
         self.proxy.pin_tags(self.tag_pins(doc))
         limit = asyncio.Semaphore(self.concurrency)
         fetched_before = self.blobs_fetched
+        self.running, self.pass_started, self.pass_seconds = True, self.clock(), 0.0
+        self.pass_bytes_needed = self.pass_bytes_fetched = 0
+        self._pass_digests = set()
 
         async def one(image: ImageDescriptor) -> None:
             key = (image.repository, image.digest)
             progress = self.images.setdefault(key, ImageProgress())
             if progress.status == "failed" and progress.next_try > self.clock():
                 return
+            if progress.status == "missing":  # a failed one stays failed until it succeeds
+                progress.status = "replicating"
             try:
                 progress.digests = frozenset(await self._image(image, limit))
             except Exception as exc:  # one image's failure is its own
@@ -174,11 +212,27 @@ class Replicator:
             else:
                 progress.status, progress.error, progress.attempts = "present", None, 0
 
-        await asyncio.gather(*(one(i) for i in doc.images))
+        try:
+            await asyncio.gather(*(one(i) for i in doc.images))
+            self.pass_seconds = self.clock() - self.pass_started
+            return await self._settle(result, fetched_before)
+        finally:
+            # settled once the image results are recorded (``on_change``): a reader
+            # that sees the pass over sees its outcome too
+            self.running = False
+            self.pass_seconds = self.pass_seconds or self.clock() - self.pass_started
+            self.passes += 1
+
+    async def _settle(self, result: Pass, fetched_before: int) -> Pass:
         result.blobs_fetched = self.blobs_fetched - fetched_before
         result.pinned, result.unpinned = await self._pins()
         result.present = sum(1 for p in self.images.values() if p.status == "present")
         result.failed = sum(1 for p in self.images.values() if p.status == "failed")
+        if self.metrics is not None:
+            self.metrics.replication_seconds.observe(self.pass_seconds)
+            for status in ("missing", "replicating", "present", "failed"):
+                count = sum(1 for p in self.images.values() if p.status == status)
+                self.metrics.replication_images.labels(status).set(count)
         if self.on_change is not None:
             await self.on_change()
         return result
@@ -236,8 +290,16 @@ class Replicator:
 
         async def fetch(ref: Descriptor) -> None:
             async with limit:
+                counted = ref.digest not in self._pass_digests
+                self._pass_digests.add(ref.digest)
+                if counted and await self.store.meta.any_blob_size(ref.digest) is None:
+                    self.pass_bytes_needed += ref.size
                 if await self.proxy.ensure_blob(target, ref.digest):
                     self.blobs_fetched += 1
+                    self.bytes_fetched += ref.size
+                    self.pass_bytes_fetched += ref.size
+                    if self.metrics is not None:
+                        self.metrics.replicated_bytes.inc(ref.size)
 
         await asyncio.gather(*(fetch(r) for r in refs))
         return {r.digest for r in refs}
@@ -270,6 +332,10 @@ class Replicator:
         for digest in pinned - needed:
             await self.store.unpin(digest, PIN_OWNER)
         return len(needed - pinned), len(pinned - needed)
+
+
+def _later(when: float | None, now: float) -> float | None:
+    return None if when is None else round(max(0.0, when - now), 1)
 
 
 def _reason(exc: BaseException) -> str:

@@ -11,6 +11,7 @@ from appliance.fleet import offline_status
 from appliance.fleetdb import FleetDB
 from appliance.identity import IdentityError, load_identity
 from groundcontrol.contract import ContractError, TrustedState
+from registry_proxy.units import format_bytes
 
 
 async def read_status(data_dir: Path) -> dict[str, Any]:
@@ -91,6 +92,9 @@ def render_status(data: dict[str, Any]) -> str:
         lines.append(
             "images:         " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
         )
+    replication = data.get("replication")
+    if replication:
+        lines.append("replication:    " + replication_line(replication))
     outbox = data.get("outbox") or {}
     lines.append(
         f"outbox:         {outbox.get('depth')} check-in(s) queued, {outbox.get('acked')} acked,"
@@ -112,3 +116,24 @@ def render_status(data: dict[str, Any]) -> str:
             continue
         lines.append(f"{key + ':':<16}{item['value']} [{item['source']}]")
     return "\n".join(lines)
+
+
+def replication_line(progress: dict[str, Any], width: int = 24) -> str:
+    """One line: a bar over the pass's bytes, the images by status, rate and ETA."""
+    needed, fetched = progress.get("bytes_needed") or 0, progress.get("bytes_fetched") or 0
+    images = progress.get("images") or {}
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(images.items())) or "no images"
+    if not progress.get("running"):
+        line = (
+            f"idle ({counts}); last pass fetched {format_bytes(fetched)} in {progress['seconds']} s"
+        )
+        retry = progress.get("next_retry_in")
+        return line + (f"; next retry in {retry} s" if retry is not None else "")
+    done = min(1.0, fetched / needed) if needed else 0.0
+    bar = "#" * round(done * width) + "-" * (width - round(done * width))
+    eta = progress.get("eta_seconds")
+    return (
+        f"[{bar}] {format_bytes(fetched)} of {format_bytes(needed)} at"
+        f" {format_bytes(progress.get('bytes_per_second') or 0)}/s,"
+        f" ETA {'?' if eta is None else f'{eta:.0f} s'} ({counts})"
+    )

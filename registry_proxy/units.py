@@ -1,4 +1,5 @@
-"""Durations in configuration files: ``90``, ``"90s"``, ``"15m"``, ``"7d"``."""
+"""Durations in configuration files (``90``, ``"90s"``, ``"15m"``, ``"7d"``), and byte
+counts for people to read."""
 
 from __future__ import annotations
 
@@ -21,3 +22,13 @@ def parse_duration(value: object) -> float:
         if match:
             return int(match[1]) * _DURATION_UNITS[match[2]]
     raise ValueError(f"expected a duration like 90s, 15m, 7d, got {value!r}")
+
+
+def format_bytes(n: float) -> str:
+    """``512 B``, ``1.5 KiB``, ``3.0 GiB``: binary units, one decimal beyond bytes."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"

@@ -16,7 +16,9 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.fleet import Fleet, run_satellite_cli, status, wait_until
 from tests.support.images import ImageRef, build_image, build_index
@@ -214,5 +216,58 @@ def test_one_failing_image_does_not_hold_up_the_others(
             shutil.move(kept_aside, data)  # the blob is back: retried with backoff
             wait_until(lambda: all_present(sat, 2), timeout=120, what="bad converges")
             assert skopeo.inspect_raw(f"docker://{sat.host}/library/bad:v1") == bad.manifest_bytes()
+    finally:
+        fleet.stop()
+
+
+def test_the_signed_bandwidth_cap_holds_and_sync_now_follows_replication(
+    tmp_path: Path, central: UpstreamRegistry, skopeo: Skopeo
+) -> None:
+    layout = tmp_path / "layout"
+    # incompressible layers: the bytes on the wire are the layers' sizes
+    big = build_image(layout, "big:v1", layers=3, layer_size=1024 * 1024, seed="big")
+    push(skopeo, layout, big, central, "big:v1")
+    rate = 1024 * 1024
+
+    fleet = Fleet(tmp_path / "fleet", config=f'[registry]\nurl = "{central.url}"\n').start()
+    try:
+        fleet.create_group("shops", [])
+        token = fleet.create_satellite("shop-b", "shops", {"bandwidth_bytes_per_second": rate})
+        sat = fleet.satellite("shop-b", push=False)
+        fleet.register(sat, token)
+        with sat:
+            config = wait_until(lambda: status(sat)["config"], what="status")
+            assert config["bandwidth_bytes_per_second"] == {"value": rate, "source": "signed"}
+            fleet.api("PUT", "/api/v1/groups/shops", {"images": ["library/big:v1"]})
+            # sync --now takes the new state (unless the long-poll was first) and waits
+            # for replication to settle, drawing its progress
+            done = run_satellite_cli("sync", "--now", "--data-dir", str(sat.data_dir))
+            assert done.stdout.startswith(("accepted:", "current:")), done.stdout
+            rows = [line.split() for line in done.stdout.splitlines()]
+            assert ["IMAGE", "DIGEST", "STATUS", "ERROR"] in rows
+            assert ["library/big", big.digest[:19], "present"] in rows, done.stdout
+
+            progress = status(sat)["replication"]
+            wire = sum(big.blob_file(d).stat().st_size for d in big.blob_digests)
+            assert wire > 3 * 1024 * 1024
+            assert progress["bytes_fetched"] == wire
+            assert progress["running"] is False and progress["images"] == {"present": 1}
+            # a lower bound only (a loaded machine is slower, never faster): the cap held
+            burst = 256 * 1024
+            assert progress["seconds"] >= (wire - burst) / rate * 0.95, progress
+            metrics = {
+                (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                for family in text_string_to_metric_families(
+                    httpx.get(f"http://{sat.host}/metrics", timeout=10).text
+                )
+                for sample in family.samples
+            }
+            assert metrics["satellite_upstream_bandwidth_cap_bytes_per_second", ()] == rate
+            assert metrics["satellite_replicated_bytes_total", ()] == wire
+            assert metrics["satellite_replication_images", (("status", "present"),)] == 1
+            assert metrics["satellite_replication_pass_seconds_count", ()] >= 1
+            # status draws the same progress for a person
+            text = run_satellite_cli("status", "--data-dir", str(sat.data_dir)).stdout
+            assert "replication:    idle (1 present)" in text, text
     finally:
         fleet.stop()
