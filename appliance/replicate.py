@@ -132,6 +132,7 @@ class Replicator:
     pass_bytes_needed: int = 0  # bytes of the blobs found missing so far in this pass
     pass_bytes_fetched: int = 0
     _pass_digests: set[Digest] = field(default_factory=set)
+    _pass_left_out: set[tuple[str, Digest]] = field(default_factory=set)
 
     def progress(self) -> dict[str, Any]:
         """Where replication stands, for ``satellite status`` and ``sync --now``'s bar."""
@@ -185,7 +186,7 @@ class Replicator:
         fetched_before = self.blobs_fetched
         self.running, self.pass_started, self.pass_seconds = True, self.clock(), 0.0
         self.pass_bytes_needed = self.pass_bytes_fetched = 0
-        self._pass_digests = set()
+        self._pass_digests, self._pass_left_out = set(), set()
 
         async def one(image: ImageDescriptor) -> None:
             key = (image.repository, image.digest)
@@ -224,6 +225,7 @@ class Replicator:
             self.passes += 1
 
     async def _settle(self, result: Pass, fetched_before: int) -> Pass:
+        self.proxy.left_out = self._pass_left_out  # what the current state leaves out
         result.blobs_fetched = self.blobs_fetched - fetched_before
         result.pinned, result.unpinned = await self._pins()
         result.present = sum(1 for p in self.images.values() if p.status == "present")
@@ -257,6 +259,10 @@ class Replicator:
         closure = {digest}
         if manifest.is_index:
             children = plan_children(manifest, image.platforms)
+            kept = {c.digest for c in children}
+            left_out = {(target.repo, c.digest) for c in manifest.manifests if c.digest not in kept}
+            self._pass_left_out |= left_out
+            self.proxy.left_out |= left_out  # answers 404 offline from now on
             parts = await asyncio.gather(
                 *(self._child(target, child.digest, limit) for child in children)
             )

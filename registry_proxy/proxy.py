@@ -114,6 +114,8 @@ class Proxy:
         self._retired: set[asyncio.Task[None]] = set()
         # tags the fleet's state names: they answer the state's digest, not upstream's
         self._tag_pins: dict[tuple[str, str], Digest] = {}
+        # (stored repository, digest) of the platforms a kept index leaves out on purpose
+        self.left_out: set[tuple[str, Digest]] = set()
         for name in upstreams:
             metrics.upstream_online.labels(name).set(1)
 
@@ -282,8 +284,9 @@ class Proxy:
             except RegistryError:
                 pass
             self.metrics.cache_misses.labels("manifest").inc()
+            left_out = (target.repo, reference) in self.left_out
             if not self._usable(up):
-                raise _offline(target, reference)
+                raise _not_kept(target, reference) if left_out else _offline(target, reference)
             fetch = self._lookup(
                 ("digest", target.repo, str(reference)),
                 lambda: self._fetch_by_digest(target, up, reference),
@@ -291,6 +294,8 @@ class Proxy:
             try:
                 return await asyncio.shield(fetch.task), CacheStatus.MISS
             except UpstreamError as exc:
+                if left_out:  # not here on purpose: the upstream's trouble is not the answer
+                    raise _not_kept(target, reference) from exc
                 raise as_registry_error(exc, "MANIFEST_UNKNOWN", str(reference)) from exc
 
         if self._usable(up):
@@ -506,6 +511,12 @@ class Proxy:
                 log.exception("keeping the cache budget after a fill failed")
             if not self._budget_again:
                 return
+
+
+def _not_kept(target: Target, reference: Digest) -> RegistryError:
+    return RegistryError(
+        "MANIFEST_UNKNOWN", f"{target.name}@{reference} is a platform this satellite does not keep"
+    )
 
 
 def _offline(target: Target, reference: str | Digest) -> RegistryError:

@@ -130,6 +130,12 @@ def test_a_state_is_replicated_once_and_served_offline(
             left_out = next(c for c in multi.manifests if c.platform == ("linux", "s390x"))
             with pytest.raises(SkopeoError):
                 skopeo.inspect_raw(f"docker://{host}/library/multi@{left_out.digest}")
+            # a platform left out is not known here: 404 MANIFEST_UNKNOWN, never 5xx
+            answer = httpx.get(
+                f"http://{host}/v2/library/multi/manifests/{left_out.digest}", timeout=10
+            )
+            assert answer.status_code == 404, answer.text
+            assert answer.json()["errors"][0]["code"] == "MANIFEST_UNKNOWN"
 
             # a group change drops tool: what only tool needed is unpinned, the rest stays
             central.start()  # Ground Control resolves what it publishes
