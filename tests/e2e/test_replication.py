@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.containerd import Containerd, mirror_hosts_dir
 from tests.support.fleet import Fleet, run_satellite_cli, status, wait_until
 from tests.support.images import ImageRef, build_image, build_index
 from tests.support.skopeo import Skopeo, SkopeoError
@@ -71,7 +73,10 @@ def push(skopeo: Skopeo, layout: Path, ref: ImageRef, central: UpstreamRegistry,
 
 
 def test_a_state_is_replicated_once_and_served_offline(
-    tmp_path: Path, central: UpstreamRegistry, skopeo: Skopeo
+    tmp_path: Path,
+    central: UpstreamRegistry,
+    skopeo: Skopeo,
+    containerd_factory: Callable[[], Containerd],
 ) -> None:
     layout = tmp_path / "layout"
     app = build_image(layout, "app:v1", layers=3, layer_size=48 * 1024, seed="shared")
@@ -127,6 +132,14 @@ def test_a_state_is_replicated_once_and_served_offline(
                 out = tmp_path / f"out-{child.digest[7:19]}"
                 skopeo.copy(f"docker://{host}/library/multi@{child.digest}", f"oci:{out}:x")
             skopeo.copy(f"docker://{host}/library/app:v1", f"oci:{tmp_path / 'out-app'}:x")
+            # a site runtime through a hosts.toml mirror: by tag and by the index's digest
+            hosts = mirror_hosts_dir(tmp_path, host)
+            runtime = containerd_factory()
+            runtime.pull("docker.io/library/multi:v1", hosts)
+            assert runtime.image_digest("docker.io/library/multi:v1") == multi.digest
+            runtime.pull(f"docker.io/library/multi@{multi.digest}", hosts)
+            runtime.pull("docker.io/library/app:v1", hosts)
+            assert runtime.image_digest("docker.io/library/app:v1") == app.digest
             left_out = next(c for c in multi.manifests if c.platform == ("linux", "s390x"))
             with pytest.raises(SkopeoError):
                 skopeo.inspect_raw(f"docker://{host}/library/multi@{left_out.digest}")
