@@ -118,13 +118,14 @@ class RegistryConsumer:
             _int(signed.get("checkin_interval")),
             DEFAULT_CHECKIN_INTERVAL,
         )
-        self._source(
+        bandwidth = self._source(
             "bandwidth_bytes_per_second",
             "-",
             None,
             _int(signed.get("bandwidth_bytes_per_second")),
             0,
         )
+        self.app.state.registry.proxy.bandwidth.set_rate(bandwidth or 0)
         if self.agent is not None:
             self.agent.intervals.state = float(state_interval)
             self.agent.intervals.checkin = float(checkin_interval)

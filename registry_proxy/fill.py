@@ -23,6 +23,7 @@ import secrets
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+from registry_proxy.bandwidth import Bandwidth
 from registry_proxy.digest import Digest
 from registry_proxy.durable import write_all
 from registry_proxy.errors import RegistryError
@@ -56,6 +57,8 @@ class BlobFill:
         idle_timeout: float = 60.0,
         max_resumes: int = 5,
         on_result: Callable[[BlobFill, BaseException | None], None] | None = None,
+        bandwidth: Bandwidth | None = None,
+        background: bool = False,
     ) -> None:
         self.store = store
         self.client = client
@@ -66,6 +69,8 @@ class BlobFill:
         self.idle_timeout = idle_timeout
         self.max_resumes = max_resumes
         self.on_result = on_result
+        self.bandwidth = bandwidth or Bandwidth()
+        self.background = background  # replication's: yields to client transfers
         self.path: Path = store.layout.uploads / f"fill-{secrets.token_hex(8)}"
         self.size: int | None = None
         self.written = 0
@@ -81,7 +86,15 @@ class BlobFill:
         return self.done or self.error is not None
 
     def start(self) -> None:
+        if not self.background:
+            self.bandwidth.client_started()
         self.task = asyncio.get_running_loop().create_task(self._run(), name=f"fill {self.digest}")
+
+    def prioritize(self) -> None:
+        """A client joined this background fill: it now goes at a client's priority."""
+        if self.background and not self.finished:
+            self.background = False
+            self.bandwidth.client_started()
 
     async def _notify(self) -> None:
         async with self._progress:
@@ -143,6 +156,8 @@ class BlobFill:
             if isinstance(exc, asyncio.CancelledError):
                 raise
         finally:
+            if not self.background:
+                self.bandwidth.client_finished()
             if fd >= 0:
                 os.close(fd)
             self.started.set()
@@ -179,6 +194,7 @@ class BlobFill:
                 _append(fd, chunk, hasher)
                 self.written += len(chunk)
                 self.metrics.upstream_bytes.labels(self.client.name).inc(len(chunk))
+                await self.bandwidth.take(len(chunk), background=lambda: self.background)
                 if self.size is not None and self.written > self.size:
                     raise RegistryError(
                         "UNAVAILABLE", f"upstream sent more than {self.size} bytes", status=502

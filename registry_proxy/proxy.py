@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
+from registry_proxy.bandwidth import Bandwidth
 from registry_proxy.breaker import CircuitBreaker
 from registry_proxy.digest import Digest
 from registry_proxy.errors import RegistryError
@@ -112,6 +113,8 @@ class Proxy:
         self._retired: set[asyncio.Task[None]] = set()
         # tags the fleet's state names: they answer the state's digest, not upstream's
         self._tag_pins: dict[tuple[str, str], Digest] = {}
+        # the cap on upstream traffic (the signed config's bandwidth_bytes_per_second)
+        self.bandwidth = Bandwidth()
         for name in upstreams:
             metrics.upstream_online.labels(name).set(1)
 
@@ -256,7 +259,7 @@ class Proxy:
         A fill under way for a client is joined, never started twice."""
         if await self.store.mount_blob(target.repo, digest, None):
             return False
-        fill = self._fill(target, digest)
+        fill = self._fill(target, digest, background=True)
         await fill.wait()
         if fill.error is not None:
             raise fill.error
@@ -446,12 +449,15 @@ class Proxy:
             raise fill.error
         return await self.store.open_blob(target.repo, digest), CacheStatus.MISS
 
-    def _fill(self, target: Target, digest: Digest) -> BlobFill:
-        """The fill of ``digest`` under way (joined), or a new one started."""
+    def _fill(self, target: Target, digest: Digest, *, background: bool = False) -> BlobFill:
+        """The fill of ``digest`` under way (joined), or a new one started. A client
+        joining a background (replication) fill raises it to a client's priority."""
         up = self._upstream(target)
         fill = self._fills.get(digest)
         if fill is not None and not fill.finished:
             self.metrics.coalesced.inc()
+            if not background:
+                fill.prioritize()
             if target.repo not in fill.repos:
                 fill.repos.append(target.repo)
             return fill
@@ -468,6 +474,8 @@ class Proxy:
             self.metrics,
             idle_timeout=self.fill_idle_timeout,
             on_result=lambda f, exc: self._fill_done(target, up, f, exc),
+            bandwidth=self.bandwidth,
+            background=background,
         )
         self._fills[digest] = fill
         fill.start()
