@@ -35,7 +35,7 @@ from typing import Any
 
 from groundcontrol.contract import ImageDescriptor, ImageStatus, ImageStatusValue, StateDocument
 from registry_proxy.digest import Digest
-from registry_proxy.manifest import Descriptor, Manifest, parse_manifest
+from registry_proxy.manifest import OCI_INDEX, Descriptor, Manifest, parse_manifest
 from registry_proxy.proxy import Proxy
 from registry_proxy.routing import Router, Target
 from registry_proxy.store import ContentStore
@@ -157,7 +157,7 @@ class Replicator:
             if progress.status == "failed" and progress.next_try > self.clock():
                 return
             try:
-                progress.digests = frozenset(await self._image(image, limit))
+                progress.digests = frozenset(await self._image(image, limit, progress))
             except Exception as exc:  # one image's failure is its own
                 progress.attempts += 1
                 progress.status = "failed"
@@ -193,7 +193,9 @@ class Replicator:
             if i.tag
         }
 
-    async def _image(self, image: ImageDescriptor, limit: asyncio.Semaphore) -> set[Digest]:
+    async def _image(
+        self, image: ImageDescriptor, limit: asyncio.Semaphore, progress: ImageProgress
+    ) -> set[Digest]:
         target = self.router().route(image.repository)
         if target.upstream is None:
             # nothing to fetch it from: it must be here already (pushed or imported)
@@ -210,6 +212,14 @@ class Replicator:
                 closure |= part
         else:
             closure |= await self._blobs(target, manifest, limit)
+        try:
+            closure |= await self._referrers(target, digest, limit)
+        except Exception as exc:
+            if progress.status != "present":
+                raise
+            # a refresh of an image held already: what referred to it stays, as it was
+            log.info("referrers of %s@%s not refreshed: %s", image.repository, digest, exc)
+            closure |= progress.digests
         if image.tag:
             await self.store.set_tag(target.repo, image.tag, digest)
         return closure
@@ -224,6 +234,34 @@ class Replicator:
                 closure |= part
             return closure
         return {digest} | await self._blobs(target, manifest, limit)
+
+    async def _referrers(
+        self, target: Target, digest: Digest, limit: asyncio.Semaphore
+    ) -> set[Digest]:
+        """The artifacts that refer to the image (signatures, SBOMs, attestations), with
+        their blobs, so that checking them works offline: those the upstream's referrers
+        API lists, or, where it has none, those its tags name by the referrers tag schema
+        (``sha256-<hex>``, an index of referrers) and cosign's (``sha256-<hex>.sig``,
+        ``.att``, ``.sbom``); those tags are stored too."""
+        listed: list[Digest] = []
+        body = await self.proxy.upstream_referrers(target, digest)
+        if body is not None:
+            listed = [d.digest for d in parse_manifest(body, OCI_INDEX).manifests]
+        else:
+            for tag in referrer_tags(digest):
+                found = await self.proxy.tagged(target, tag)
+                if found is None:
+                    continue
+                manifest = await self._manifest(target, found)
+                if tag == referrer_tags(digest)[0] and manifest.is_index:
+                    listed.append(found)  # the schema's index: its entries are the referrers
+                    listed.extend(d.digest for d in manifest.manifests)
+                else:
+                    listed.append(found)
+        closure: set[Digest] = set()
+        for part in await asyncio.gather(*(self._child(target, d, limit) for d in listed)):
+            closure |= part
+        return closure
 
     async def _manifest(self, target: Target, digest: Digest) -> Manifest:
         body, media_type = await self.proxy.ensure_manifest(target, digest)
@@ -270,6 +308,14 @@ class Replicator:
         for digest in pinned - needed:
             await self.store.unpin(digest, PIN_OWNER)
         return len(needed - pinned), len(pinned - needed)
+
+
+def referrer_tags(digest: Digest) -> tuple[str, ...]:
+    """The tags that name artifacts referring to ``digest`` where a registry has no
+    referrers API: the OCI referrers tag schema's first, then cosign's (the schema's
+    truncation: at most 32 characters of algorithm and 64 of hex, to stay a valid tag)."""
+    base = f"{digest.algorithm[:32]}-{digest.encoded[:64]}"
+    return (base, f"{base}.sig", f"{base}.att", f"{base}.sbom")
 
 
 def _reason(exc: BaseException) -> str:

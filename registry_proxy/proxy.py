@@ -265,6 +265,31 @@ class Proxy:
             raise fill.error
         return True
 
+    async def tagged(self, target: Target, tag: str) -> Digest | None:
+        """The digest ``tag`` names (the upstream's answer, stored like any pulled tag);
+        None when neither the upstream nor the store knows it."""
+        try:
+            row, _ = await self.manifest_answer(target, tag)
+        except RegistryError as exc:
+            if exc.code == "MANIFEST_UNKNOWN":
+                return None
+            raise
+        return row.digest
+
+    async def upstream_referrers(self, target: Target, digest: Digest) -> bytes | None:
+        """The upstream's referrers index for ``digest`` (None: it has no referrers API)."""
+        up = self._upstream(target)
+        assert target.upstream_repo is not None
+        if not self._usable(up):
+            raise _offline(target, digest)
+        try:
+            body = await up.client.get_referrers(target.upstream_repo, digest)
+        except UpstreamError as exc:
+            self._observe(up, exc)
+            raise as_registry_error(exc, "MANIFEST_UNKNOWN", str(digest)) from exc
+        self._observe(up, None)
+        return body
+
     async def manifest_answer(
         self, target: Target, reference: str | Digest
     ) -> tuple[ManifestRow, CacheStatus]:
