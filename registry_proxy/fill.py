@@ -19,7 +19,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import secrets
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -71,7 +70,9 @@ class BlobFill:
         self.on_result = on_result
         self.bandwidth = bandwidth or Bandwidth()
         self.background = background  # replication's: yields to client transfers
-        self.path: Path = store.layout.uploads / f"fill-{secrets.token_hex(8)}"
+        # named by digest, and kept when the link (or the process) goes away mid-way:
+        # the next fill of the digest resumes from its bytes with Range
+        self.path: Path = store.layout.partial_fill(digest)
         self.size: int | None = None
         self.written = 0
         self.done = False  # verified and published in the store
@@ -104,10 +105,17 @@ class BlobFill:
         failure: BaseException | None = None
         fd = -1
         try:
-            fd = await asyncio.to_thread(
-                os.open, self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600
-            )
+            fd = await asyncio.to_thread(os.open, self.path, os.O_RDWR | os.O_CREAT, 0o600)
             hasher = self.digest.hasher()
+            self.written = await asyncio.to_thread(_rehash, fd, hasher)
+            if self.written:
+                self.metrics.resumes.labels(self.client.name).inc()
+                log.info(
+                    "upstream %s: resuming %s from the %d bytes received before",
+                    self.client.name,
+                    self.digest,
+                    self.written,
+                )
             resumes = 0
             while True:
                 try:
@@ -151,8 +159,11 @@ class BlobFill:
         except BaseException as exc:  # every failure ends the fill, and is recorded
             failure = exc
             self.error = as_registry_error(exc, "BLOB_UNKNOWN", str(self.digest))
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
+            # a cut link or a shutdown keeps what came, to resume from; anything else
+            # (bad content, a refusal) abandons it
+            if not (isinstance(exc, UpstreamUnavailable | asyncio.CancelledError) and self.written):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path)
             if isinstance(exc, asyncio.CancelledError):
                 raise
         finally:
@@ -265,6 +276,16 @@ class FillReader:
         if not chunk:
             raise FillFailed("staging file shorter than reported")
         return chunk
+
+
+def _rehash(fd: int, hasher: hashlib._Hash) -> int:
+    """Feeds the bytes already in a staging file to ``hasher``; leaves ``fd`` at its
+    end, where the transfer continues. Returns how many there were."""
+    total = 0
+    while chunk := os.read(fd, READ_CHUNK):
+        hasher.update(chunk)
+        total += len(chunk)
+    return total
 
 
 def _append(fd: int, data: bytes, hasher: hashlib._Hash) -> None:
