@@ -72,6 +72,7 @@ class RegistryConsumer:
             registry.proxy,
             lambda: self.app.state.registry.router,
             on_change=self._images_changed,
+            metrics=self.metrics,
         )
         self.replication = ReplicationLoop(
             self.replicator, lambda: self.agent.trust.state if self.agent else None
@@ -126,6 +127,7 @@ class RegistryConsumer:
             0,
         )
         self.app.state.registry.proxy.bandwidth.set_rate(bandwidth or 0)
+        self.metrics.bandwidth_cap.set(bandwidth or 0)
         if self.agent is not None:
             self.agent.intervals.state = float(state_interval)
             self.agent.intervals.checkin = float(checkin_interval)
@@ -296,6 +298,7 @@ async def build(config: Config) -> Daemon:
             "registered": True,
             "config": consumer.sources,
             "store": await _store_status(store),
+            "replication": consumer.replicator.progress(),
         }
 
     async def sync() -> dict[str, Any]:

@@ -36,6 +36,7 @@ from typing import Any
 from groundcontrol.contract import ImageDescriptor, ImageStatus, ImageStatusValue, StateDocument
 from registry_proxy.digest import Digest
 from registry_proxy.manifest import OCI_INDEX, Descriptor, Manifest, parse_manifest
+from registry_proxy.metrics import Metrics
 from registry_proxy.proxy import Proxy
 from registry_proxy.routing import Router, Target
 from registry_proxy.store import ContentStore
@@ -120,7 +121,29 @@ class Replicator:
     rng: random.Random = field(default_factory=random.Random)
     images: dict[tuple[str, str], ImageProgress] = field(default_factory=dict)
     on_change: Callable[[], Awaitable[None]] | None = None
+    metrics: Metrics | None = None
     blobs_fetched: int = 0
+    bytes_fetched: int = 0
+    passes: int = 0
+    running: bool = False
+    last_pass_seconds: float | None = None
+
+    def progress(self) -> dict[str, Any]:
+        """What ``satellite status`` shows of replication."""
+        counts = {"present": 0, "missing": 0, "failed": 0}
+        for p in self.images.values():
+            counts[p.status] = counts.get(p.status, 0) + 1
+        bandwidth = self.proxy.bandwidth
+        return {
+            "running": self.running,
+            "passes": self.passes,
+            "images": counts,
+            "blobs_fetched": self.blobs_fetched,
+            "bytes_fetched": self.bytes_fetched,
+            "last_pass_seconds": self.last_pass_seconds,
+            "bandwidth_bytes_per_second": bandwidth.rate,
+            "bandwidth_waited_seconds": round(bandwidth.waited, 3),
+        }
 
     def statuses(self, doc: StateDocument) -> list[ImageStatus]:
         out = []
@@ -174,11 +197,22 @@ class Replicator:
             else:
                 progress.status, progress.error, progress.attempts = "present", None, 0
 
-        await asyncio.gather(*(one(i) for i in doc.images))
+        started = self.clock()
+        self.running = True
+        try:
+            await asyncio.gather(*(one(i) for i in doc.images))
+        finally:
+            self.running = False
         result.blobs_fetched = self.blobs_fetched - fetched_before
         result.pinned, result.unpinned = await self._pins()
         result.present = sum(1 for p in self.images.values() if p.status == "present")
         result.failed = sum(1 for p in self.images.values() if p.status == "failed")
+        self.passes += 1
+        self.last_pass_seconds = round(self.clock() - started, 3)
+        if self.metrics is not None:
+            self.metrics.replication_seconds.observe(self.last_pass_seconds)
+            for status, n in self.progress()["images"].items():
+                self.metrics.replication_images.labels(status).set(n)
         if self.on_change is not None:
             await self.on_change()
         return result
@@ -276,6 +310,9 @@ class Replicator:
             async with limit:
                 if await self.proxy.ensure_blob(target, ref.digest):
                     self.blobs_fetched += 1
+                    self.bytes_fetched += ref.size
+                    if self.metrics is not None:
+                        self.metrics.replicated_bytes.inc(ref.size)
 
         await asyncio.gather(*(fetch(r) for r in refs))
         return {r.digest for r in refs}

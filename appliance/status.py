@@ -91,6 +91,15 @@ def render_status(data: dict[str, Any]) -> str:
         lines.append(
             "images:         " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
         )
+    replication = data.get("replication")
+    if replication:
+        cap = replication.get("bandwidth_bytes_per_second") or 0
+        lines.append(
+            f"replication:    {'running' if replication.get('running') else 'idle'},"
+            f" {replication.get('passes')} pass(es), {replication.get('blobs_fetched')} blob(s)"
+            f" / {replication.get('bytes_fetched')} bytes fetched,"
+            f" cap {f'{cap} bytes/s' if cap else 'none'}"
+        )
     outbox = data.get("outbox") or {}
     lines.append(
         f"outbox:         {outbox.get('depth')} check-in(s) queued, {outbox.get('acked')} acked,"
