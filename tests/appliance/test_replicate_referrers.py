@@ -28,7 +28,7 @@ from registry_proxy.store import ContentStore
 from registry_proxy.upstream import UpstreamClient
 from tests.support.images import ImageRef, build_image
 from tests.support.skopeo import Skopeo
-from tests.support.upstream import UpstreamRegistry
+from tests.support.upstream import UpstreamRegistry, push_blob
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -39,12 +39,8 @@ def _digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def _push_blob(c: httpx.Client, repo: str, data: bytes) -> dict[str, Any]:
-    digest = _digest(data)
-    location = c.post(f"/v2/{repo}/blobs/uploads/").headers["location"]
-    sep = "&" if "?" in location else "?"
-    assert c.put(f"{location}{sep}digest={digest}", content=data).status_code == 201
-    return {"digest": digest, "size": len(data)}
+def _blob(c: httpx.Client, repo: str, data: bytes) -> dict[str, Any]:
+    return {"digest": push_blob(c, repo, data), "size": len(data)}
 
 
 def _put_manifest(c: httpx.Client, repo: str, ref: str, doc: dict[str, Any]) -> dict[str, Any]:
@@ -63,9 +59,9 @@ def attach(upstream: UpstreamRegistry, repo: str, image: ImageRef) -> dict[str, 
         referrer_tags(Digest.parse(image.digest))[0],
     )
     with httpx.Client(base_url=upstream.url, timeout=60) as c:
-        empty = _push_blob(c, repo, b"{}")
+        empty = _blob(c, repo, b"{}")
         payload = json.dumps({"critical": {"image": {"docker-manifest-digest": image.digest}}})
-        layer = _push_blob(c, repo, payload.encode())
+        layer = _blob(c, repo, payload.encode())
         signature = _put_manifest(
             c,
             repo,
@@ -83,7 +79,7 @@ def attach(upstream: UpstreamRegistry, repo: str, image: ImageRef) -> dict[str, 
                 ],
             },
         )
-        sbom_layer = _push_blob(c, repo, b'{"spdxVersion": "SPDX-2.3", "name": "app"}')
+        sbom_layer = _blob(c, repo, b'{"spdxVersion": "SPDX-2.3", "name": "app"}')
         sbom = _put_manifest(
             c,
             repo,

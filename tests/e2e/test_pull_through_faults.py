@@ -21,7 +21,7 @@ from tests.support.images import GeneratedLayout
 from tests.support.net import LOOPBACK
 from tests.support.satellite import SatelliteProcess, Upstream
 from tests.support.skopeo import Skopeo
-from tests.support.upstream import UpstreamRegistry
+from tests.support.upstream import UpstreamRegistry, push_blob
 
 MIB = 1024 * 1024
 UP = "upstream.test"
@@ -49,20 +49,11 @@ class Rig:
         return total
 
 
-def _push_blob(upstream: UpstreamRegistry, repo: str, data: bytes) -> str:
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    with httpx.Client(base_url=upstream.url, timeout=60) as c:
-        location = c.post(f"/v2/{repo}/blobs/uploads/").headers["location"]
-        sep = "&" if "?" in location else "?"
-        r = c.put(f"{location}{sep}digest={digest}", content=data)
-        assert r.status_code == 201, r.text
-    return digest
-
-
 @pytest.fixture
 def rig(upstream_registry: UpstreamRegistry, satellite_factory: SatelliteFactory) -> Iterator[Rig]:
     data = hashlib.shake_256(b"big blob").digest(SIZE)
-    digest = _push_blob(upstream_registry, "library/big", data)
+    with httpx.Client(base_url=upstream_registry.url, timeout=60) as c:
+        digest = push_blob(c, "library/big", data)
     with FaultRelay(LOOPBACK, upstream_registry.port) as relay:
         sat = satellite_factory(
             push=False,

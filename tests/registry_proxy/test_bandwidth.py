@@ -5,7 +5,6 @@ docker-registry going through it in-process."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from registry_proxy.proxy import Proxy, Upstream
 from registry_proxy.routing import Target
 from registry_proxy.store import ContentStore
 from registry_proxy.upstream import UpstreamClient
-from tests.support.upstream import UpstreamRegistry
+from tests.support.upstream import UpstreamRegistry, push_blob
 
 KIB = 1024
 TARGET = Target(name="team/big", repo="up/team/big", upstream="up", upstream_repo="team/big")
@@ -79,23 +78,14 @@ async def test_background_waits_while_a_client_transfer_runs() -> None:
     assert bucket.taken == 50 * KIB + 3 * PIECE
 
 
-def _push_blob(upstream: UpstreamRegistry, repo: str, data: bytes) -> Digest:
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    with httpx.Client(base_url=upstream.url, timeout=60) as c:
-        location = c.post(f"/v2/{repo}/blobs/uploads/").headers["location"]
-        sep = "&" if "?" in location else "?"
-        r = c.put(f"{location}{sep}digest={digest}", content=data)
-        assert r.status_code == 201, r.text
-    return Digest.parse(digest)
-
-
 async def test_fills_from_upstream_are_capped_and_a_client_raises_a_background_fill(
     tmp_path: Path, upstream_registry: UpstreamRegistry
 ) -> None:
     size = 768 * KIB
     rate = 512 * KIB
-    first = _push_blob(upstream_registry, "team/big", os.urandom(size))
-    second = _push_blob(upstream_registry, "team/big", os.urandom(size))
+    with httpx.Client(base_url=upstream_registry.url, timeout=60) as c:
+        first = Digest.parse(push_blob(c, "team/big", os.urandom(size)))
+        second = Digest.parse(push_blob(c, "team/big", os.urandom(size)))
     store = ContentStore(tmp_path / "data")
     await store.open()
     client = UpstreamClient("up", upstream_registry.url, backoff=0.01, max_backoff=0.05)
