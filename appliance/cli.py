@@ -243,7 +243,8 @@ def _follow_replication(data_dir: Path, passes: int, new_state: bool, timeout: f
     while True:
         data = call(data_dir, "GET", "/status")
         progress = data.get("replication") or {}
-        unsettled = {"missing", "replicating"} & set(progress.get("images") or {})
+        counts = progress.get("images") or {}
+        unsettled = counts.get("missing", 0) + counts.get("replicating", 0)
         done = not progress.get("running") and not unsettled
         if done and (not new_state or progress.get("passes", 0) > passes):
             break

@@ -126,8 +126,8 @@ class RegistryConsumer:
             _int(signed.get("bandwidth_bytes_per_second")),
             0,
         )
-        self.app.state.registry.proxy.bandwidth.set_rate(max(0, bandwidth or 0))
-        self.metrics.bandwidth_cap.set(max(0, bandwidth or 0))
+        self.app.state.registry.proxy.bandwidth.set_rate(bandwidth or 0)
+        self.metrics.bandwidth_cap.set(bandwidth or 0)
         if self.agent is not None:
             self.agent.intervals.state = float(state_interval)
             self.agent.intervals.checkin = float(checkin_interval)

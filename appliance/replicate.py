@@ -35,7 +35,7 @@ from typing import Any
 
 from groundcontrol.contract import ImageDescriptor, ImageStatus, ImageStatusValue, StateDocument
 from registry_proxy.digest import Digest
-from registry_proxy.manifest import Descriptor, Manifest, parse_manifest
+from registry_proxy.manifest import OCI_INDEX, Descriptor, Manifest, parse_manifest
 from registry_proxy.metrics import Metrics
 from registry_proxy.proxy import Proxy
 from registry_proxy.routing import Router, Target
@@ -125,8 +125,9 @@ class Replicator:
     blobs_fetched: int = 0
     bytes_fetched: int = 0  # blob bytes fetched from upstreams, over the process's life
     passes: int = 0
-    # the pass under way (or the last one): what its images need and how far it got
     running: bool = False
+    last_pass_seconds: float | None = None
+    # the pass under way (or the last one): what its images need and how far it got
     pass_started: float = 0.0
     pass_seconds: float = 0.0
     pass_bytes_needed: int = 0  # bytes of the blobs found missing so far in this pass
@@ -136,23 +137,28 @@ class Replicator:
 
     def progress(self) -> dict[str, Any]:
         """Where replication stands, for ``satellite status`` and ``sync --now``'s bar."""
-        by_status: dict[str, int] = {}
-        for image in self.images.values():
-            by_status[image.status] = by_status.get(image.status, 0) + 1
+        counts = {"present": 0, "missing": 0, "failed": 0}
+        for p in self.images.values():
+            counts[p.status] = counts.get(p.status, 0) + 1
+        bandwidth = self.proxy.bandwidth
         elapsed = (self.clock() - self.pass_started) if self.running else self.pass_seconds
         rate = self.pass_bytes_fetched / elapsed if elapsed > 0 else 0.0
         left = max(0, self.pass_bytes_needed - self.pass_bytes_fetched)
         return {
             "running": self.running,
             "passes": self.passes,
-            "images": by_status,
-            "bytes_needed": self.pass_bytes_needed,
-            "bytes_fetched": self.pass_bytes_fetched,
-            "seconds": round(elapsed, 3),
-            "bytes_per_second": round(rate),
+            "images": counts,
+            "blobs_fetched": self.blobs_fetched,
+            "bytes_fetched": self.bytes_fetched,
+            "last_pass_seconds": self.last_pass_seconds,
+            "bandwidth_bytes_per_second": bandwidth.rate,
+            "bandwidth_waited_seconds": round(bandwidth.waited, 3),
+            # the pass under way, or the last one
+            "pass_bytes_needed": self.pass_bytes_needed,
+            "pass_bytes_fetched": self.pass_bytes_fetched,
+            "pass_seconds": round(elapsed, 3),
+            "pass_bytes_per_second": round(rate),
             "eta_seconds": round(left / rate, 1) if self.running and rate > 0 else None,
-            "blobs_fetched_total": self.blobs_fetched,
-            "bytes_fetched_total": self.bytes_fetched,
             "next_retry_in": _later(self.next_retry(), self.clock()),
         }
 
@@ -196,7 +202,7 @@ class Replicator:
             if progress.status == "missing":  # a failed one stays failed until it succeeds
                 progress.status = "replicating"
             try:
-                progress.digests = frozenset(await self._image(image, limit))
+                progress.digests = frozenset(await self._image(image, limit, progress))
             except Exception as exc:  # one image's failure is its own
                 progress.attempts += 1
                 progress.status = "failed"
@@ -230,6 +236,7 @@ class Replicator:
         result.pinned, result.unpinned = await self._pins()
         result.present = sum(1 for p in self.images.values() if p.status == "present")
         result.failed = sum(1 for p in self.images.values() if p.status == "failed")
+        self.last_pass_seconds = round(self.pass_seconds, 3)
         if self.metrics is not None:
             self.metrics.replication_seconds.observe(self.pass_seconds)
             for status in ("missing", "replicating", "present", "failed"):
@@ -249,7 +256,9 @@ class Replicator:
             if i.tag
         }
 
-    async def _image(self, image: ImageDescriptor, limit: asyncio.Semaphore) -> set[Digest]:
+    async def _image(
+        self, image: ImageDescriptor, limit: asyncio.Semaphore, progress: ImageProgress
+    ) -> set[Digest]:
         target = self.router().route(image.repository)
         if target.upstream is None:
             # nothing to fetch it from: it must be here already (pushed or imported)
@@ -270,6 +279,14 @@ class Replicator:
                 closure |= part
         else:
             closure |= await self._blobs(target, manifest, limit)
+        try:
+            closure |= await self._referrers(target, digest, limit)
+        except Exception as exc:
+            if progress.status != "present":
+                raise
+            # a refresh of an image held already: what referred to it stays, as it was
+            log.info("referrers of %s@%s not refreshed: %s", image.repository, digest, exc)
+            closure |= progress.digests
         if image.tag:
             await self.store.set_tag(target.repo, image.tag, digest)
         return closure
@@ -284,6 +301,34 @@ class Replicator:
                 closure |= part
             return closure
         return {digest} | await self._blobs(target, manifest, limit)
+
+    async def _referrers(
+        self, target: Target, digest: Digest, limit: asyncio.Semaphore
+    ) -> set[Digest]:
+        """The artifacts that refer to the image (signatures, SBOMs, attestations), with
+        their blobs, so that checking them works offline: those the upstream's referrers
+        API lists, or, where it has none, those its tags name by the referrers tag schema
+        (``sha256-<hex>``, an index of referrers) and cosign's (``sha256-<hex>.sig``,
+        ``.att``, ``.sbom``); those tags are stored too."""
+        listed: list[Digest] = []
+        body = await self.proxy.upstream_referrers(target, digest)
+        if body is not None:
+            listed = [d.digest for d in parse_manifest(body, OCI_INDEX).manifests]
+        else:
+            for tag in referrer_tags(digest):
+                found = await self.proxy.tagged(target, tag)
+                if found is None:
+                    continue
+                manifest = await self._manifest(target, found)
+                if tag == referrer_tags(digest)[0] and manifest.is_index:
+                    listed.append(found)  # the schema's index: its entries are the referrers
+                    listed.extend(d.digest for d in manifest.manifests)
+                else:
+                    listed.append(found)
+        closure: set[Digest] = set()
+        for part in await asyncio.gather(*(self._child(target, d, limit) for d in listed)):
+            closure |= part
+        return closure
 
     async def _manifest(self, target: Target, digest: Digest) -> Manifest:
         body, media_type = await self.proxy.ensure_manifest(target, digest)
@@ -342,6 +387,14 @@ class Replicator:
 
 def _later(when: float | None, now: float) -> float | None:
     return None if when is None else round(max(0.0, when - now), 1)
+
+
+def referrer_tags(digest: Digest) -> tuple[str, ...]:
+    """The tags that name artifacts referring to ``digest`` where a registry has no
+    referrers API: the OCI referrers tag schema's first, then cosign's (the schema's
+    truncation: at most 32 characters of algorithm and 64 of hex, to stay a valid tag)."""
+    base = f"{digest.algorithm[:32]}-{digest.encoded[:64]}"
+    return (base, f"{base}.sig", f"{base}.att", f"{base}.sbom")
 
 
 def _reason(exc: BaseException) -> str:

@@ -119,21 +119,25 @@ def render_status(data: dict[str, Any]) -> str:
 
 
 def replication_line(progress: dict[str, Any], width: int = 24) -> str:
-    """One line: a bar over the pass's bytes, the images by status, rate and ETA."""
-    needed, fetched = progress.get("bytes_needed") or 0, progress.get("bytes_fetched") or 0
-    images = progress.get("images") or {}
+    """One line: a bar over the pass's bytes, the images by status, rate, ETA and the cap."""
+    needed = progress.get("pass_bytes_needed") or 0
+    fetched = progress.get("pass_bytes_fetched") or 0
+    images = {k: n for k, n in (progress.get("images") or {}).items() if n}
     counts = ", ".join(f"{n} {status}" for status, n in sorted(images.items())) or "no images"
+    cap = progress.get("bandwidth_bytes_per_second") or 0
+    capped = f"; cap {cap} bytes/s" if cap else "; no cap"
     if not progress.get("running"):
         line = (
-            f"idle ({counts}); last pass fetched {format_bytes(fetched)} in {progress['seconds']} s"
+            f"idle ({counts}); last pass fetched {format_bytes(fetched)}"
+            f" in {progress.get('pass_seconds', 0)} s"
         )
         retry = progress.get("next_retry_in")
-        return line + (f"; next retry in {retry} s" if retry is not None else "")
+        return line + (f"; next retry in {retry} s" if retry is not None else "") + capped
     done = min(1.0, fetched / needed) if needed else 0.0
     bar = "#" * round(done * width) + "-" * (width - round(done * width))
     eta = progress.get("eta_seconds")
     return (
         f"[{bar}] {format_bytes(fetched)} of {format_bytes(needed)} at"
-        f" {format_bytes(progress.get('bytes_per_second') or 0)}/s,"
-        f" ETA {'?' if eta is None else f'{eta:.0f} s'} ({counts})"
+        f" {format_bytes(progress.get('pass_bytes_per_second') or 0)}/s,"
+        f" ETA {'?' if eta is None else f'{eta:.0f} s'} ({counts}){capped}"
     )

@@ -1,72 +1,99 @@
-"""The cap on upstream traffic: one token bucket shared by every blob transfer.
+"""The cap on upstream traffic: one token bucket shared by every transfer from upstream.
 
-Bytes are charged as they arrive from the upstream; a transfer that is ahead of the rate
-stops reading until the link is its again, and TCP's flow control slows the sender, so
-the cap holds on the wire and not only on disk. Content served from the store never
-passes through here.
+Every blob byte received from an upstream (pull-through fills for clients and background
+replication alike) takes tokens from one bucket refilled at ``rate`` bytes per second;
+content served from the store never passes through it. A transfer that finds the bucket
+short waits until its bytes are paid for, so the total rate settles at the cap.
 
-Transfers a client is waiting for go first: the bucket keeps two timelines, one for
-client transfers and one for everything (background replication). A client transfer
-waits only behind other client bytes; a background transfer waits behind all of them,
-so replication gets what the clients leave. Bytes a background transfer had already
-received when a client arrived still count against the cap (they crossed the link), so
-over any span longer than one read the total stays at the rate.
+Clients come first: while any client transfer is under way, background transfers wait
+(they take their tokens in small pieces, so a client arriving behind them waits at most
+for the pieces already taken). A rate of 0 means no cap.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+
+PIECE = 64 * 1024  # background transfers pay in pieces of at most this many bytes
+BURST_SECONDS = 0.1  # the bucket holds at most this much of the rate (and one piece)
 
 
 class Bandwidth:
-    """A token bucket of ``rate`` bytes per second (``0``: no cap), with client priority.
-
-    ``burst`` bytes of idle credit may be spent at once, so a small transfer after a quiet
-    spell is not slowed; beyond it the rate holds.
-    """
-
     def __init__(
         self,
         rate: int = 0,
         *,
-        burst: int = 256 * 1024,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.clock = clock
-        self._free_at = 0.0  # when the link has carried every byte charged so far
-        self._client_free_at = 0.0  # the same, for client transfers' bytes only
-        self.waited = 0.0  # seconds transfers spent held back (for metrics and tests)
+        self._clock = clock
+        self._sleep = sleep
+        self.rate = 0
+        self._tokens = 0.0
+        self._last = clock()
+        self._clients = 0
+        self._changed = asyncio.Event()  # set (and replaced) when the client count changes
+        self.taken = 0  # bytes that went through the bucket (while capped)
+        self.waited = 0.0  # seconds transfers spent waiting for tokens
+        self.set_rate(rate)
 
     def set_rate(self, rate: int) -> None:
-        """A new cap (from the signed config) applies to the next bytes charged."""
-        if rate != self.rate:
-            self.rate = rate
-            self._free_at = self._client_free_at = 0.0
+        """A new cap (bytes per second, 0: none), effective for the next bytes."""
+        self._refill()
+        self.rate = max(0, int(rate))
+        self._tokens = min(self._tokens, self._capacity())
 
-    def reserve(self, size: int, *, background: bool) -> float:
-        """Charges ``size`` bytes now; returns how long to hold the transfer back."""
-        if self.rate <= 0 or size <= 0:
-            return 0.0
-        now = self.clock()
-        earliest = now - self.burst / self.rate
-        length = size / self.rate
-        if background:
-            start = max(earliest, self._free_at, self._client_free_at)
-            self._free_at = start + length
-        else:
-            start = max(earliest, self._client_free_at)
-            self._client_free_at = start + length
-            self._free_at = max(self._free_at, earliest) + length
-        end = start + length
-        return max(0.0, end - now)
+    def _capacity(self) -> float:
+        return max(float(PIECE), self.rate * BURST_SECONDS)
 
-    async def take(self, size: int, *, background: bool = False) -> None:
-        """Holds the caller back until ``size`` more bytes fit under the cap."""
-        delay = self.reserve(size, background=background)
-        if delay > 0:
+    def _refill(self) -> None:
+        now = self._clock()
+        if self.rate > 0:
+            self._tokens = min(self._capacity(), self._tokens + (now - self._last) * self.rate)
+        self._last = now
+
+    def client_started(self) -> None:
+        """A client transfer began: background transfers hold back until it ends."""
+        self._clients += 1
+        self._signal()
+
+    def client_finished(self) -> None:
+        self._clients = max(0, self._clients - 1)
+        self._signal()
+
+    def _signal(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    @property
+    def clients(self) -> int:
+        return self._clients
+
+    async def take(self, n: int, *, background: Callable[[], bool] | None = None) -> None:
+        """Pays for ``n`` bytes received; returns once the cap allows them. A transfer
+        for which ``background()`` is true pays in pieces, each only while no client
+        transfer runs (a transfer a client joins turns into a client's on the way)."""
+        if self.rate <= 0:
+            return
+        if background is None:
+            await self._pay(n)
+            return
+        while n > 0:
+            while self._clients > 0 and background():
+                await self._changed.wait()
+            if self.rate <= 0:
+                return
+            piece = min(n, PIECE)
+            await self._pay(piece)
+            n -= piece
+
+    async def _pay(self, n: int) -> None:
+        self._refill()
+        self._tokens -= n
+        self.taken += n
+        if self._tokens < 0:
+            delay = -self._tokens / self.rate
             self.waited += delay
-            await asyncio.sleep(delay)
+            await self._sleep(delay)

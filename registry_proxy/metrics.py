@@ -78,8 +78,8 @@ class Metrics:
             "satellite_evictions", "Blobs evicted to stay within the cache budget", registry=r
         )
         self.bandwidth_cap = Gauge(
-            "satellite_upstream_bandwidth_cap_bytes_per_second",
-            "The cap on upstream blob traffic from the signed config (0: none)",
+            "satellite_bandwidth_cap_bytes_per_second",
+            "The cap on upstream traffic (0: none)",
             registry=r,
         )
         self.replicated_bytes = Counter(
@@ -89,14 +89,14 @@ class Metrics:
         )
         self.replication_images = Gauge(
             "satellite_replication_images",
-            "The state's images by replication status",
+            "Images of the state by replication status",
             ["status"],
             registry=r,
         )
         self.replication_seconds = Histogram(
             "satellite_replication_pass_seconds",
-            "How long a replication pass over the state took",
-            buckets=(0.1, 1, 5, 30, 120, 600, 1800, 3600, 4 * 3600),
+            "Duration of replication passes",
+            buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 1800, 7200),
             registry=r,
         )
 

@@ -104,7 +104,6 @@ class Proxy:
         self.stale_after = stale_after  # 0: a cached tag waits for the upstream's answer
         self.fill_idle_timeout = fill_idle_timeout
         self._fills: dict[Digest, BlobFill] = {}
-        self.bandwidth = Bandwidth()  # the cap on every upstream blob transfer
         self._lookups: dict[tuple[str, str, str], _Lookup[Any]] = {}
         self._storing: dict[str, set[asyncio.Task[None]]] = {}  # by repository
         self._budget: asyncio.Task[None] | None = None
@@ -116,6 +115,8 @@ class Proxy:
         self._tag_pins: dict[tuple[str, str], Digest] = {}
         # (stored repository, digest) of the platforms a kept index leaves out on purpose
         self.left_out: set[tuple[str, Digest]] = set()
+        # the cap on upstream traffic (the signed config's bandwidth_bytes_per_second)
+        self.bandwidth = Bandwidth()
         for name in upstreams:
             metrics.upstream_online.labels(name).set(1)
 
@@ -265,6 +266,31 @@ class Proxy:
         if fill.error is not None:
             raise fill.error
         return True
+
+    async def tagged(self, target: Target, tag: str) -> Digest | None:
+        """The digest ``tag`` names (the upstream's answer, stored like any pulled tag);
+        None when neither the upstream nor the store knows it."""
+        try:
+            row, _ = await self.manifest_answer(target, tag)
+        except RegistryError as exc:
+            if exc.code == "MANIFEST_UNKNOWN":
+                return None
+            raise
+        return row.digest
+
+    async def upstream_referrers(self, target: Target, digest: Digest) -> bytes | None:
+        """The upstream's referrers index for ``digest`` (None: it has no referrers API)."""
+        up = self._upstream(target)
+        assert target.upstream_repo is not None
+        if not self._usable(up):
+            raise _offline(target, digest)
+        try:
+            body = await up.client.get_referrers(target.upstream_repo, digest)
+        except UpstreamError as exc:
+            self._observe(up, exc)
+            raise as_registry_error(exc, "MANIFEST_UNKNOWN", str(digest)) from exc
+        self._observe(up, None)
+        return body
 
     async def manifest_answer(
         self, target: Target, reference: str | Digest
@@ -455,12 +481,13 @@ class Proxy:
 
     def _fill(self, target: Target, digest: Digest, *, background: bool = False) -> BlobFill:
         """The fill of ``digest`` under way (joined), or a new one started. A client
-        joining a background fill makes it a client's: it takes priority from then on."""
+        joining a background (replication) fill raises it to a client's priority."""
         up = self._upstream(target)
         fill = self._fills.get(digest)
         if fill is not None and not fill.finished:
             self.metrics.coalesced.inc()
-            fill.background = fill.background and background
+            if not background:
+                fill.prioritize()
             if target.repo not in fill.repos:
                 fill.repos.append(target.repo)
             return fill
