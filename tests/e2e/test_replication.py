@@ -14,6 +14,7 @@ import json
 import re
 import shutil
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -322,5 +323,50 @@ def test_the_signed_bandwidth_cap_paces_replication(
             assert replication["bandwidth_waited_seconds"] > 0
             text = run_satellite_cli("status", "--data-dir", str(sat.data_dir)).stdout
             assert f"cap {cap} bytes/s" in text and "replication:" in text
+    finally:
+        fleet.stop()
+
+
+_BLOB_ANSWER = re.compile(r'"GET /v2/\S+/blobs/(sha256:[0-9a-f]{64}) HTTP/[\d.]+" (200|206) (\d+) ')
+
+
+def test_killed_ten_times_mid_replication_it_converges_and_fetches_no_blob_twice(
+    tmp_path: Path, central: UpstreamRegistry, skopeo: Skopeo
+) -> None:
+    layout = tmp_path / "layout"
+    # blobs of several of the transfer's 1 MiB reads, so that a kill lands between two
+    image = build_image(layout, "kept:v1", layers=2, layer_size=4 * 1024 * 1024, seed="kill")
+    push(skopeo, layout, image, central, "kept:v1")
+    fleet = Fleet(tmp_path / "fleet", config=f'[registry]\nurl = "{central.url}"\n').start()
+    try:
+        fleet.create_group("shops", ["library/kept:v1"])
+        # capped, so that each kill finds a transfer under way
+        config = {"bandwidth_bytes_per_second": 1024 * 1024}
+        token = fleet.create_satellite("shop-k", "shops", config)
+        sat = fleet.satellite("shop-k", push=False)
+        fleet.register(sat, token)
+        for kill in range(10):
+            sat.start()
+            # a second or so into the pass: after startup, mid-transfer
+            wait_until(
+                lambda: (
+                    (status(sat).get("replication") or {}).get("running") or all_present(sat, 1)
+                ),
+                timeout=60,
+                what="a pass under way",
+            )
+            time.sleep(0.3 + 0.1 * kill)
+            sat.kill9()
+        with sat:
+            wait_until(lambda: all_present(sat, 1), timeout=180, what="converged")
+            answers = _BLOB_ANSWER.findall(central.log_path.read_text(errors="replace"))
+            for digest in image.blob_digests:
+                # asked for from its start once; after each kill, from the bytes kept
+                codes = [code for d, code, _ in answers if d == digest]
+                assert codes.count("200") == 1, (digest, codes)
+            # the kills cut transfers, and they went on from the bytes kept (Range)
+            assert any(code == "206" for _, code, _ in answers), answers
+        done = run_satellite_cli("verify", "--data-dir", str(sat.data_dir))
+        assert done.returncode == 0, done.stdout + done.stderr
     finally:
         fleet.stop()
