@@ -127,6 +127,10 @@ class Replicator:
     passes: int = 0
     running: bool = False
     last_pass_seconds: float | None = None
+    # this pass: bytes of the blobs it has found needed so far, and of those now here
+    pass_bytes_needed: int = 0
+    pass_bytes_done: int = 0
+    _pass_seen: set[Digest] = field(default_factory=set)
 
     def progress(self) -> dict[str, Any]:
         """What ``satellite status`` shows of replication."""
@@ -141,6 +145,8 @@ class Replicator:
             "blobs_fetched": self.blobs_fetched,
             "bytes_fetched": self.bytes_fetched,
             "last_pass_seconds": self.last_pass_seconds,
+            "pass_bytes_needed": self.pass_bytes_needed,
+            "pass_bytes_done": self.pass_bytes_done,
             "bandwidth_bytes_per_second": bandwidth.rate,
             "bandwidth_waited_seconds": round(bandwidth.waited, 3),
         }
@@ -199,6 +205,8 @@ class Replicator:
 
         started = self.clock()
         self.running = True
+        self.pass_bytes_needed = self.pass_bytes_done = 0
+        self._pass_seen = set()
         try:
             await asyncio.gather(*(one(i) for i in doc.images))
         finally:
@@ -307,12 +315,18 @@ class Replicator:
         refs = manifest.blob_references()
 
         async def fetch(ref: Descriptor) -> None:
+            first = ref.digest not in self._pass_seen
+            if first:
+                self._pass_seen.add(ref.digest)
+                self.pass_bytes_needed += ref.size
             async with limit:
                 if await self.proxy.ensure_blob(target, ref.digest):
                     self.blobs_fetched += 1
                     self.bytes_fetched += ref.size
                     if self.metrics is not None:
                         self.metrics.replicated_bytes.inc(ref.size)
+            if first:
+                self.pass_bytes_done += ref.size
 
         await asyncio.gather(*(fetch(r) for r in refs))
         return {r.digest for r in refs}

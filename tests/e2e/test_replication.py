@@ -195,6 +195,11 @@ def test_one_failing_image_does_not_hold_up_the_others(
 
             images = wait_until(settled, timeout=90, what="good present, bad failed")
             assert images["library/bad"]["error"], images
+            # sync's table says which failed and why; its exit status says not all are here
+            done = run_satellite_cli("sync", "--now", "--data-dir", str(sat.data_dir), check=False)
+            assert done.returncode == 1, done
+            assert re.search(r"library/bad@sha256:\w+\s+failed\s+\S", done.stdout), done.stdout
+            assert re.search(r"library/good@sha256:\w+\s+present", done.stdout), done.stdout
 
             # reported to Ground Control: an image_status event and the report's images
             def reported() -> bool:
@@ -243,7 +248,11 @@ def test_the_signed_bandwidth_cap_paces_replication(
         sat = fleet.satellite("shop-b", push=False)
         fleet.register(sat, token)
         with sat:
-            wait_until(lambda: all_present(sat, 1), timeout=90, what="the image present")
+            # sync waits for replication to settle: a progress line, then the table
+            done = run_satellite_cli("sync", "--now", "--data-dir", str(sat.data_dir))
+            assert "MB/s" in done.stderr and "1/1 images" in done.stderr, done.stderr
+            assert re.search(r"library/big@sha256:\w+\s+present", done.stdout), done.stdout
+            assert all_present(sat, 1)
             current = status(sat)
             assert current["config"]["bandwidth_bytes_per_second"] == {
                 "value": cap,
