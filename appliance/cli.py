@@ -88,14 +88,13 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument(
         "--no-wait",
         action="store_true",
-        help="print the verdict and return, without waiting for replication to settle",
+        help="return with the verdict, without waiting for replication to settle",
     )
     sync.add_argument(
         "--timeout",
         type=float,
         default=3600.0,
-        metavar="SECONDS",
-        help="stop waiting for replication after this long (default 3600)",
+        help="seconds to wait for replication to settle (default 3600)",
     )
     gc = sub.add_parser(
         "gc", help="free the cached content that no state needs now (pinned content stays)"
@@ -203,9 +202,9 @@ async def _status(config: Config, args: argparse.Namespace) -> int:
 
 def _sync(config: Config, args: argparse.Namespace) -> int:
     from appliance.admin import AdminUnavailable, call
+    from appliance.status import follow_replication
 
     try:
-        before = call(config.data_dir, "GET", "/status").get("replication") or {}
         result = call(config.data_dir, "POST", "/sync")
     except AdminUnavailable as exc:
         print(f"satellite: {exc}", file=sys.stderr)
@@ -214,62 +213,13 @@ def _sync(config: Config, args: argparse.Namespace) -> int:
     print(f"{outcome}: state version {result.get('version')} {result.get('message') or ''}")
     if outcome not in ("accepted", "current"):
         return 1
-    if args.no_wait or not before:
+    if args.no_wait:
         return 0
     try:
-        settled = _follow_replication(
-            config.data_dir,
-            before.get("passes", 0) + (1 if before.get("running") else 0),
-            outcome == "accepted",
-            args.timeout,
-        )
+        return follow_replication(config.data_dir, timeout=args.timeout)
     except AdminUnavailable as exc:
         print(f"satellite: {exc}", file=sys.stderr)
         return 1
-    return 0 if settled else 1
-
-
-def _follow_replication(data_dir: Path, passes: int, new_state: bool, timeout: float) -> bool:
-    """Draws replication's progress until it settles (every image present or failed),
-    then prints one row per image. False when ``timeout`` passed first."""
-    import time
-
-    from appliance.admin import call
-    from appliance.status import replication_line
-
-    live = sys.stderr.isatty()
-    deadline = time.monotonic() + timeout
-    last_drawn = 0.0
-    while True:
-        data = call(data_dir, "GET", "/status")
-        progress = data.get("replication") or {}
-        counts = progress.get("images") or {}
-        unsettled = counts.get("missing", 0) + counts.get("replicating", 0)
-        done = not progress.get("running") and not unsettled
-        if done and (not new_state or progress.get("passes", 0) > passes):
-            break
-        now = time.monotonic()
-        if now >= deadline:
-            print("\nstill replicating; see satellite status", file=sys.stderr)
-            return False
-        if live:
-            print("\r" + replication_line(progress)[:160], end="", file=sys.stderr, flush=True)
-        elif now - last_drawn >= 5.0:
-            print(replication_line(progress), file=sys.stderr, flush=True)
-            last_drawn = now
-        time.sleep(0.5)
-    if live:
-        print(file=sys.stderr)
-    images = (data.get("images") or {}).get("list") or []
-    width = max([len("IMAGE")] + [len(i["repository"]) for i in images])
-    print(f"{'IMAGE':<{width}}  {'DIGEST':<19}  {'STATUS':<11}  ERROR")
-    for image in images:
-        print(
-            f"{image['repository']:<{width}}  {image['digest'][:19]:<19}"
-            f"  {image['status']:<11}  {image.get('error') or ''}"
-        )
-    print(replication_line(progress))
-    return True
 
 
 async def _gc(config: Config, args: argparse.Namespace) -> int:

@@ -130,9 +130,11 @@ class Replicator:
     # the pass under way (or the last one): what its images need and how far it got
     pass_started: float = 0.0
     pass_seconds: float = 0.0
-    pass_bytes_needed: int = 0  # bytes of the blobs found missing so far in this pass
+    # bytes of the blobs it has found needed so far, of those now here, and fetched
+    pass_bytes_needed: int = 0
+    pass_bytes_done: int = 0
     pass_bytes_fetched: int = 0
-    _pass_digests: set[Digest] = field(default_factory=set)
+    _pass_seen: set[Digest] = field(default_factory=set)
     _pass_left_out: set[tuple[str, Digest]] = field(default_factory=set)
 
     def progress(self) -> dict[str, Any]:
@@ -143,7 +145,7 @@ class Replicator:
         bandwidth = self.proxy.bandwidth
         elapsed = (self.clock() - self.pass_started) if self.running else self.pass_seconds
         rate = self.pass_bytes_fetched / elapsed if elapsed > 0 else 0.0
-        left = max(0, self.pass_bytes_needed - self.pass_bytes_fetched)
+        left = max(0, self.pass_bytes_needed - self.pass_bytes_done)
         return {
             "running": self.running,
             "passes": self.passes,
@@ -151,10 +153,11 @@ class Replicator:
             "blobs_fetched": self.blobs_fetched,
             "bytes_fetched": self.bytes_fetched,
             "last_pass_seconds": self.last_pass_seconds,
+            "pass_bytes_needed": self.pass_bytes_needed,
+            "pass_bytes_done": self.pass_bytes_done,
             "bandwidth_bytes_per_second": bandwidth.rate,
             "bandwidth_waited_seconds": round(bandwidth.waited, 3),
             # the pass under way, or the last one
-            "pass_bytes_needed": self.pass_bytes_needed,
             "pass_bytes_fetched": self.pass_bytes_fetched,
             "pass_seconds": round(elapsed, 3),
             "pass_bytes_per_second": round(rate),
@@ -192,7 +195,8 @@ class Replicator:
         fetched_before = self.blobs_fetched
         self.running, self.pass_started, self.pass_seconds = True, self.clock(), 0.0
         self.pass_bytes_needed = self.pass_bytes_fetched = 0
-        self._pass_digests, self._pass_left_out = set(), set()
+        self.pass_bytes_done = 0
+        self._pass_seen, self._pass_left_out = set(), set()
 
         async def one(image: ImageDescriptor) -> None:
             key = (image.repository, image.digest)
@@ -340,17 +344,19 @@ class Replicator:
         refs = manifest.blob_references()
 
         async def fetch(ref: Descriptor) -> None:
+            first = ref.digest not in self._pass_seen
+            if first:
+                self._pass_seen.add(ref.digest)
+                self.pass_bytes_needed += ref.size
             async with limit:
-                counted = ref.digest not in self._pass_digests
-                self._pass_digests.add(ref.digest)
-                if counted and await self.store.meta.any_blob_size(ref.digest) is None:
-                    self.pass_bytes_needed += ref.size
                 if await self.proxy.ensure_blob(target, ref.digest):
                     self.blobs_fetched += 1
                     self.bytes_fetched += ref.size
                     self.pass_bytes_fetched += ref.size
                     if self.metrics is not None:
                         self.metrics.replicated_bytes.inc(ref.size)
+            if first:
+                self.pass_bytes_done += ref.size
 
         await asyncio.gather(*(fetch(r) for r in refs))
         return {r.digest for r in refs}
