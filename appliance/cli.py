@@ -90,6 +90,17 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument(
         "--now", action="store_true", help="fetch right away and wait for the verdict (default)"
     )
+    sync.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="return with the verdict, without waiting for replication to settle",
+    )
+    sync.add_argument(
+        "--timeout",
+        type=float,
+        default=3600.0,
+        help="seconds to wait for replication to settle (default 3600)",
+    )
     gc = sub.add_parser(
         "gc", help="free the cached content that no state needs now (pinned content stays)"
     )
@@ -212,8 +223,9 @@ async def _status(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def _sync(config: Config) -> int:
+def _sync(config: Config, args: argparse.Namespace) -> int:
     from appliance.admin import AdminUnavailable, call
+    from appliance.status import follow_replication
 
     try:
         result = call(config.data_dir, "POST", "/sync")
@@ -222,7 +234,15 @@ def _sync(config: Config) -> int:
         return 1
     outcome = result.get("outcome")
     print(f"{outcome}: state version {result.get('version')} {result.get('message') or ''}")
-    return 0 if outcome in ("accepted", "current") else 1
+    if outcome not in ("accepted", "current"):
+        return 1
+    if args.no_wait:
+        return 0
+    try:
+        return follow_replication(config.data_dir, timeout=args.timeout)
+    except AdminUnavailable as exc:
+        print(f"satellite: {exc}", file=sys.stderr)
+        return 1
 
 
 async def _gc(config: Config, args: argparse.Namespace) -> int:
@@ -374,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "status":
         return asyncio.run(_status(config, args))
     if args.command == "sync":
-        return _sync(config)
+        return _sync(config, args)
     if args.command == "gc":
         return asyncio.run(_gc(config, args))
     if args.command == "bundle":

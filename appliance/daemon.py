@@ -76,6 +76,7 @@ class RegistryConsumer:
             registry.proxy,
             lambda: self.app.state.registry.router,
             on_change=self._images_changed,
+            metrics=self.metrics,
         )
         self.replication = ReplicationLoop(
             self.replicator, lambda: self.agent.trust.state if self.agent else None
@@ -122,13 +123,15 @@ class RegistryConsumer:
             _int(signed.get("checkin_interval")),
             DEFAULT_CHECKIN_INTERVAL,
         )
-        self._source(
+        bandwidth = self._source(
             "bandwidth_bytes_per_second",
             "-",
             None,
             _int(signed.get("bandwidth_bytes_per_second")),
             0,
         )
+        self.app.state.registry.proxy.bandwidth.set_rate(bandwidth or 0)
+        self.metrics.bandwidth_cap.set(bandwidth or 0)
         if self.agent is not None:
             self.agent.intervals.state = float(state_interval)
             self.agent.intervals.checkin = float(checkin_interval)
@@ -321,6 +324,7 @@ async def build(config: Config) -> Daemon:
             "registered": True,
             "config": consumer.sources,
             "store": await _store_status(store),
+            "replication": consumer.replicator.progress(),
         }
 
     async def sync() -> dict[str, Any]:

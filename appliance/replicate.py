@@ -35,7 +35,8 @@ from typing import Any
 
 from groundcontrol.contract import ImageDescriptor, ImageStatus, ImageStatusValue, StateDocument
 from registry_proxy.digest import Digest
-from registry_proxy.manifest import Descriptor, Manifest, parse_manifest
+from registry_proxy.manifest import OCI_INDEX, Descriptor, Manifest, parse_manifest
+from registry_proxy.metrics import Metrics
 from registry_proxy.proxy import Proxy
 from registry_proxy.routing import Router, Target
 from registry_proxy.store import ContentStore
@@ -92,7 +93,7 @@ def plan_children(index: Manifest, platforms: Iterable[str]) -> tuple[Descriptor
 class ImageProgress:
     """What replication knows of one image of the state."""
 
-    status: ImageStatusValue = "missing"  # missing (not yet replicated) | present | failed
+    status: ImageStatusValue = "missing"  # missing | replicating | present | failed
     error: str | None = None
     attempts: int = 0
     next_try: float = 0.0
@@ -120,7 +121,49 @@ class Replicator:
     rng: random.Random = field(default_factory=random.Random)
     images: dict[tuple[str, str], ImageProgress] = field(default_factory=dict)
     on_change: Callable[[], Awaitable[None]] | None = None
+    metrics: Metrics | None = None
     blobs_fetched: int = 0
+    bytes_fetched: int = 0  # blob bytes fetched from upstreams, over the process's life
+    passes: int = 0
+    running: bool = False
+    last_pass_seconds: float | None = None
+    # the pass under way (or the last one): what its images need and how far it got
+    pass_started: float = 0.0
+    pass_seconds: float = 0.0
+    # bytes of the blobs it has found needed so far, of those now here, and fetched
+    pass_bytes_needed: int = 0
+    pass_bytes_done: int = 0
+    pass_bytes_fetched: int = 0
+    _pass_seen: set[Digest] = field(default_factory=set)
+    _pass_left_out: set[tuple[str, Digest]] = field(default_factory=set)
+
+    def progress(self) -> dict[str, Any]:
+        """Where replication stands, for ``satellite status`` and ``sync --now``'s bar."""
+        counts = {"present": 0, "missing": 0, "failed": 0}
+        for p in self.images.values():
+            counts[p.status] = counts.get(p.status, 0) + 1
+        bandwidth = self.proxy.bandwidth
+        elapsed = (self.clock() - self.pass_started) if self.running else self.pass_seconds
+        rate = self.pass_bytes_fetched / elapsed if elapsed > 0 else 0.0
+        left = max(0, self.pass_bytes_needed - self.pass_bytes_done)
+        return {
+            "running": self.running,
+            "passes": self.passes,
+            "images": counts,
+            "blobs_fetched": self.blobs_fetched,
+            "bytes_fetched": self.bytes_fetched,
+            "last_pass_seconds": self.last_pass_seconds,
+            "pass_bytes_needed": self.pass_bytes_needed,
+            "pass_bytes_done": self.pass_bytes_done,
+            "bandwidth_bytes_per_second": bandwidth.rate,
+            "bandwidth_waited_seconds": round(bandwidth.waited, 3),
+            # the pass under way, or the last one
+            "pass_bytes_fetched": self.pass_bytes_fetched,
+            "pass_seconds": round(elapsed, 3),
+            "pass_bytes_per_second": round(rate),
+            "eta_seconds": round(left / rate, 1) if self.running and rate > 0 else None,
+            "next_retry_in": _later(self.next_retry(), self.clock()),
+        }
 
     def statuses(self, doc: StateDocument) -> list[ImageStatus]:
         out = []
@@ -150,14 +193,20 @@ class Replicator:
         self.proxy.pin_tags(self.tag_pins(doc))
         limit = asyncio.Semaphore(self.concurrency)
         fetched_before = self.blobs_fetched
+        self.running, self.pass_started, self.pass_seconds = True, self.clock(), 0.0
+        self.pass_bytes_needed = self.pass_bytes_fetched = 0
+        self.pass_bytes_done = 0
+        self._pass_seen, self._pass_left_out = set(), set()
 
         async def one(image: ImageDescriptor) -> None:
             key = (image.repository, image.digest)
             progress = self.images.setdefault(key, ImageProgress())
             if progress.status == "failed" and progress.next_try > self.clock():
                 return
+            if progress.status == "missing":  # a failed one stays failed until it succeeds
+                progress.status = "replicating"
             try:
-                progress.digests = frozenset(await self._image(image, limit))
+                progress.digests = frozenset(await self._image(image, limit, progress))
             except Exception as exc:  # one image's failure is its own
                 progress.attempts += 1
                 progress.status = "failed"
@@ -174,11 +223,29 @@ class Replicator:
             else:
                 progress.status, progress.error, progress.attempts = "present", None, 0
 
-        await asyncio.gather(*(one(i) for i in doc.images))
+        try:
+            await asyncio.gather(*(one(i) for i in doc.images))
+            self.pass_seconds = self.clock() - self.pass_started
+            return await self._settle(result, fetched_before)
+        finally:
+            # settled once the image results are recorded (``on_change``): a reader
+            # that sees the pass over sees its outcome too
+            self.running = False
+            self.pass_seconds = self.pass_seconds or self.clock() - self.pass_started
+            self.passes += 1
+
+    async def _settle(self, result: Pass, fetched_before: int) -> Pass:
+        self.proxy.left_out = self._pass_left_out  # what the current state leaves out
         result.blobs_fetched = self.blobs_fetched - fetched_before
         result.pinned, result.unpinned = await self._pins()
         result.present = sum(1 for p in self.images.values() if p.status == "present")
         result.failed = sum(1 for p in self.images.values() if p.status == "failed")
+        self.last_pass_seconds = round(self.pass_seconds, 3)
+        if self.metrics is not None:
+            self.metrics.replication_seconds.observe(self.pass_seconds)
+            for status in ("missing", "replicating", "present", "failed"):
+                count = sum(1 for p in self.images.values() if p.status == status)
+                self.metrics.replication_images.labels(status).set(count)
         if self.on_change is not None:
             await self.on_change()
         return result
@@ -193,7 +260,9 @@ class Replicator:
             if i.tag
         }
 
-    async def _image(self, image: ImageDescriptor, limit: asyncio.Semaphore) -> set[Digest]:
+    async def _image(
+        self, image: ImageDescriptor, limit: asyncio.Semaphore, progress: ImageProgress
+    ) -> set[Digest]:
         target = self.router().route(image.repository)
         if target.upstream is None:
             # nothing to fetch it from: it must be here already (pushed or imported)
@@ -203,6 +272,10 @@ class Replicator:
         closure = {digest}
         if manifest.is_index:
             children = plan_children(manifest, image.platforms)
+            kept = {c.digest for c in children}
+            left_out = {(target.repo, c.digest) for c in manifest.manifests if c.digest not in kept}
+            self._pass_left_out |= left_out
+            self.proxy.left_out |= left_out  # answers 404 offline from now on
             parts = await asyncio.gather(
                 *(self._child(target, child.digest, limit) for child in children)
             )
@@ -210,6 +283,14 @@ class Replicator:
                 closure |= part
         else:
             closure |= await self._blobs(target, manifest, limit)
+        try:
+            closure |= await self._referrers(target, digest, limit)
+        except Exception as exc:
+            if progress.status != "present":
+                raise
+            # a refresh of an image held already: what referred to it stays, as it was
+            log.info("referrers of %s@%s not refreshed: %s", image.repository, digest, exc)
+            closure |= progress.digests
         if image.tag:
             await self.store.set_tag(target.repo, image.tag, digest)
         return closure
@@ -225,6 +306,34 @@ class Replicator:
             return closure
         return {digest} | await self._blobs(target, manifest, limit)
 
+    async def _referrers(
+        self, target: Target, digest: Digest, limit: asyncio.Semaphore
+    ) -> set[Digest]:
+        """The artifacts that refer to the image (signatures, SBOMs, attestations), with
+        their blobs, so that checking them works offline: those the upstream's referrers
+        API lists, or, where it has none, those its tags name by the referrers tag schema
+        (``sha256-<hex>``, an index of referrers) and cosign's (``sha256-<hex>.sig``,
+        ``.att``, ``.sbom``); those tags are stored too."""
+        listed: list[Digest] = []
+        body = await self.proxy.upstream_referrers(target, digest)
+        if body is not None:
+            listed = [d.digest for d in parse_manifest(body, OCI_INDEX).manifests]
+        else:
+            for tag in referrer_tags(digest):
+                found = await self.proxy.tagged(target, tag)
+                if found is None:
+                    continue
+                manifest = await self._manifest(target, found)
+                if tag == referrer_tags(digest)[0] and manifest.is_index:
+                    listed.append(found)  # the schema's index: its entries are the referrers
+                    listed.extend(d.digest for d in manifest.manifests)
+                else:
+                    listed.append(found)
+        closure: set[Digest] = set()
+        for part in await asyncio.gather(*(self._child(target, d, limit) for d in listed)):
+            closure |= part
+        return closure
+
     async def _manifest(self, target: Target, digest: Digest) -> Manifest:
         body, media_type = await self.proxy.ensure_manifest(target, digest)
         return parse_manifest(body, media_type)
@@ -235,9 +344,19 @@ class Replicator:
         refs = manifest.blob_references()
 
         async def fetch(ref: Descriptor) -> None:
+            first = ref.digest not in self._pass_seen
+            if first:
+                self._pass_seen.add(ref.digest)
+                self.pass_bytes_needed += ref.size
             async with limit:
                 if await self.proxy.ensure_blob(target, ref.digest):
                     self.blobs_fetched += 1
+                    self.bytes_fetched += ref.size
+                    self.pass_bytes_fetched += ref.size
+                    if self.metrics is not None:
+                        self.metrics.replicated_bytes.inc(ref.size)
+            if first:
+                self.pass_bytes_done += ref.size
 
         await asyncio.gather(*(fetch(r) for r in refs))
         return {r.digest for r in refs}
@@ -270,6 +389,18 @@ class Replicator:
         for digest in pinned - needed:
             await self.store.unpin(digest, PIN_OWNER)
         return len(needed - pinned), len(pinned - needed)
+
+
+def _later(when: float | None, now: float) -> float | None:
+    return None if when is None else round(max(0.0, when - now), 1)
+
+
+def referrer_tags(digest: Digest) -> tuple[str, ...]:
+    """The tags that name artifacts referring to ``digest`` where a registry has no
+    referrers API: the OCI referrers tag schema's first, then cosign's (the schema's
+    truncation: at most 32 characters of algorithm and 64 of hex, to stay a valid tag)."""
+    base = f"{digest.algorithm[:32]}-{digest.encoded[:64]}"
+    return (base, f"{base}.sig", f"{base}.att", f"{base}.sbom")
 
 
 def _reason(exc: BaseException) -> str:

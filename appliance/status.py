@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from appliance.admin import AdminUnavailable, call
 from appliance.fleet import offline_status
@@ -91,6 +92,15 @@ def render_status(data: dict[str, Any]) -> str:
         lines.append(
             "images:         " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
         )
+    replication = data.get("replication")
+    if replication:
+        cap = replication.get("bandwidth_bytes_per_second") or 0
+        lines.append(
+            f"replication:    {'running' if replication.get('running') else 'idle'},"
+            f" {replication.get('passes')} pass(es), {replication.get('blobs_fetched')} blob(s)"
+            f" / {replication.get('bytes_fetched')} bytes fetched,"
+            f" cap {f'{cap} bytes/s' if cap else 'none'}"
+        )
     outbox = data.get("outbox") or {}
     lines.append(
         f"outbox:         {outbox.get('depth')} check-in(s) queued, {outbox.get('acked')} acked,"
@@ -112,3 +122,79 @@ def render_status(data: dict[str, Any]) -> str:
             continue
         lines.append(f"{key + ':':<16}{item['value']} [{item['source']}]")
     return "\n".join(lines)
+
+
+def _settled(data: dict[str, Any]) -> bool:
+    images = (data.get("images") or {}).get("list") or []
+    running = (data.get("replication") or {}).get("running")
+    return not running and all(i.get("status") not in ("missing", "replicating") for i in images)
+
+
+def progress_line(data: dict[str, Any], rate: float) -> str:
+    """images present/total, bytes of this pass, rate and ETA: the live line of sync."""
+    images = (data.get("images") or {}).get("list") or []
+    present = sum(1 for i in images if i.get("status") == "present")
+    failed = sum(1 for i in images if i.get("status") == "failed")
+    rep = data.get("replication") or {}
+    done, needed = rep.get("pass_bytes_done") or 0, rep.get("pass_bytes_needed") or 0
+    width = 24
+    filled = int(width * done / needed) if needed else (width if _settled(data) else 0)
+    eta = f"{(needed - done) / rate:.0f}s" if rate > 0 and needed > done else "-"
+    return (
+        f"[{'#' * filled}{'.' * (width - filled)}] {present}/{len(images)} images"
+        f"{f', {failed} failed' if failed else ''}, {done / 1e6:.1f}/{needed / 1e6:.1f} MB,"
+        f" {rate / 1e6:.1f} MB/s, ETA {eta}"
+    )
+
+
+def summary_table(data: dict[str, Any]) -> str:
+    images = (data.get("images") or {}).get("list") or []
+    rows = [("IMAGE", "STATUS", "DETAIL")] + [
+        (
+            f"{i['repository']}@{i['digest'][:19]}",
+            i["status"],
+            (i.get("error") or "")[:100],
+        )
+        for i in images
+    ]
+    widths = [max(len(r[n]) for r in rows) for n in range(2)]
+    return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]}".rstrip() for r in rows)
+
+
+def follow_replication(
+    data_dir: Path, *, timeout: float, interval: float = 0.5, out: TextIO | None = None
+) -> int:
+    """After ``satellite sync``: a live progress line until replication settles (no image
+    missing, no pass running), then a table of every image. 0 when all are present."""
+    out = out or sys.stderr
+    live = out.isatty()
+    deadline = time.monotonic() + timeout
+    last_bytes: tuple[float, int] | None = None
+    rate = 0.0
+    printed = 0.0
+    while True:
+        data = call(data_dir, "GET", "/status")
+        fetched = (data.get("replication") or {}).get("bytes_fetched") or 0
+        now = time.monotonic()
+        if last_bytes is not None and now > last_bytes[0]:
+            sample = (fetched - last_bytes[1]) / (now - last_bytes[0])
+            rate = sample if rate == 0 else 0.7 * rate + 0.3 * sample
+        last_bytes = (now, fetched)
+        settled = _settled(data)
+        if live:
+            out.write("\r" + progress_line(data, rate))
+        elif settled or now - printed >= 5:
+            out.write(progress_line(data, rate) + "\n")
+            printed = now
+        out.flush()
+        if settled or now >= deadline:
+            break
+        time.sleep(interval)
+    if live:
+        out.write("\n")
+    print(summary_table(data))
+    if not settled:
+        print(f"satellite: replication had not settled after {timeout:g}s", file=sys.stderr)
+        return 1
+    images = (data.get("images") or {}).get("list") or []
+    return 0 if all(i.get("status") == "present" for i in images) else 1

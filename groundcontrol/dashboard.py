@@ -45,6 +45,7 @@ from groundcontrol.errors import (
     UnsupportedMediaType,
 )
 from groundcontrol.services import Services
+from registry_proxy.units import format_bytes
 
 FORM_TYPE = "application/x-www-form-urlencoded"
 MAX_FORM_BYTES = 16 * 1024
@@ -295,12 +296,7 @@ def _duration(seconds: float) -> str:
 def _bytes(n: int | None) -> str:
     if n is None:
         return "—"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
+    return format_bytes(n)
 
 
 def _pager(path: str, page: int, pages: int, params: dict[str, Any]) -> str:

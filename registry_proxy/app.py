@@ -32,7 +32,7 @@ from registry_proxy.edge import EXCEPTION_HANDLERS, UnexpectedErrors
 from registry_proxy.errors import RegistryError
 from registry_proxy.manifest import MAX_MANIFEST_BYTES, OCI_INDEX, accepts
 from registry_proxy.metrics import CONTENT_TYPE_LATEST, Metrics
-from registry_proxy.names import parse_reference, validate_name
+from registry_proxy.names import parse_reference, validate_name, validate_tag
 from registry_proxy.numbers import DIGITS, parse_uint
 from registry_proxy.proxy import CacheStatus, FillSource, Proxy, Upstream
 from registry_proxy.responses import BlobResponse, StreamResponse, parse_range
@@ -264,17 +264,23 @@ class Registry:
 
     async def put_manifest(self, request: Request, t: Target, arg: str | None) -> Response:
         reference = parse_reference(arg or "")
+        # distribution-spec's ?tag=a&tag=b: tags set with the push (all checked first)
+        tags = list(dict.fromkeys(validate_tag(tag) for tag in request.query_params.getlist("tag")))
         body = await _read_capped(request, MAX_MANIFEST_BYTES)
         digest, manifest = await self.store.put_manifest(
             t.repo, reference, body, request.headers.get("content-type")
         )
+        for tag in tags:
+            await self.store.set_tag(t.repo, tag, digest)
         headers = {
             "location": f"/v2/{t.name}/manifests/{digest}",
             "docker-content-digest": str(digest),
         }
         if manifest.subject is not None:
             headers["oci-subject"] = str(manifest.subject.digest)
-        return Response(status_code=201, headers=headers)
+        response = Response(status_code=201, headers=headers)
+        response.raw_headers.extend((b"oci-tag", tag.encode()) for tag in tags)
+        return response
 
     async def delete_manifest(self, request: Request, t: Target, arg: str | None) -> Response:
         await self.store.delete_manifest(t.repo, parse_reference(arg or ""))

@@ -19,10 +19,10 @@ import contextlib
 import hashlib
 import logging
 import os
-import secrets
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+from registry_proxy.bandwidth import Bandwidth
 from registry_proxy.digest import Digest
 from registry_proxy.durable import write_all
 from registry_proxy.errors import RegistryError
@@ -56,6 +56,8 @@ class BlobFill:
         idle_timeout: float = 60.0,
         max_resumes: int = 5,
         on_result: Callable[[BlobFill, BaseException | None], None] | None = None,
+        bandwidth: Bandwidth | None = None,
+        background: bool = False,
     ) -> None:
         self.store = store
         self.client = client
@@ -66,7 +68,11 @@ class BlobFill:
         self.idle_timeout = idle_timeout
         self.max_resumes = max_resumes
         self.on_result = on_result
-        self.path: Path = store.layout.uploads / f"fill-{secrets.token_hex(8)}"
+        self.bandwidth = bandwidth or Bandwidth()
+        self.background = background  # replication's: yields to client transfers
+        # named by digest, and kept when the link (or the process) goes away mid-way:
+        # the next fill of the digest resumes from its bytes with Range
+        self.path: Path = store.layout.partial_fill(digest)
         self.size: int | None = None
         self.written = 0
         self.done = False  # verified and published in the store
@@ -81,7 +87,15 @@ class BlobFill:
         return self.done or self.error is not None
 
     def start(self) -> None:
+        if not self.background:
+            self.bandwidth.client_started()
         self.task = asyncio.get_running_loop().create_task(self._run(), name=f"fill {self.digest}")
+
+    def prioritize(self) -> None:
+        """A client joined this background fill: it now goes at a client's priority."""
+        if self.background and not self.finished:
+            self.background = False
+            self.bandwidth.client_started()
 
     async def _notify(self) -> None:
         async with self._progress:
@@ -91,12 +105,26 @@ class BlobFill:
         failure: BaseException | None = None
         fd = -1
         try:
-            fd = await asyncio.to_thread(
-                os.open, self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600
-            )
+            fd = await asyncio.to_thread(os.open, self.path, os.O_RDWR | os.O_CREAT, 0o600)
             hasher = self.digest.hasher()
+            self.written = await asyncio.to_thread(_rehash, fd, hasher)
+            if self.written:
+                self.metrics.resumes.labels(self.client.name).inc()
+                log.info(
+                    "upstream %s: resuming %s from the %d bytes received before",
+                    self.client.name,
+                    self.digest,
+                    self.written,
+                )
             resumes = 0
-            while True:
+            staged = Digest(self.digest.algorithm, hasher.copy().hexdigest())
+            whole = self.written > 0 and staged == self.digest
+            if whole:
+                # every byte arrived before the process stopped (while it paid the cap
+                # for them, or published): nothing is left to fetch
+                self.size = self.written
+                self.started.set()
+            while not whole:
                 try:
                     await self._transfer(fd, hasher)
                     break
@@ -138,11 +166,16 @@ class BlobFill:
         except BaseException as exc:  # every failure ends the fill, and is recorded
             failure = exc
             self.error = as_registry_error(exc, "BLOB_UNKNOWN", str(self.digest))
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
+            # a cut link or a shutdown keeps what came, to resume from; anything else
+            # (bad content, a refusal) abandons it
+            if not (isinstance(exc, UpstreamUnavailable | asyncio.CancelledError) and self.written):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path)
             if isinstance(exc, asyncio.CancelledError):
                 raise
         finally:
+            if not self.background:
+                self.bandwidth.client_finished()
             if fd >= 0:
                 os.close(fd)
             self.started.set()
@@ -179,6 +212,7 @@ class BlobFill:
                 _append(fd, chunk, hasher)
                 self.written += len(chunk)
                 self.metrics.upstream_bytes.labels(self.client.name).inc(len(chunk))
+                await self.bandwidth.take(len(chunk), background=lambda: self.background)
                 if self.size is not None and self.written > self.size:
                     raise RegistryError(
                         "UNAVAILABLE", f"upstream sent more than {self.size} bytes", status=502
@@ -249,6 +283,16 @@ class FillReader:
         if not chunk:
             raise FillFailed("staging file shorter than reported")
         return chunk
+
+
+def _rehash(fd: int, hasher: hashlib._Hash) -> int:
+    """Feeds the bytes already in a staging file to ``hasher``; leaves ``fd`` at its
+    end, where the transfer continues. Returns how many there were."""
+    total = 0
+    while chunk := os.read(fd, READ_CHUNK):
+        hasher.update(chunk)
+        total += len(chunk)
+    return total
 
 
 def _append(fd: int, data: bytes, hasher: hashlib._Hash) -> None:

@@ -4,6 +4,8 @@
     <root>/blobs/<alg>/<xx>/<hex>   verified content, named by its digest
     <root>/uploads/<uuid>/data      bytes of an upload in progress (never served)
     <root>/uploads/<uuid>/commit-*  a verified copy being moved into blobs/
+    <root>/partial/<alg>-<hex>      the bytes received so far of a fill from upstream, kept
+                                    across a cut link or a restart to resume with Range
 
 Every path is built from a parsed Digest or a UUID, never from a repository name or any
 other client string, so a request cannot name a path outside these directories.
@@ -35,6 +37,13 @@ class Layout:
     def uploads(self) -> Path:
         return self.root / "uploads"
 
+    @property
+    def partial(self) -> Path:
+        return self.root / "partial"
+
+    def partial_fill(self, digest: Digest) -> Path:
+        return self.partial / f"{digest.algorithm}-{digest.encoded}"
+
     def blob(self, digest: Digest) -> Path:
         return self.blobs / digest.algorithm / digest.encoded[:2] / digest.encoded
 
@@ -46,7 +55,7 @@ class Layout:
         return self.upload_dir(upload_id) / "data"
 
     def create(self) -> None:
-        for directory in (self.root, self.blobs, self.uploads):
+        for directory in (self.root, self.blobs, self.uploads, self.partial):
             directory.mkdir(parents=True, exist_ok=True)
 
     def remove_upload(self, upload_id: str) -> None:

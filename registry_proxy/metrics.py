@@ -6,7 +6,7 @@ never collide on the global one.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
@@ -76,6 +76,28 @@ class Metrics:
         )
         self.evictions = Counter(
             "satellite_evictions", "Blobs evicted to stay within the cache budget", registry=r
+        )
+        self.bandwidth_cap = Gauge(
+            "satellite_bandwidth_cap_bytes_per_second",
+            "The cap on upstream traffic (0: none)",
+            registry=r,
+        )
+        self.replicated_bytes = Counter(
+            "satellite_replicated_bytes",
+            "Blob bytes replication fetched from upstreams",
+            registry=r,
+        )
+        self.replication_images = Gauge(
+            "satellite_replication_images",
+            "Images of the state by replication status",
+            ["status"],
+            registry=r,
+        )
+        self.replication_seconds = Histogram(
+            "satellite_replication_pass_seconds",
+            "Duration of replication passes",
+            buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 1800, 7200),
+            registry=r,
         )
 
     def render(self) -> bytes:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
+from registry_proxy.bandwidth import Bandwidth
 from registry_proxy.breaker import CircuitBreaker
 from registry_proxy.digest import Digest
 from registry_proxy.errors import RegistryError
@@ -112,6 +113,10 @@ class Proxy:
         self._retired: set[asyncio.Task[None]] = set()
         # tags the fleet's state names: they answer the state's digest, not upstream's
         self._tag_pins: dict[tuple[str, str], Digest] = {}
+        # (stored repository, digest) of the platforms a kept index leaves out on purpose
+        self.left_out: set[tuple[str, Digest]] = set()
+        # the cap on upstream traffic (the signed config's bandwidth_bytes_per_second)
+        self.bandwidth = Bandwidth()
         for name in upstreams:
             metrics.upstream_online.labels(name).set(1)
 
@@ -256,11 +261,36 @@ class Proxy:
         A fill under way for a client is joined, never started twice."""
         if await self.store.mount_blob(target.repo, digest, None):
             return False
-        fill = self._fill(target, digest)
+        fill = self._fill(target, digest, background=True)
         await fill.wait()
         if fill.error is not None:
             raise fill.error
         return True
+
+    async def tagged(self, target: Target, tag: str) -> Digest | None:
+        """The digest ``tag`` names (the upstream's answer, stored like any pulled tag);
+        None when neither the upstream nor the store knows it."""
+        try:
+            row, _ = await self.manifest_answer(target, tag)
+        except RegistryError as exc:
+            if exc.code == "MANIFEST_UNKNOWN":
+                return None
+            raise
+        return row.digest
+
+    async def upstream_referrers(self, target: Target, digest: Digest) -> bytes | None:
+        """The upstream's referrers index for ``digest`` (None: it has no referrers API)."""
+        up = self._upstream(target)
+        assert target.upstream_repo is not None
+        if not self._usable(up):
+            raise _offline(target, digest)
+        try:
+            body = await up.client.get_referrers(target.upstream_repo, digest)
+        except UpstreamError as exc:
+            self._observe(up, exc)
+            raise as_registry_error(exc, "MANIFEST_UNKNOWN", str(digest)) from exc
+        self._observe(up, None)
+        return body
 
     async def manifest_answer(
         self, target: Target, reference: str | Digest
@@ -280,8 +310,9 @@ class Proxy:
             except RegistryError:
                 pass
             self.metrics.cache_misses.labels("manifest").inc()
+            left_out = (target.repo, reference) in self.left_out
             if not self._usable(up):
-                raise _offline(target, reference)
+                raise _not_kept(target, reference) if left_out else _offline(target, reference)
             fetch = self._lookup(
                 ("digest", target.repo, str(reference)),
                 lambda: self._fetch_by_digest(target, up, reference),
@@ -289,6 +320,8 @@ class Proxy:
             try:
                 return await asyncio.shield(fetch.task), CacheStatus.MISS
             except UpstreamError as exc:
+                if left_out:  # not here on purpose: the upstream's trouble is not the answer
+                    raise _not_kept(target, reference) from exc
                 raise as_registry_error(exc, "MANIFEST_UNKNOWN", str(reference)) from exc
 
         if self._usable(up):
@@ -446,12 +479,15 @@ class Proxy:
             raise fill.error
         return await self.store.open_blob(target.repo, digest), CacheStatus.MISS
 
-    def _fill(self, target: Target, digest: Digest) -> BlobFill:
-        """The fill of ``digest`` under way (joined), or a new one started."""
+    def _fill(self, target: Target, digest: Digest, *, background: bool = False) -> BlobFill:
+        """The fill of ``digest`` under way (joined), or a new one started. A client
+        joining a background (replication) fill raises it to a client's priority."""
         up = self._upstream(target)
         fill = self._fills.get(digest)
         if fill is not None and not fill.finished:
             self.metrics.coalesced.inc()
+            if not background:
+                fill.prioritize()
             if target.repo not in fill.repos:
                 fill.repos.append(target.repo)
             return fill
@@ -468,6 +504,8 @@ class Proxy:
             self.metrics,
             idle_timeout=self.fill_idle_timeout,
             on_result=lambda f, exc: self._fill_done(target, up, f, exc),
+            bandwidth=self.bandwidth,
+            background=background,
         )
         self._fills[digest] = fill
         fill.start()
@@ -500,6 +538,12 @@ class Proxy:
                 log.exception("keeping the cache budget after a fill failed")
             if not self._budget_again:
                 return
+
+
+def _not_kept(target: Target, reference: Digest) -> RegistryError:
+    return RegistryError(
+        "MANIFEST_UNKNOWN", f"{target.name}@{reference} is a platform this satellite does not keep"
+    )
 
 
 def _offline(target: Target, reference: str | Digest) -> RegistryError:

@@ -124,6 +124,12 @@ class ContentStore:
                     shutil.rmtree(entry, ignore_errors=True)
             else:
                 entry.unlink(missing_ok=True)
+        # fills cut by a crash resume from these; one untouched for max_age is abandoned
+        cutoff = time.time() - max_age
+        for entry in list(self.layout.partial.iterdir()):
+            with contextlib.suppress(FileNotFoundError):
+                if entry.stat().st_mtime < cutoff:
+                    entry.unlink()
         for upload_id, repo in await self.meta.uploads():
             # counted in the budget from the start, not only once a client resumes them
             size = await asyncio.to_thread(_file_size, self.layout.upload_data(upload_id))

@@ -1,6 +1,7 @@
 """Values in configuration files, for both programs: durations (``90``, ``"90s"``,
 ``"15m"``, ``"7d"``), sizes (``1024``, ``"512MiB"``, ``"1.5GiB"``) and listen addresses
-(``HOST:PORT``), and the one error a bad configuration value raises.
+(``HOST:PORT``), the one error a bad configuration value raises, and byte counts for
+people to read.
 
 Text is read as ASCII digits only (``"²"`` and ``"٣"`` are ``str.isdigit()`` too) with a
 bounded number of them, so no ``int()`` of a megabyte of digits and no value past what
@@ -84,3 +85,13 @@ def parse_listen(value: object) -> tuple[str, int]:
         if sep and host and _PORT.fullmatch(port) and int(port) <= 65535:
             return host, int(port)
     raise ValueError(f"expected HOST:PORT, got {value!r}")
+
+
+def format_bytes(n: float) -> str:
+    """``512 B``, ``1.5 KiB``, ``3.0 GiB``: binary units, one decimal beyond bytes."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"

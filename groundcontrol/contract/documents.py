@@ -45,7 +45,7 @@ DEFAULT_CHECKIN_MAX_BYTES: Final = 4 * 1024 * 1024
 # issued_at means a wrong clock on one side or a crafted document).
 DEFAULT_CLOCK_SKEW: Final = timedelta(minutes=5)
 
-ImageStatusValue = Literal["present", "missing", "failed"]
+ImageStatusValue = Literal["present", "missing", "replicating", "failed"]
 IMAGE_STATUSES: Final[frozenset[str]] = frozenset(get_args(ImageStatusValue))
 
 

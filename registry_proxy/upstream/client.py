@@ -275,6 +275,24 @@ class UpstreamClient:
             manifest = await self._get_manifest(path, ref)
             return UpstreamHead(manifest.digest, manifest.media_type, len(manifest.body))
 
+    async def get_referrers(self, repo: str, digest: Digest) -> bytes | None:
+        """``GET /v2/<repo>/referrers/<digest>``: the image index listing the manifests
+        that refer to ``digest``; None when the upstream has no referrers API (404), in
+        which case the caller falls back to the referrers tag schema."""
+        path = f"/v2/{validate_name(repo)}/referrers/{digest}"
+        what = f"{self.name}: GET {path}"
+
+        async def attempt() -> bytes:
+            async with self._exchange("GET", path, {"Accept": OCI_INDEX}) as response:
+                await self._raise_for_status(response, what)
+                return await read_limited(response, MAX_MANIFEST_BYTES, what)
+
+        async with self._deadline(self.timeouts.manifest_total, what):
+            try:
+                return await self._retrying(attempt)
+            except UpstreamNotFound:
+                return None
+
     @contextlib.asynccontextmanager
     async def open_blob(
         self, repo: str, digest: Digest, *, offset: int = 0

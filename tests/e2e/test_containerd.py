@@ -9,22 +9,11 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import SatelliteFactory
-from tests.support.containerd import Containerd
+from tests.support.containerd import Containerd, mirror_hosts_dir
 from tests.support.images import GeneratedLayout
-from tests.support.satellite import SatelliteProcess, UpstreamTable
+from tests.support.satellite import UpstreamTable
 from tests.support.skopeo import Skopeo
 from tests.support.upstream import UpstreamRegistry
-
-
-def _hosts_dir(tmp_path: Path, sat: SatelliteProcess) -> Path:
-    hosts = tmp_path / "hosts.d"
-    (hosts / "docker.io").mkdir(parents=True)
-    # the fallback "server" is a closed loopback port: nothing may leave this machine
-    (hosts / "docker.io" / "hosts.toml").write_text(
-        'server = "http://127.0.0.1:9"\n'
-        f'[host."http://{sat.host}"]\n  capabilities = ["pull", "resolve"]\n'
-    )
-    return hosts
 
 
 def test_ctr_pulls_through_the_satellite_and_again_offline(
@@ -44,7 +33,7 @@ def test_ctr_pulls_through_the_satellite_and_again_offline(
     sat = satellite_factory(
         push=False, upstreams=[UpstreamTable("docker.io", upstream_registry.url)]
     )
-    hosts = _hosts_dir(tmp_path, sat)
+    hosts = mirror_hosts_dir(tmp_path, sat.host)
     first = containerd_factory()
     first.pull("docker.io/library/app:v1", hosts)
     first.pull("docker.io/library/multi:v1", hosts)

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from registry_proxy.store import ContentStore
-from tests.registry_proxy.conftest import push_blob, push_image, sha256
+from tests.registry_proxy.conftest import image_manifest, push_blob, push_image, sha256
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -393,3 +393,51 @@ async def test_pushes_refused_by_default(store: ContentStore, method: str) -> No
         assert r.status_code == 405
         assert r.json()["errors"][0]["code"] == "UNSUPPORTED"
         assert (await c.get("/v2/")).status_code == 200
+
+
+async def test_put_by_digest_sets_the_tag_parameters(client: httpx.AsyncClient) -> None:
+    config, layers = b'{"os":"linux"}', [b"tagged layer"]
+    for blob in (config, *layers):
+        await push_blob(client, "t/p", blob)
+    body = image_manifest(config, layers)
+    digest = sha256(body)
+    r = await client.put(
+        f"/v2/t/p/manifests/{digest}?tag=a&tag=b&tag=a",
+        content=body,
+        headers={"content-type": OCI_MANIFEST},
+    )
+    assert r.status_code == 201, r.text
+    assert r.headers.get_list("oci-tag") == ["a", "b"]
+    for tag in ("a", "b"):
+        got = await client.get(f"/v2/t/p/manifests/{tag}", headers={"accept": OCI_MANIFEST})
+        assert got.content == body and got.headers["docker-content-digest"] == digest
+    assert (await client.get("/v2/t/p/tags/list")).json()["tags"] == ["a", "b"]
+    # one bad tag refuses the whole push: nothing stored, no tag set
+    other = image_manifest(config, layers, annotations={"n": "2"})
+    bad = await client.put(
+        f"/v2/t/p/manifests/{sha256(other)}?tag=c&tag=-bad",
+        content=other,
+        headers={"content-type": OCI_MANIFEST},
+    )
+    assert bad.status_code == 400 and bad.json()["errors"][0]["code"] == "MANIFEST_INVALID"
+    assert (await client.get(f"/v2/t/p/manifests/{sha256(other)}")).status_code == 404
+    assert (await client.get("/v2/t/p/tags/list")).json()["tags"] == ["a", "b"]
+
+
+async def test_a_manifest_pushed_by_sha512_answers_sha512(client: httpx.AsyncClient) -> None:
+    config, layers = b'{"os":"linux","n":512}', [b"sha512 layer"]
+    for blob in (config, *layers):
+        await push_blob(client, "t/s", blob)
+    body = image_manifest(config, layers)
+    digest = "sha512:" + hashlib.sha512(body).hexdigest()
+    r = await client.put(
+        f"/v2/t/s/manifests/{digest}?tag=v1", content=body, headers={"content-type": OCI_MANIFEST}
+    )
+    assert r.status_code == 201, r.text
+    assert r.headers["docker-content-digest"] == digest
+    for ref in (digest, "v1"):
+        got = await client.get(f"/v2/t/s/manifests/{ref}", headers={"accept": OCI_MANIFEST})
+        assert got.status_code == 200 and got.content == body
+        assert got.headers["docker-content-digest"] == digest
+    head = await client.head(f"/v2/t/s/manifests/{digest}", headers={"accept": OCI_MANIFEST})
+    assert head.headers["docker-content-digest"] == digest

@@ -64,6 +64,18 @@ class Containerd(ServerProcess):
         raise AssertionError(f"{ref} not in containerd")
 
 
+def mirror_hosts_dir(root: Path, mirror_host: str) -> Path:
+    """A ``--hosts-dir`` whose docker.io/hosts.toml sends pulls to ``mirror_host``. The
+    fallback "server" is a closed loopback port: nothing may leave this machine."""
+    hosts = root / "hosts.d"
+    (hosts / "docker.io").mkdir(parents=True)
+    (hosts / "docker.io" / "hosts.toml").write_text(
+        'server = "http://127.0.0.1:9"\n'
+        f'[host."http://{mirror_host}"]\n  capabilities = ["pull", "resolve"]\n'
+    )
+    return hosts
+
+
 @pytest.fixture
 def containerd_factory(tmp_path: Path) -> Iterator[Callable[[], Containerd]]:
     require_tool("containerd", "containerd")

@@ -463,12 +463,21 @@ def build_index(
     layer_size: int = 32 * 1024,
     seed: str = "x",
     annotations: Mapping[str, str] | None = None,
+    compress: bool = True,
 ) -> ImageRef:
     """An OCI image index over one image per platform (each with its own layers)."""
     if not platforms:
         raise ValueError("an index needs at least one platform")
     children = tuple(
-        build_image(layout, None, layers=layers, layer_size=layer_size, seed=seed, platform=p)
+        build_image(
+            layout,
+            None,
+            layers=layers,
+            layer_size=layer_size,
+            seed=seed,
+            platform=p,
+            compress=compress,
+        )
         for p in platforms
     )
     index: JSON = {

@@ -9,11 +9,14 @@ It lacks the referrers API and sha512 (see TESTBED.md).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
 import subprocess
 from pathlib import Path
+
+import httpx
 
 from tests.support.net import LOOPBACK, free_port
 from tests.support.process import ServerProcess
@@ -163,3 +166,13 @@ class UpstreamRegistry(ServerProcess):
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def push_blob(client: httpx.Client, repo: str, data: bytes) -> str:
+    """Pushes ``data`` as a blob of ``repo`` (one POST, one PUT); returns its digest."""
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    location = client.post(f"/v2/{repo}/blobs/uploads/").headers["location"]
+    sep = "&" if "?" in location else "?"
+    r = client.put(f"{location}{sep}digest={digest}", content=data)
+    assert r.status_code == 201, r.text
+    return digest
