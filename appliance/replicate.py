@@ -35,11 +35,13 @@ from typing import Any
 
 from groundcontrol.contract import ImageDescriptor, ImageStatus, ImageStatusValue, StateDocument
 from registry_proxy.digest import Digest
+from registry_proxy.errors import RegistryError
 from registry_proxy.manifest import OCI_INDEX, Descriptor, Manifest, parse_manifest
 from registry_proxy.metrics import Metrics
 from registry_proxy.proxy import Proxy
 from registry_proxy.routing import Router, Target
 from registry_proxy.store import ContentStore
+from registry_proxy.upstream import UpstreamUnavailable
 from registry_proxy.waits import wait_event
 
 log = logging.getLogger("satellite.replicate")
@@ -286,9 +288,11 @@ class Replicator:
         try:
             closure |= await self._referrers(target, digest, limit)
         except Exception as exc:
-            if progress.status != "present":
-                raise
-            # a refresh of an image held already: what referred to it stays, as it was
+            if progress.status != "present" and not _unreachable(exc):
+                raise  # e.g. a signature the upstream lost: the image is not whole
+            # the upstream cannot be asked (a site offline, an air-gapped one whose images
+            # came on a bundle) or a refresh of an image held already: the image is here;
+            # what referred to it stays as it was
             log.info("referrers of %s@%s not refreshed: %s", image.repository, digest, exc)
             closure |= progress.digests
         if image.tag:
@@ -393,6 +397,13 @@ class Replicator:
 
 def _later(when: float | None, now: float) -> float | None:
     return None if when is None else round(max(0.0, when - now), 1)
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """The upstream could not be asked at all (as opposed to answering something wrong)."""
+    return isinstance(exc, UpstreamUnavailable) or (
+        isinstance(exc, RegistryError) and exc.status == 503
+    )
 
 
 def referrer_tags(digest: Digest) -> tuple[str, ...]:

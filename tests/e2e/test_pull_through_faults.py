@@ -240,7 +240,7 @@ def test_a_fill_cut_by_kill9_resumes_from_its_bytes_after_restart(rig: Rig) -> N
         for rule in rules:
             rig.relay.remove_fault(rule)
         pool.shutdown(wait=False, cancel_futures=True)
-    assert rig.metric("satellite_upstream_resumes_total") == 1
+    assert rig.satellite.metric("satellite_upstream_resumes_total") == 1
     assert not partial.exists()  # published: the staging file went into the store
     # cached now: a second pull costs the upstream nothing
     assert httpx.get(rig.blob_url(), timeout=120).content == rig.data
@@ -257,7 +257,7 @@ def test_a_corrupt_resumed_fill_abandons_its_staging_file(rig: Rig) -> None:
     with pytest.raises(httpx.HTTPError):
         r = httpx.get(rig.blob_url(), timeout=120)
         assert r.content != rig.data  # pragma: no cover - reached only if not aborted
-    assert rig.metric("satellite_digest_mismatches_total") == 1
+    assert rig.satellite.metric("satellite_digest_mismatches_total") == 1
     assert not partial.exists()
     r = httpx.get(rig.blob_url(), timeout=120)
     assert r.status_code == 200 and r.content == rig.data
