@@ -399,3 +399,59 @@ def test_counters_with_an_upload_through_the_relay(relay: FaultRelay) -> None:
     relay.reset_counters()
     assert relay.requests == []
     assert relay.bytes_relayed_for(path) == 0
+
+
+# --------------------------------------------------------------------------- protocol edges
+
+
+def read_head(sock: socket.socket, max_reads: int = 100) -> bytes:
+    """Bytes up to and including the first blank line (what follows is dropped)."""
+    out = b""
+    for _ in range(max_reads):
+        if b"\r\n\r\n" in out:
+            return out.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
+        data = sock.recv(65536)
+        if not data:
+            raise AssertionError(f"closed before a whole head: {out!r}")
+        out += data
+    raise AssertionError(f"no whole head in {max_reads} reads: {out!r}")
+
+
+def test_malformed_requests_are_refused_without_reaching_the_target(relay: FaultRelay) -> None:
+    garbage = [
+        b"GET /v2/ HTTP/1.1\r\nHost: x\r\nbad header line\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # a TLS ClientHello: the client falls back
+    ]
+    for request in garbage:
+        with socket.create_connection((relay.host, relay.port), timeout=10) as sock:
+            sock.sendall(request)
+            answer = read_until_closed(sock)  # at once, not at a timeout
+        assert answer.startswith(b"HTTP/1.1 400 "), request
+        assert b"\r\nConnection: close\r\n" in answer
+    assert relay.requests == []
+    assert relay.connections == 2
+
+
+def test_expect_continue_is_answered_by_the_relay(relay: FaultRelay) -> None:
+    head = (
+        f"POST /v2/expect/blobs/uploads/ HTTP/1.1\r\nHost: {relay.netloc}\r\n"
+        "Expect: 100-continue\r\nContent-Length: 4\r\n\r\n"
+    )
+    with socket.create_connection((relay.host, relay.port), timeout=10) as sock:
+        sock.sendall(head.encode())
+        assert read_head(sock).startswith(b"HTTP/1.1 100 ")  # before the body is sent
+        sock.sendall(b"abcd")
+        answer = read_head(sock)
+    assert answer.startswith(b"HTTP/1.1 202 "), answer
+    assert re.search(rb"\r\nLocation: http://[^/]+/v2/expect/blobs/uploads/", answer), answer
+
+    relay.add_fault(Fault("/v2/refused/", status(403, b"no"), method="POST"))
+    with socket.create_connection((relay.host, relay.port), timeout=10) as sock:
+        sock.sendall(head.replace("/v2/expect/", "/v2/refused/").encode())
+        answer = read_until_closed(sock)  # answered at once, the body never sent
+    assert answer.startswith(b"HTTP/1.1 403 ")
+    assert answer.endswith(b"\r\n\r\nno")
+    assert [(e.method, e.forwarded, e.status) for e in relay.exchanges] == [
+        ("POST", True, 202),
+        ("POST", False, 403),
+    ]

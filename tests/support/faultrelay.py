@@ -8,11 +8,12 @@
         assert relay.bytes_relayed_for(digest) == 1000 + size
 
 The relay runs its own asyncio loop in a background thread, so sync and async tests can use
-it alike. It reads each request's head (method, request target, headers) and its body
-(none, Content-Length or chunked), forwards it unchanged (Host, Range, Authorization, ...
-included) over one upstream connection per client connection, and relays the response,
-finding its end from HEAD/1xx/204/304 (no body), chunked framing, Content-Length, or the
-upstream closing. Client connections are kept alive across requests.
+it alike. HTTP/1.1 is h11's on both sides: each request (method, request target, headers,
+body) is parsed by h11 and sent on, headers as the client sent them (Host, Range,
+Authorization, ...; Expect is answered by the relay), over one upstream connection per
+client connection; the response comes back the same way. h11 finds where each message ends
+and frames what the relay sends (a chunked body may be re-chunked; one that ends at the
+upstream closing goes out chunked). Client connections are kept alive across requests.
 
 Each request takes the first matching rule with hits left (at most one fault applies):
 
@@ -45,7 +46,9 @@ import threading
 from collections.abc import AsyncGenerator, Coroutine, Mapping
 from dataclasses import KW_ONLY, dataclass
 from http import HTTPStatus
-from typing import Any, Literal, TypeAlias, TypeVar
+from typing import Any, TypeAlias, TypeVar
+
+import h11
 
 from tests.support.net import LOOPBACK, free_port
 
@@ -53,7 +56,7 @@ READ_SIZE = 64 * 1024
 HEAD_LIMIT = 64 * 1024  # bytes of a request/response head, and of a chunk-size line
 MAX_REQUESTS_PER_CONNECTION = 100_000
 MAX_INTERIM_RESPONSES = 16  # 1xx responses before the final one
-MAX_TRAILER_LINES = 256
+MAX_BODY_EVENTS = 10_000_000  # Data events in one body
 CLOSE_TIMEOUT = 5.0
 
 _T = TypeVar("_T")
@@ -212,183 +215,89 @@ class Exchange:
     complete: bool = False  # the whole response reached the client
 
 
-# --------------------------------------------------------------------------- HTTP/1.1 framing
+# --------------------------------------------------------------------------- HTTP/1.1 (h11)
 
 
 class _ProtocolError(Exception):
     pass
 
 
-Framing: TypeAlias = tuple[Literal["none", "length", "chunked", "eof"], int]
+class _Peer:
+    """One side of a relayed exchange: its streams and the h11 state machine that parses
+    what it sends and frames what it is sent."""
+
+    def __init__(
+        self,
+        role: type[h11.CLIENT] | type[h11.SERVER],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        self.h11 = h11.Connection(role, max_incomplete_event_size=HEAD_LIMIT)
+        self.reader = reader
+        self.writer = writer
+
+    async def next_event(self) -> h11.Event | None:
+        """The next event the peer sent, reading as needed (None: h11 paused, the peer sent
+        more after a message that ends its connection); raises h11.RemoteProtocolError on
+        a malformed message or one cut by the peer closing."""
+        while True:
+            event = self.h11.next_event()
+            if isinstance(event, h11.Event):
+                return event
+            if event is h11.PAUSED:
+                return None
+            self.h11.receive_data(await self.reader.read(READ_SIZE))
+
+    def frame(self, event: h11.Event) -> bytes:
+        return self.h11.send(event) or b""
+
+    def next_cycle(self) -> bool:
+        """Ready for another request/response on this connection (False: it must close)."""
+        if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
+            self.h11.start_next_cycle()
+            return True
+        return False
 
 
-@dataclass
-class _Head:
-    start_line: str
-    headers: list[tuple[str, str]]
-    version: str
-
-    def get_all(self, name: str) -> list[str]:
-        lname = name.lower()
-        return [v for k, v in self.headers if k.lower() == lname]
-
-    def tokens(self, name: str) -> set[str]:
-        return {t.strip().lower() for v in self.get_all(name) for t in v.split(",") if t.strip()}
-
-    @property
-    def keep_alive(self) -> bool:
-        conn = self.tokens("connection")
-        if self.version == "HTTP/1.1":
-            return "close" not in conn
-        return "keep-alive" in conn
-
-    def encode(self, drop: frozenset[str] = frozenset()) -> bytes:
-        lines = [self.start_line] + [f"{k}: {v}" for k, v in self.headers if k.lower() not in drop]
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-    def body_framing(self, *, is_request: bool) -> Framing:
-        te = [t.strip().lower() for v in self.get_all("transfer-encoding") for t in v.split(",")]
-        te = [t for t in te if t]
-        if te:
-            if te[-1] == "chunked":
-                return ("chunked", 0)
-            if is_request:
-                raise _ProtocolError("request body without chunked framing")
-            return ("eof", 0)
-        lengths = {v.strip() for v in self.get_all("content-length")}
-        if not lengths:
-            return ("none", 0) if is_request else ("eof", 0)
-        if len(lengths) != 1 or not next(iter(lengths)).isdigit():
-            raise _ProtocolError(f"bad Content-Length {sorted(lengths)}")
-        n = int(next(iter(lengths)))
-        return ("length", n) if n else ("none", 0)
-
-
-def _parse_head(raw: bytes) -> _Head:
-    text = raw.decode("latin-1")
-    lines = text.split("\r\n")
-    start = lines[0]
-    headers: list[tuple[str, str]] = []
-    for line in lines[1:]:
-        if not line:
-            continue
-        name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip():
-            raise _ProtocolError(f"bad header line {line!r}")
-        headers.append((name, value.strip()))
-    return _Head(start, headers, "")
-
-
-async def _read_head(reader: asyncio.StreamReader) -> bytes | None:
-    """One head up to and including the blank line; None on a clean EOF before it."""
-    try:
-        first = await reader.readexactly(1)
-    except asyncio.IncompleteReadError:
-        return None
-    if first == b"\x16":
-        # a TLS ClientHello (skopeo tries https first): refuse at once, like a plain
-        # HTTP server does, so that the client falls back to http without a timeout
-        raise _ProtocolError("TLS handshake on a plain HTTP port")
-    try:
-        raw = first + await reader.readuntil(b"\r\n\r\n")
-    except asyncio.IncompleteReadError as exc:
-        if (first + exc.partial).strip(b"\r\n"):
-            raise
-        return None
-    return raw.lstrip(b"\r\n")  # a client may send stray CRLFs between requests
-
-
-async def _read_request(reader: asyncio.StreamReader) -> tuple[_Head, str, str] | None:
-    raw = await _read_head(reader)
-    if raw is None:
-        return None
-    head = _parse_head(raw)
-    parts = head.start_line.split(" ")
-    if len(parts) != 3 or parts[2] not in ("HTTP/1.1", "HTTP/1.0") or not parts[0].isalpha():
-        raise _ProtocolError(f"bad request line {head.start_line!r}")
-    head.version = parts[2]
-    return head, parts[0].upper(), parts[1]
-
-
-async def _read_response(reader: asyncio.StreamReader) -> tuple[_Head, int]:
-    raw = await _read_head(reader)
-    if raw is None:
-        raise asyncio.IncompleteReadError(b"", None)
-    head = _parse_head(raw)
-    parts = head.start_line.split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-        raise _ProtocolError(f"bad status line {head.start_line!r}")
-    head.version = parts[0]
-    return head, int(parts[1])
-
-
-async def _iter_body(
-    reader: asyncio.StreamReader, framing: Framing
-) -> AsyncGenerator[tuple[bytes, bool], None]:
-    """The body's wire bytes as (bytes, is_payload); framing bytes have is_payload False."""
-    kind, length = framing
-    if kind == "none":
-        return
-    if kind == "eof":
-        while data := await reader.read(READ_SIZE):
-            yield data, True
-        return
-    if kind == "length":
-        remaining = length
-        while remaining > 0:
-            data = await _read_some(reader, remaining)
-            remaining -= len(data)
-            yield data, True
-        return
-    while True:  # chunked; ends at the last chunk, or raises on EOF
-        line = await reader.readuntil(b"\r\n")
-        size_text = line.split(b";", 1)[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise _ProtocolError(f"bad chunk size line {line!r}") from None
-        yield line, False
-        if size == 0:
-            break
-        remaining = size
-        while remaining > 0:
-            data = await _read_some(reader, remaining)
-            remaining -= len(data)
-            yield data, True
-        crlf = await reader.readexactly(2)
-        if crlf != b"\r\n":
-            raise _ProtocolError("chunk data not followed by CRLF")
-        yield crlf, False
-    for _ in range(MAX_TRAILER_LINES):
-        line = await reader.readuntil(b"\r\n")
-        yield line, False
-        if line == b"\r\n":
+async def _body(peer: _Peer) -> AsyncGenerator[bytes, None]:
+    """The payload of the message whose head `peer` just sent, up to its end (framing is
+    h11's: Content-Length, chunked, or the peer closing)."""
+    for _ in range(MAX_BODY_EVENTS):
+        event = await peer.next_event()
+        if isinstance(event, h11.Data):
+            if event.data:
+                yield bytes(event.data)
+        elif isinstance(event, h11.EndOfMessage):
             return
-    raise _ProtocolError("too many trailer lines")
-
-
-async def _read_some(reader: asyncio.StreamReader, remaining: int) -> bytes:
-    """Up to `remaining` (> 0) bytes, as soon as some are there; raises on EOF."""
-    data = await reader.read(min(remaining, READ_SIZE))
-    if not data:
-        raise asyncio.IncompleteReadError(b"", remaining)
-    return data
+        else:
+            raise _ProtocolError(f"unexpected {event!r} inside a body")
+    raise _ProtocolError("too many body events")
 
 
 def _simple_response(
     code: int, body: bytes = b"", headers: tuple[tuple[str, str], ...] = ()
 ) -> bytes:
-    try:
-        reason = HTTPStatus(code).phrase
-    except ValueError:
-        reason = "Fault"
-    lines = [f"HTTP/1.1 {code} {reason}"] + [f"{k}: {v}" for k, v in headers]
+    """A response written by hand, for requests h11 could not parse."""
+    lines = [f"HTTP/1.1 {code} {_reason(code)}"] + [f"{k}: {v}" for k, v in headers]
     if not any(k.lower() in ("content-length", "transfer-encoding") for k, _ in headers):
         lines.append(f"Content-Length: {len(body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-_CONNECTION_ERRORS = (OSError, EOFError, asyncio.IncompleteReadError, asyncio.LimitOverrunError)
+def _reason(code: int) -> str:
+    try:
+        return HTTPStatus(code).phrase
+    except ValueError:
+        return "Fault"
+
+
+_CONNECTION_ERRORS = (
+    OSError,
+    EOFError,
+    asyncio.IncompleteReadError,
+    asyncio.LimitOverrunError,
+    h11.RemoteProtocolError,
+)
 
 
 # --------------------------------------------------------------------------- the relay
@@ -692,10 +601,10 @@ class _Connection:
         self, relay: FaultRelay, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         self.relay = relay
-        self.reader = reader
+        self.client = _Peer(h11.SERVER, reader, writer)
         self.writer = writer
         relay._writers.add(writer)
-        self.up: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self.up: _Peer | None = None
 
     async def close(self) -> None:
         self._close_upstream()
@@ -709,41 +618,43 @@ class _Connection:
     def _close_upstream(self) -> None:
         up, self.up = self.up, None
         if up is not None:
-            self.relay._writers.discard(up[1])
-            up[1].transport.abort()
+            self.relay._writers.discard(up.writer)
+            up.writer.transport.abort()
 
     async def run(self) -> None:
+        first = await self.client.reader.read(READ_SIZE)
+        if first[:1] == b"\x16":
+            # a TLS ClientHello (skopeo tries https first): refuse at once, like a plain
+            # HTTP server does, so that the client falls back to http without a timeout
+            await self._send(_simple_response(400, headers=(("Connection", "close"),)))
+            return
+        self.client.h11.receive_data(first)
         for _ in range(MAX_REQUESTS_PER_CONNECTION):
             try:
-                request = await _read_request(self.reader)
-            except asyncio.LimitOverrunError:
-                await self._send(_simple_response(431, headers=(("Connection", "close"),)))
+                event = await self.client.next_event()
+            except h11.RemoteProtocolError as exc:
+                code = exc.error_status_hint
+                await self._send(_simple_response(code, headers=(("Connection", "close"),)))
                 return
-            except _ProtocolError:
-                await self._send(_simple_response(400, headers=(("Connection", "close"),)))
-                return
-            if request is None:
-                return
-            if not await self._exchange(*request):
+            if not isinstance(event, h11.Request):
+                return  # the client closed (or h11 paused it on a protocol error)
+            if not await self._exchange(event) or not self.client.next_cycle():
                 return
 
     async def _send(self, data: bytes) -> None:
         self.writer.write(data)
         await self.writer.drain()
 
-    async def _exchange(self, head: _Head, method: str, path: str) -> bool:
+    async def _exchange(self, request: h11.Request) -> bool:
         """Handle one request; True to keep the client connection for another."""
         relay = self.relay
+        method = request.method.decode("ascii").upper()
+        path = request.target.decode("latin-1")
         exchange = relay._record(method, path)
         rule = relay._take_rule(method, path)
         action = rule.fault.action if rule is not None else None
         relay._update(exchange, action=action)
-        try:
-            req_framing = head.body_framing(is_request=True)
-        except _ProtocolError:
-            await self._send(_simple_response(400, headers=(("Connection", "close"),)))
-            return False
-        expects_continue = "100-continue" in head.tokens("expect") and req_framing[0] != "none"
+        expects_continue = self.client.h11.client_is_waiting_for_100_continue
 
         if isinstance(action, Drop):
             return False
@@ -752,24 +663,40 @@ class _Connection:
             await self._hold(rule, None, watch_client=True)
             return False
         if isinstance(action, Status):
-            if expects_continue:  # the client may never send the body: answer and close
-                extra: tuple[tuple[str, str], ...] = (("Connection", "close"),)
-                relay._update(exchange, status=action.code, complete=True)
-                await self._send(_simple_response(action.code, action.body, action.headers + extra))
-                return False
-            async with contextlib.aclosing(_iter_body(self.reader, req_framing)) as body:
-                async for _ in body:
-                    pass
-            data = _simple_response(action.code, action.body, action.headers)
-            relay._update(exchange, status=action.code, complete=True)
-            await self._send(data if method == "HEAD" else data + action.body)
-            return head.keep_alive
+            return await self._answer(action, method, exchange, expects_continue)
         if isinstance(action, Stall) and action.after_bytes is None:
             assert rule is not None
             await self._hold(rule, action.seconds)
         if expects_continue:  # we read the body before the target sees it: say continue
-            await self._send(b"HTTP/1.1 100 Continue\r\n\r\n")
-        return await self._forward(head, method, req_framing, exchange, rule)
+            await self._send(
+                self.client.frame(h11.InformationalResponse(status_code=100, headers=[]))
+            )
+        return await self._forward(request, method, exchange, rule)
+
+    async def _answer(
+        self, action: Status, method: str, exchange: Exchange, expects_continue: bool
+    ) -> bool:
+        """Answer `action` without the target; True to keep the client connection."""
+        headers = list(action.headers)
+        if not any(k.lower() in ("content-length", "transfer-encoding") for k, _ in headers):
+            headers.append(("Content-Length", str(len(action.body))))
+        if expects_continue:  # the client may never send the body: answer and close
+            headers.append(("Connection", "close"))
+        else:
+            async with contextlib.aclosing(_body(self.client)) as body:
+                async for _ in body:
+                    pass
+        response = h11.Response(
+            status_code=action.code, headers=headers, reason=_reason(action.code)
+        )
+        data = self.client.frame(response)
+        if method != "HEAD":
+            data += self.client.frame(h11.Data(data=action.body))
+        data += self.client.frame(h11.EndOfMessage())
+        relay = self.relay
+        relay._update(exchange, status=action.code, complete=True)
+        await self._send(data)
+        return not expects_continue
 
     async def _hold(
         self, rule: FaultRule, seconds: float | None, *, watch_client: bool = False
@@ -787,57 +714,63 @@ class _Connection:
 
     async def _until_client_eof(self) -> None:
         with contextlib.suppress(*_CONNECTION_ERRORS):
-            while await self.reader.read(READ_SIZE):
+            while await self.client.reader.read(READ_SIZE):
                 pass
 
-    async def _open_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def _open_upstream(self) -> _Peer:
         if self.up is None:
-            up = await asyncio.wait_for(
+            reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(
                     self.relay.target_host, self.relay.target_port, limit=HEAD_LIMIT
                 ),
                 self.relay.connect_timeout,
             )
-            self.relay._writers.add(up[1])
-            self.up = up
+            self.relay._writers.add(writer)
+            self.up = _Peer(h11.CLIENT, reader, writer)
         return self.up
 
     async def _send_upstream(
-        self, head: _Head, req_framing: Framing, exchange: Exchange
-    ) -> tuple[asyncio.StreamReader, _Head, int]:
-        """Send the request and read the final response head, relaying any 1xx."""
-        up_reader, up_writer = await self._open_upstream()
+        self, request: h11.Request, exchange: Exchange
+    ) -> tuple[_Peer, h11.Response]:
+        """Send the request (and its body) and read the final response head, relaying
+        any 1xx."""
+        up = await self._open_upstream()
         self.relay._update(exchange, forwarded=True)
-        up_writer.write(head.encode(drop=frozenset({"expect"})))
-        async with contextlib.aclosing(_iter_body(self.reader, req_framing)) as body:
-            async for raw, _ in body:
-                up_writer.write(raw)
-                await up_writer.drain()
-        await up_writer.drain()
+        headers = [(k, v) for k, v in request.headers.raw_items() if k.lower() != b"expect"]
+        forwarded = h11.Request(method=request.method, target=request.target, headers=headers)
+        up.writer.write(up.frame(forwarded))
+        if self.client.h11.their_state is h11.SEND_BODY:  # not yet read (a first attempt)
+            async with contextlib.aclosing(_body(self.client)) as body:
+                async for data in body:
+                    up.writer.write(up.frame(h11.Data(data=data)))
+                    await up.writer.drain()
+        up.writer.write(up.frame(h11.EndOfMessage()))
+        await up.writer.drain()
         for _ in range(MAX_INTERIM_RESPONSES):
-            resp, code = await _read_response(up_reader)
-            if code >= 200 or code == 101:
-                return up_reader, resp, code
-            await self._send(resp.encode())  # 100 Continue, 103 Early Hints
+            event = await up.next_event()
+            if isinstance(event, h11.Response):
+                return up, event
+            if not isinstance(event, h11.InformationalResponse):
+                raise _ProtocolError(f"the target answered {event!r}")
+            if event.status_code != 100:  # 103 Early Hints; our 100 was sent already
+                await self._send(self.client.frame(event))
         raise _ProtocolError("too many 1xx responses")
 
     async def _forward(
-        self,
-        head: _Head,
-        method: str,
-        req_framing: Framing,
-        exchange: Exchange,
-        rule: FaultRule | None,
+        self, request: h11.Request, method: str, exchange: Exchange, rule: FaultRule | None
     ) -> bool:
         relay = self.relay
         action = rule.fault.action if rule is not None else None
+        has_body = _content_length(request) != 0 or any(
+            name == b"transfer-encoding" for name, _ in request.headers
+        )
         # a reused upstream connection may have been closed by the target: retry a
         # body-less request once on a fresh connection
-        attempts = 2 if req_framing[0] == "none" else 1
+        attempts = 1 if has_body else 2
         for attempt in range(attempts):
             reused = self.up is not None
             try:
-                up_reader, resp, code = await self._send_upstream(head, req_framing, exchange)
+                up, resp = await self._send_upstream(request, exchange)
                 break
             except (*_CONNECTION_ERRORS, TimeoutError, _ProtocolError):
                 self._close_upstream()
@@ -846,17 +779,12 @@ class _Connection:
         else:  # pragma: no cover - the loop always breaks or returns
             return False
 
-        if method == "HEAD" or code in (204, 304) or code < 200:
-            framing: Framing = ("none", 0)
-        else:
-            try:
-                framing = resp.body_framing(is_request=False)
-            except _ProtocolError:
-                self._close_upstream()
-                return False
+        code = resp.status_code
+        no_body = method == "HEAD" or code in (204, 304) or _content_length(resp) == 0
         # counters first: the client must not see bytes the counters do not show yet
-        relay._update(exchange, status=code, complete=framing[0] == "none")
-        await self._send(resp.encode())
+        relay._update(exchange, status=code, complete=no_body)
+        head = h11.Response(status_code=code, headers=resp.headers.raw_items(), reason=resp.reason)
+        await self._send(self.client.frame(head))
 
         cut = action.n_bytes if isinstance(action, CutAfter) else None
         flip = action.offset if isinstance(action, Corrupt) else None
@@ -880,16 +808,13 @@ class _Connection:
             stall_at = None
 
         try:
-            async with contextlib.aclosing(_iter_body(up_reader, framing)) as body:
+            async with contextlib.aclosing(_body(up)) as body:
                 if stall_at == 0:
                     await stall_here()
-                async for raw, is_payload in body:
+                async for raw in body:
                     if cut is not None and sent >= cut:
                         cut_hit = True
                         break
-                    if not is_payload:
-                        await put(raw)
-                        continue
                     data = raw
                     while data:  # each pass relays a non-empty prefix of data
                         limit = len(data)
@@ -903,7 +828,7 @@ class _Connection:
                             piece = piece[:i] + bytes([piece[i] ^ 0xFF]) + piece[i + 1 :]
                         sent += len(piece)
                         relay._add_bytes(exchange, len(piece))
-                        await put(piece)
+                        await put(self.client.frame(h11.Data(data=piece)))
                         if stall_at is not None and sent >= stall_at:
                             await stall_here()
                         if cut is not None and sent >= cut:
@@ -913,6 +838,7 @@ class _Connection:
                         break
                 if not cut_hit:
                     relay._update(exchange, complete=True)
+                    await put(self.client.frame(h11.EndOfMessage()))
                 await put(b"")
         except (*_CONNECTION_ERRORS, _ProtocolError):
             self._close_upstream()
@@ -920,7 +846,13 @@ class _Connection:
         if cut is not None:  # the connection closes even if the body was shorter
             self._close_upstream()
             return False
-        if code == 101 or framing[0] == "eof" or not resp.keep_alive:
+        if not up.next_cycle():
             self._close_upstream()
-            return False
-        return head.keep_alive
+        return True
+
+
+def _content_length(message: h11.Request | h11.Response) -> int | None:
+    for name, value in message.headers:
+        if name == b"content-length":
+            return int(value)
+    return None
