@@ -38,6 +38,8 @@ if [ "$uninstall" = 1 ]; then
     systemctl disable --now satellite.service groundcontrol.service 2>/dev/null || true
   fi
   rm -f "$units/satellite.service" "$units/groundcontrol.service" \
+        "$units/satellite-bundle@.service" "$root/etc/udev/rules.d/99-satellite-bundle.rules" \
+        "$root/opt/satellite/bin/satellite-usb-import" \
         "$root/etc/sysusers.d/satellite.conf" "$root/etc/tmpfiles.d/satellite.conf"
   rm -rf "$root$venv"
   [ "$systemd_up" = 1 ] && systemctl daemon-reload
@@ -56,6 +58,15 @@ for unit in satellite.service groundcontrol.service; do
   chmod 0644 "$units/.$unit.tmp"
   mv "$units/.$unit.tmp" "$units/$unit"
 done
+# hands-free USB bundle import: the udev rule, its unit and the script the unit runs
+install -d -m 0755 "$root/etc/udev/rules.d" "$root/opt/satellite/bin"
+install -m 0644 "$src/systemd/99-satellite-bundle.rules" "$root/etc/udev/rules.d/99-satellite-bundle.rules"
+sed "s#/opt/satellite/venv#$venv#g" "$src/systemd/satellite-bundle@.service" > "$units/.satellite-bundle@.service.tmp"
+chmod 0644 "$units/.satellite-bundle@.service.tmp"
+mv "$units/.satellite-bundle@.service.tmp" "$units/satellite-bundle@.service"
+sed "s#/opt/satellite/venv#$venv#g" "$src/systemd/satellite-usb-import" > "$root/opt/satellite/bin/.satellite-usb-import.tmp"
+chmod 0755 "$root/opt/satellite/bin/.satellite-usb-import.tmp"
+mv "$root/opt/satellite/bin/.satellite-usb-import.tmp" "$root/opt/satellite/bin/satellite-usb-import"
 install -m 0644 "$src/systemd/sysusers.d/satellite.conf" "$root/etc/sysusers.d/satellite.conf"
 install -m 0644 "$src/systemd/tmpfiles.d/satellite.conf" "$root/etc/tmpfiles.d/satellite.conf"
 if [ -n "$root" ]; then

@@ -96,6 +96,14 @@ def test_install_script_puts_units_users_and_directories_in_place(tmp_path: Path
     for unit in UNITS:
         installed = (root / "etc/systemd/system" / unit).read_bytes()
         assert installed == (REPO_ROOT / "systemd" / unit).read_bytes()
+    # the hands-free USB bundle import comes with it
+    for source, target, mode in (
+        ("99-satellite-bundle.rules", "etc/udev/rules.d/99-satellite-bundle.rules", 0o644),
+        ("satellite-bundle@.service", "etc/systemd/system/satellite-bundle@.service", 0o644),
+        ("satellite-usb-import", "opt/satellite/bin/satellite-usb-import", 0o755),
+    ):
+        assert (root / target).read_bytes() == (REPO_ROOT / "systemd" / source).read_bytes()
+        assert (root / target).stat().st_mode & 0o777 == mode
     users = _passwd(root)
     assert {"satellite", "groundcontrol"} <= set(users)
     for directory, user in (
@@ -124,6 +132,9 @@ def test_install_script_puts_units_users_and_directories_in_place(tmp_path: Path
     uninstall = ["bash", str(script), "--root", str(root), "--uninstall"]
     subprocess.run(uninstall, check=True, capture_output=True, timeout=120)
     assert not (root / "etc/systemd/system/satellite.service").exists()
+    assert not (root / "etc/udev/rules.d/99-satellite-bundle.rules").exists()
+    assert not (root / "etc/systemd/system/satellite-bundle@.service").exists()
+    assert not (root / "opt/satellite/bin/satellite-usb-import").exists()
     assert config_path.exists()  # data and config stay
 
 
