@@ -424,15 +424,7 @@ async def import_reports(services: Services, directory: Path, now: float) -> Rep
             entry.update(ingested.to_dict())
         if has_inventory:
             data = _read_capped(inventory_file)
-            try:
-                inventory = Inventory.from_bytes(data)
-            except ContractError as exc:
-                raise BadRequest(f"{inventory_file}: {exc}", code="reports_invalid") from None
-            if inventory.satellite != name:
-                raise BadRequest(
-                    f"{inventory_file}: the inventory of {inventory.satellite}, not {name}",
-                    code="reports_invalid",
-                )
+            inventory = read_inventory(data, name, str(inventory_file), "reports_invalid")
             async with services.store.transaction() as q:
                 await q.satellite(name)  # refuses an unknown satellite
             atomic_write(inventory_path(config, name), data)
@@ -461,15 +453,19 @@ def _read_capped(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def held_blobs(data: bytes, satellite: str, where: str) -> frozenset[str]:
-    """The digests an inventory file says ``satellite`` holds."""
+def read_inventory(data: bytes, satellite: str, where: str, code: str) -> Inventory:
+    """``satellite``'s inventory from a file's bytes; ``code`` names a refusal."""
     try:
         inventory = Inventory.from_bytes(data)
     except ContractError as exc:
-        raise BadRequest(f"{where}: {exc}", code="inventory_invalid") from None
+        raise BadRequest(f"{where}: {exc}", code=code) from None
     if inventory.satellite != satellite:
         raise BadRequest(
-            f"{where}: the inventory of {inventory.satellite}, not {satellite}",
-            code="inventory_invalid",
+            f"{where}: the inventory of {inventory.satellite}, not {satellite}", code=code
         )
-    return inventory.blobs
+    return inventory
+
+
+def held_blobs(data: bytes, satellite: str, where: str) -> frozenset[str]:
+    """The digests an inventory file says ``satellite`` holds."""
+    return read_inventory(data, satellite, where, "inventory_invalid").blobs

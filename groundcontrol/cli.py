@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,10 +74,16 @@ def _redact(url: str) -> str:
     return url
 
 
-async def _with_services(config: Config, init_keys: bool = False) -> Any:
+@contextlib.asynccontextmanager
+async def _services(config: Config, init_keys: bool = False) -> AsyncIterator[Any]:
+    """Ground Control's services for one command, closed when it is done."""
     from groundcontrol.services import Services
 
-    return await Services.open(config, init_keys=init_keys)
+    services = await Services.open(config, init_keys=init_keys)
+    try:
+        yield services
+    finally:
+        await services.close()
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -107,8 +114,7 @@ def cmd_token(args: argparse.Namespace) -> int:
     config = _config(args)
 
     async def run() -> Any:
-        services = await _with_services(config)
-        try:
+        async with _services(config) as services:
             now = int(time.time())
             async with services.store.transaction() as q:
                 if args.token_cmd == "create":
@@ -119,8 +125,6 @@ def cmd_token(args: argparse.Namespace) -> int:
                     await q.revoke_api_token(args.id, now)
                     return {"revoked": args.id}
                 return {"tokens": [token_json(r) for r in await q.list_api_tokens()]}
-        finally:
-            await services.close()
 
     result = asyncio.run(run())
     if args.json:
@@ -149,8 +153,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     config = _config(args)
 
     async def run() -> Any:
-        services = await _with_services(config)
-        try:
+        async with _services(config) as services:
             now = time.time()
             if args.keys_cmd == "init":
                 trusted = await keymod.init_trust(
@@ -185,8 +188,6 @@ def cmd_keys(args: argparse.Namespace) -> int:
                         file=sys.stderr,
                     )
             return trusted.root.to_dict()
-        finally:
-            await services.close()
 
     _print(asyncio.run(run()))
     return 0
@@ -457,8 +458,7 @@ def cmd_bundle(args: argparse.Namespace) -> int:
         held = held_blobs(inventory.read_bytes(), args.satellite, str(inventory))
 
     async def run() -> Any:
-        services = await _with_services(config, init_keys=False)
-        try:
+        async with _services(config, init_keys=False) as services:
             result = await export_bundle(
                 services,
                 args.satellite,
@@ -468,8 +468,6 @@ def cmd_bundle(args: argparse.Namespace) -> int:
                 progress=_progress(),
             )
             return result.to_dict()
-        finally:
-            await services.close()
 
     result = asyncio.run(run())
     if args.json:
@@ -502,12 +500,9 @@ def cmd_reports(args: argparse.Namespace) -> int:
     config = _config(args)
 
     async def run() -> Any:
-        services = await _with_services(config, init_keys=False)
-        try:
+        async with _services(config, init_keys=False) as services:
             result = await import_reports(services, Path(args.directory), time.time())
             return result.satellites
-        finally:
-            await services.close()
 
     result = asyncio.run(run())
     if args.json:
