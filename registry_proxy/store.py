@@ -16,7 +16,7 @@ import shutil
 import time
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +71,17 @@ async def _finished_in_thread(flush: Callable[[bytes], None], data: bytes) -> No
     except asyncio.CancelledError:
         await asyncio.wait([work])
         raise
+
+
+def _dir_bytes(directory: Path) -> int:
+    """The bytes of the files directly in ``directory`` (files may vanish meanwhile)."""
+    total = 0
+    with contextlib.suppress(FileNotFoundError), os.scandir(directory) as entries:
+        for entry in entries:
+            with contextlib.suppress(FileNotFoundError):
+                if entry.is_file(follow_symlinks=False):
+                    total += entry.stat(follow_symlinks=False).st_size
+    return total
 
 
 def _file_size(path: Path) -> int | None:
@@ -355,15 +366,18 @@ class ContentStore:
 
     # -- cache budget --------------------------------------------------------------
 
-    async def pin(self, digest: Digest, owner: str) -> None:
-        await self.meta.pin(digest, owner)
+    async def pin(self, digests: Iterable[Digest], owner: str) -> None:
+        """Keeps these blobs from eviction for ``owner`` (one transaction for all)."""
+        await self.meta.pin(digests, owner)
 
-    async def unpin(self, digest: Digest, owner: str) -> None:
-        await self.meta.unpin(digest, owner)
+    async def unpin(self, digests: Iterable[Digest], owner: str) -> None:
+        await self.meta.unpin(digests, owner)
 
     async def used_bytes(self) -> int:
-        """Bytes held on disk: verified blobs (manifests included) and upload data."""
+        """Bytes held on disk: verified blobs (manifests included), upload data and the
+        staging files of fills from upstream (received, not yet verified)."""
         staged = sum(upload.offset for upload in self._uploads.values())
+        staged += await asyncio.to_thread(_dir_bytes, self.layout.partial)
         return await self.meta.used_bytes() + staged
 
     async def enforce_budget(self) -> list[Digest]:
