@@ -23,19 +23,19 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
 from registry_proxy.bandwidth import Bandwidth
 from registry_proxy.breaker import CircuitBreaker
+from registry_proxy.content import BlobSource, CacheStatus, FillSource
 from registry_proxy.digest import Digest
 from registry_proxy.errors import RegistryError
-from registry_proxy.fill import BlobFill, FillReader
-from registry_proxy.manifest import parse_manifest
+from registry_proxy.fill import BlobFill
+from registry_proxy.manifest import Descriptor, parse_manifest
 from registry_proxy.metadata import ManifestRow
 from registry_proxy.metrics import Metrics
 from registry_proxy.routing import Target
-from registry_proxy.store import ContentStore, OpenBlob
+from registry_proxy.store import ContentStore
 from registry_proxy.upstream import (
     UpstreamAuthError,
     UpstreamClient,
@@ -49,14 +49,6 @@ from registry_proxy.upstream import (
 
 log = logging.getLogger("satellite.proxy")
 T = TypeVar("T")
-
-
-class CacheStatus(StrEnum):
-    """Where a pull-through answer came from."""
-
-    HIT = "hit"  # the store, current as far as the upstream said (or content by digest)
-    MISS = "miss"  # fetched from the upstream
-    STALE = "stale"  # the store's last known mapping, unconfirmed: upstream slow or down
 
 
 @dataclass
@@ -75,18 +67,10 @@ class _Lookup(Generic[T]):
     started: float
 
 
-@dataclass(frozen=True)
-class FillSource:
-    """A blob being filled from upstream: its reader, its total size."""
-
-    reader: FillReader
-    size: int
-
-    def close(self) -> None:
-        self.reader.close()
-
-
 class Proxy:
+    """The pull-through cache, behind the store's interface (``Content``): a target
+    with an upstream is answered here, any other by the store it wraps."""
+
     def __init__(
         self,
         store: ContentStore,
@@ -170,6 +154,36 @@ class Proxy:
         await asyncio.gather(*tasks, return_exceptions=True)
         for up in self.upstreams.values():
             await up.client.aclose()
+
+    # -- Content: a local repository is the store's, a pull-through one is answered here
+
+    def manifest_answer(
+        self, target: Target, reference: str | Digest
+    ) -> Coroutine[Any, Any, tuple[ManifestRow, CacheStatus | None]]:
+        # a plain method handing on the coroutine: no extra frame on either path
+        if target.upstream is None:
+            return self.store.manifest_answer(target, reference)
+        return self._pull_manifest(target, reference)
+
+    def manifest_bytes(self, row: ManifestRow) -> Coroutine[Any, Any, bytes]:
+        return self.store.manifest_bytes(row)  # fetched ones are remembered there at once
+
+    def blob_answer(
+        self, target: Target, digest: Digest
+    ) -> Coroutine[Any, Any, tuple[BlobSource, CacheStatus | None]]:
+        if target.upstream is None:
+            return self.store.blob_answer(target, digest)
+        return self._pull_blob(target, digest)
+
+    def tag_list(
+        self, target: Target, n: int | None, last: str | None
+    ) -> Coroutine[Any, Any, list[str]]:
+        return self.store.tag_list(target, n, last)  # the tags pulled so far
+
+    def referrer_list(
+        self, target: Target, subject: Digest, artifact_type: str | None
+    ) -> Coroutine[Any, Any, list[Descriptor]]:
+        return self.store.referrer_list(target, subject, artifact_type)
 
     # -- upstream health -----------------------------------------------------------
 
@@ -292,7 +306,7 @@ class Proxy:
         self._observe(up, None)
         return body
 
-    async def manifest_answer(
+    async def _pull_manifest(
         self, target: Target, reference: str | Digest
     ) -> tuple[ManifestRow, CacheStatus]:
         up = self._upstream(target)
@@ -301,7 +315,7 @@ class Proxy:
         if not isinstance(reference, Digest):
             pinned = self._tag_pins.get((target.repo, reference))
             if pinned is not None:
-                return await self.manifest_answer(target, pinned)
+                return await self._pull_manifest(target, pinned)
         if isinstance(reference, Digest):
             try:
                 row = await self.store.resolve(target.repo, reference)
@@ -449,12 +463,10 @@ class Proxy:
 
     # -- blobs ---------------------------------------------------------------------
 
-    async def blob(self, target: Target, digest: Digest) -> OpenBlob | FillSource:
+    async def blob(self, target: Target, digest: Digest) -> BlobSource:
         return (await self.blob_answer(target, digest))[0]
 
-    async def blob_answer(
-        self, target: Target, digest: Digest
-    ) -> tuple[OpenBlob | FillSource, CacheStatus]:
+    async def _pull_blob(self, target: Target, digest: Digest) -> tuple[BlobSource, CacheStatus]:
         try:
             opened = await self.store.open_blob(target.repo, digest)
             self.metrics.cache_hits.labels("blob").inc()
