@@ -35,7 +35,7 @@ from registry_proxy.manifest import MAX_MANIFEST_BYTES, OCI_INDEX, accepts
 from registry_proxy.metrics import CONTENT_TYPE_LATEST, Metrics
 from registry_proxy.names import parse_reference, validate_name, validate_tag
 from registry_proxy.numbers import DIGITS, parse_uint
-from registry_proxy.proxy import Proxy, Upstream
+from registry_proxy.proxy import Proxy, UpstreamLink
 from registry_proxy.responses import BlobResponse, StreamResponse, parse_range
 from registry_proxy.routing import Router, Target, UpstreamName
 from registry_proxy.store import ContentStore
@@ -93,7 +93,7 @@ class Registry:
         self.metrics = metrics
         self.ready = False
 
-    def set_upstreams(self, upstreams: dict[str, Upstream]) -> None:
+    def set_upstreams(self, upstreams: dict[str, UpstreamLink]) -> None:
         """Swap the upstreams at runtime (a new signed config); requests under way
         finish with what they started with."""
         self.router = Router(
@@ -461,7 +461,7 @@ def _body_timeout(message: str) -> tuple[bytes, str]:
 def create_app(
     store: ContentStore,
     settings: RegistrySettings | None = None,
-    upstreams: dict[str, Upstream] | None = None,
+    upstreams: dict[str, UpstreamLink] | None = None,
     *,
     metrics: Metrics | None = None,
     tag_timeout: float = 3.0,

@@ -52,7 +52,10 @@ T = TypeVar("T")
 
 
 @dataclass
-class Upstream:
+class UpstreamLink:
+    """One configured upstream as the proxy uses it: its client, whether it is the
+    default, its circuit breaker and its background probe."""
+
     client: UpstreamClient
     default: bool = False
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
@@ -74,7 +77,7 @@ class Proxy:
     def __init__(
         self,
         store: ContentStore,
-        upstreams: dict[str, Upstream],
+        upstreams: dict[str, UpstreamLink],
         metrics: Metrics,
         *,
         tag_timeout: float = 3.0,
@@ -112,8 +115,8 @@ class Proxy:
         for up in self.upstreams.values():
             up.probe = loop.create_task(self._probe(up))
 
-    def set_upstreams(self, upstreams: dict[str, Upstream]) -> None:
-        """Replace the set of upstreams. An ``Upstream`` object kept from the old set
+    def set_upstreams(self, upstreams: dict[str, UpstreamLink]) -> None:
+        """Replace the set of upstreams. An ``UpstreamLink`` object kept from the old set
         keeps its breaker and connections; one left out is closed once the requests
         that may still use it had time to finish."""
         old, self.upstreams = self.upstreams, dict(upstreams)
@@ -131,7 +134,7 @@ class Proxy:
                 self._retired.add(task)
                 task.add_done_callback(self._retired.discard)
 
-    async def _retire(self, up: Upstream, grace: float = 300.0) -> None:
+    async def _retire(self, up: UpstreamLink, grace: float = 300.0) -> None:
         try:
             await asyncio.sleep(grace)
         finally:
@@ -187,11 +190,11 @@ class Proxy:
 
     # -- upstream health -----------------------------------------------------------
 
-    def _upstream(self, target: Target) -> Upstream:
+    def _upstream(self, target: Target) -> UpstreamLink:
         assert target.upstream is not None
         return self.upstreams[target.upstream]
 
-    def _observe(self, up: Upstream, exc: BaseException | None) -> None:
+    def _observe(self, up: UpstreamLink, exc: BaseException | None) -> None:
         name = up.client.name
         if exc is None or isinstance(exc, UpstreamNotFound | UpstreamAuthError):
             up.breaker.success()
@@ -205,7 +208,7 @@ class Proxy:
             self.on_auth_error(name)  # e.g. fetch rotated credentials from Ground Control
         self.metrics.upstream_online.labels(name).set(1 if up.breaker.online else 0)
 
-    async def _call(self, up: Upstream, call: Awaitable[T]) -> T:
+    async def _call(self, up: UpstreamLink, call: Awaitable[T]) -> T:
         try:
             result = await call
         except BaseException as exc:
@@ -214,7 +217,7 @@ class Proxy:
         self._observe(up, None)
         return result
 
-    def _usable(self, up: Upstream) -> bool:
+    def _usable(self, up: UpstreamLink) -> bool:
         """May a request go upstream now? If not, start a background probe when due."""
         if up.breaker.allow_request():
             return True
@@ -222,7 +225,7 @@ class Proxy:
             up.probe = asyncio.get_running_loop().create_task(self._probe(up))
         return False
 
-    async def _probe(self, up: Upstream) -> None:
+    async def _probe(self, up: UpstreamLink) -> None:
         try:
             await up.client.ping(timeout=self.tag_timeout)
         except UpstreamError as exc:
@@ -401,7 +404,7 @@ class Proxy:
             task.exception()  # retrieved: every waiter may have gone away
 
     async def _fetch_by_digest(
-        self, target: Target, up: Upstream, digest: Digest, tag: str | None = None
+        self, target: Target, up: UpstreamLink, digest: Digest, tag: str | None = None
     ) -> ManifestRow:
         """Fetches, verifies and parses a manifest; answers with it while it is stored
         (and `tag` pointed at it) in the background."""
@@ -440,7 +443,7 @@ class Proxy:
             await asyncio.gather(*(asyncio.shield(t) for t in pending), return_exceptions=True)
 
     async def _tag_online(
-        self, target: Target, up: Upstream, tag: str
+        self, target: Target, up: UpstreamLink, tag: str
     ) -> tuple[ManifestRow, CacheStatus]:
         assert target.upstream_repo is not None
         head = await self._call(
@@ -524,7 +527,7 @@ class Proxy:
         return fill
 
     def _fill_done(
-        self, target: Target, up: Upstream, fill: BlobFill, exc: BaseException | None
+        self, target: Target, up: UpstreamLink, fill: BlobFill, exc: BaseException | None
     ) -> None:
         if self._fills.get(fill.digest) is fill:
             del self._fills[fill.digest]

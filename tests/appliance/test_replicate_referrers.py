@@ -22,7 +22,7 @@ from appliance.replicate import PIN_OWNER, Replicator, referrer_tags
 from groundcontrol.contract import ImageDescriptor, StateDocument
 from registry_proxy.digest import Digest
 from registry_proxy.metrics import Metrics
-from registry_proxy.proxy import Proxy, Upstream
+from registry_proxy.proxy import Proxy, UpstreamLink
 from registry_proxy.routing import Router, UpstreamName
 from registry_proxy.store import ContentStore
 from registry_proxy.upstream import UpstreamClient
@@ -132,7 +132,7 @@ async def rig(
     store = ContentStore(tmp_path / "data")
     await store.open()
     client = UpstreamClient("up", upstream_registry.url, backoff=0.01, max_backoff=0.05, retries=1)
-    proxy = Proxy(store, {"up": Upstream(client, default=True)}, Metrics(), tag_timeout=2.0)
+    proxy = Proxy(store, {"up": UpstreamLink(client, default=True)}, Metrics(), tag_timeout=2.0)
     router = Router([UpstreamName("up", upstream_registry.url, default=True)])
     try:
         yield Replicator(store, proxy, lambda: router), store

@@ -18,7 +18,7 @@ from registry_proxy.digest import Digest
 from registry_proxy.errors import RegistryError
 from registry_proxy.manifest import parse_manifest
 from registry_proxy.metrics import Metrics
-from registry_proxy.proxy import Proxy, Upstream
+from registry_proxy.proxy import Proxy, UpstreamLink
 from registry_proxy.routing import Target
 from registry_proxy.store import ContentStore
 from registry_proxy.upstream import UpstreamClient
@@ -41,7 +41,7 @@ async def rig(
     store = ContentStore(tmp_path / "data", max_bytes=getattr(request, "param", None))
     await store.open()
     client = UpstreamClient("up", upstream_registry.url, backoff=0.01, max_backoff=0.05)
-    proxy = Proxy(store, {"up": Upstream(client, default=True)}, Metrics(), tag_timeout=2.0)
+    proxy = Proxy(store, {"up": UpstreamLink(client, default=True)}, Metrics(), tag_timeout=2.0)
     try:
         yield proxy, store
     finally:
