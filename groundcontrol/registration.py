@@ -36,9 +36,10 @@ from groundcontrol.errors import (
     Unauthorized,
 )
 from groundcontrol.keys import root_envelope
-from groundcontrol.models import effective_config
+from groundcontrol.models import Satellite, effective_config
+from groundcontrol.publish import Published
 from groundcontrol.services import Services
-from groundcontrol.store import Store
+from groundcontrol.store import Queries, Store
 
 log = logging.getLogger("groundcontrol")
 RATE_WINDOW = 60
@@ -59,6 +60,29 @@ async def create_join_token(
             raise Forbidden(f"satellite {name} is revoked", code="satellite_revoked")
         await q.insert_join_token(token_id, name, hash_token(token), int(now), expires)
     return {"satellite": name, "token": token, "token_id": token_id, "expires_at": expires}
+
+
+async def enrol(
+    s: Services,
+    name: str,
+    groups: tuple[str, ...],
+    labels: dict[str, str],
+    config: dict[str, Any],
+    ttl: int | None,
+    now: float,
+) -> tuple[Satellite, dict[str, Any], list[Published]]:
+    """Creates a satellite, publishes its first state and makes its first join token:
+    (the satellite, the token as ``create_join_token`` gives it, what was published)."""
+
+    async def mutate(q: Queries) -> tuple[None, list[str]]:
+        await q.insert_satellite(name, groups, labels, config, int(now))
+        return None, [name]
+
+    _, published = await s.publisher.run(mutate, now)
+    token = await create_join_token(s.store, s.config, name, now, ttl)
+    async with s.store.transaction() as q:
+        sat = await q.satellite(name)
+    return sat, token, published
 
 
 async def count_attempt(store: Store, config: Config, source: str, now: float) -> None:
