@@ -8,7 +8,6 @@ referrers API). A signature whose blob the upstream lost fails its image alone."
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -26,7 +25,7 @@ from registry_proxy.proxy import Proxy, UpstreamLink
 from registry_proxy.routing import Router, UpstreamName
 from registry_proxy.store import ContentStore
 from registry_proxy.upstream import UpstreamClient
-from tests.support.images import ImageRef, build_image
+from tests.support.images import ImageRef, build_image, sha256_bytes
 from tests.support.skopeo import Skopeo
 from tests.support.upstream import UpstreamRegistry, push_blob
 
@@ -35,8 +34,7 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 EMPTY = "application/vnd.oci.empty.v1+json"
 
 
-def _digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+_digest = sha256_bytes
 
 
 def _blob(c: httpx.Client, repo: str, data: bytes) -> dict[str, Any]:
