@@ -22,14 +22,14 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from registry_proxy.accesslog import UPSTREAM_SCOPE_KEY, AccessLog
 from registry_proxy.accesslog import Format as AccessLogFormat
 from registry_proxy.content import CacheStatus, Content, FillSource
 from registry_proxy.deadline import BodyDeadline, BodyLimits
 from registry_proxy.digest import Digest
-from registry_proxy.edge import EXCEPTION_HANDLERS, UnexpectedErrors
+from registry_proxy.edge import EXCEPTION_HANDLERS, PureAsgi, UnexpectedErrors
 from registry_proxy.errors import RegistryError
 from registry_proxy.manifest import MAX_MANIFEST_BYTES, OCI_INDEX, accepts
 from registry_proxy.metrics import CONTENT_TYPE_LATEST, Metrics
@@ -434,11 +434,8 @@ async def _read_capped(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-class ApiVersionHeader:
-    """Adds Docker-Distribution-API-Version to every response (pure ASGI: no buffering)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+class ApiVersionHeader(PureAsgi):
+    """Adds Docker-Distribution-API-Version to every response."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
