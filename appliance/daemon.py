@@ -39,7 +39,7 @@ from groundcontrol.contract import ImageStatus, StateDocument, TrustedState
 from registry_proxy.app import RegistrySettings, create_app
 from registry_proxy.deadline import BodyLimits
 from registry_proxy.metrics import Metrics
-from registry_proxy.proxy import Upstream
+from registry_proxy.proxy import UpstreamLink
 from registry_proxy.routing import Router, UpstreamName
 from registry_proxy.store import ContentStore
 from registry_proxy.upstream import UpstreamClient
@@ -149,11 +149,11 @@ class RegistryConsumer:
             "source": "merged",
         }
 
-    def upstreams(self, current: dict[str, Upstream] | None = None) -> dict[str, Upstream]:
+    def upstreams(self, current: dict[str, UpstreamLink] | None = None) -> dict[str, UpstreamLink]:
         """Local upstreams, then the signed ones under names the local config does not
         use. An unchanged upstream keeps its object (breaker, connections)."""
         current = current or {}
-        result: dict[str, Upstream] = {}
+        result: dict[str, UpstreamLink] = {}
         for name, url, default, local in upstream_names(self.config, self.signed_upstreams):
             kept = current.get(name)
             if kept is not None and kept.client.url == url.rstrip("/"):
@@ -166,7 +166,7 @@ class RegistryConsumer:
                 cred = self._credential_for(url)
                 if cred is not None:
                     username, password = cred.username, cred.password
-            result[name] = Upstream(
+            result[name] = UpstreamLink(
                 UpstreamClient(
                     name,
                     url,

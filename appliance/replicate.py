@@ -382,7 +382,7 @@ class Replicator:
     async def _local_closure(
         self, target: Target, digest: Digest, platforms: tuple[str, ...]
     ) -> set[Digest]:
-        row = await self.store.resolve(target.repo, digest)
+        row, _ = await self.store.manifest_answer(target, digest)  # the store's own, as Content
         manifest = parse_manifest(await self.store.manifest_bytes(row), row.media_type)
         closure = {digest}
         children = plan_children(manifest, platforms) if manifest.is_index else ()

@@ -34,9 +34,10 @@ from typing import Any
 
 from appliance.replicate import Replicator
 from groundcontrol.contract import ImageDescriptor, StateDocument
+from registry_proxy.content import FillSource
 from registry_proxy.digest import Digest
 from registry_proxy.metrics import Metrics
-from registry_proxy.proxy import FillSource, Proxy, Upstream
+from registry_proxy.proxy import Proxy, UpstreamLink
 from registry_proxy.routing import Router, UpstreamName
 from registry_proxy.store import ContentStore
 from registry_proxy.upstream import UpstreamClient
@@ -78,7 +79,7 @@ class Rig:
         store = ContentStore(data)
         await store.open()
         client = UpstreamClient("up", self.upstream.url)
-        proxy = Proxy(store, {"up": Upstream(client, default=True)}, Metrics())
+        proxy = Proxy(store, {"up": UpstreamLink(client, default=True)}, Metrics())
         proxy.bandwidth.set_rate(cap)
         router = Router([UpstreamName("up", self.upstream.url, default=True)])
         replicator = Replicator(store, proxy, lambda: router)

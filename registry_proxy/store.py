@@ -27,6 +27,7 @@ from registry_proxy.errors import RegistryError
 from registry_proxy.layout import Layout
 from registry_proxy.manifest import Descriptor, Manifest, parse_manifest
 from registry_proxy.metadata import ManifestRow, Metadata
+from registry_proxy.routing import Target
 
 log = logging.getLogger("satellite.registry")
 
@@ -326,6 +327,10 @@ class ContentStore:
             raise RegistryError("BLOB_UNKNOWN", f"blob {digest} is not in {repo}")
         return size
 
+    async def blob_answer(self, target: Target, digest: Digest) -> tuple[OpenBlob, None]:
+        """``Content.blob_answer`` for a local repository."""
+        return await self.open_blob(target.repo, digest), None
+
     async def open_blob(self, repo: str, digest: Digest) -> OpenBlob:
         size = await self.blob_size(repo, digest)
         fd = self.blobs.open(digest)
@@ -531,6 +536,12 @@ class ContentStore:
             raise RegistryError("MANIFEST_UNKNOWN", f"manifest {reference} is not in {repo}")
         return row
 
+    async def manifest_answer(
+        self, target: Target, reference: str | Digest
+    ) -> tuple[ManifestRow, None]:
+        """``Content.manifest_answer`` for a local repository."""
+        return await self.resolve(target.repo, reference), None
+
     def remember_manifest_bytes(self, digest: Digest, body: bytes) -> None:
         """Keeps a verified manifest's bytes at hand (it may not be stored yet)."""
         self._manifest_bytes[digest] = body
@@ -564,6 +575,9 @@ class ContentStore:
             raise RegistryError("NAME_UNKNOWN", f"repository {repo} is not known")
         return await self.meta.tags(repo, n, last)
 
+    async def tag_list(self, target: Target, n: int | None, last: str | None) -> list[str]:
+        return await self.tags(target.repo, n, last)
+
     async def catalog(self, n: int | None, last: str | None) -> list[str]:
         return await self.meta.catalog(n, last)
 
@@ -571,6 +585,11 @@ class ContentStore:
         self, repo: str, subject: Digest, artifact_type: str | None
     ) -> list[Descriptor]:
         return await self.meta.referrers(repo, subject, artifact_type)
+
+    async def referrer_list(
+        self, target: Target, subject: Digest, artifact_type: str | None
+    ) -> list[Descriptor]:
+        return await self.meta.referrers(target.repo, subject, artifact_type)
 
     # -- maintenance ---------------------------------------------------------------
 

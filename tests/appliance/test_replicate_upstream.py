@@ -27,7 +27,7 @@ from appliance.replicate import PIN_OWNER, REFERRERS_REFRESH, Replicator, referr
 from groundcontrol.contract import ImageDescriptor, StateDocument
 from registry_proxy.digest import Digest
 from registry_proxy.metrics import Metrics
-from registry_proxy.proxy import Proxy, Upstream
+from registry_proxy.proxy import Proxy, UpstreamLink
 from registry_proxy.routing import Router, UpstreamName
 from registry_proxy.store import ContentStore
 from registry_proxy.upstream import UpstreamClient
@@ -58,7 +58,7 @@ async def rig(
     store = ContentStore(tmp_path / "data")
     await store.open()
     client = UpstreamClient("up", upstream_registry.url, backoff=0.01, max_backoff=0.05, retries=1)
-    proxy = Proxy(store, {"up": Upstream(client, default=True)}, Metrics(), tag_timeout=2.0)
+    proxy = Proxy(store, {"up": UpstreamLink(client, default=True)}, Metrics(), tag_timeout=2.0)
     router = Router([UpstreamName("up", upstream_registry.url, default=True)])
     try:
         yield Replicator(store, proxy, lambda: router), store
@@ -139,7 +139,7 @@ async def test_referrers_api_upstream_and_a_referrer_added_later(
     store = ContentStore(tmp_path / "data")
     await store.open()
     client = UpstreamClient("up", upstream.url, backoff=0.01, max_backoff=0.05, retries=1)
-    proxy = Proxy(store, {"up": Upstream(client, default=True)}, Metrics(), tag_timeout=2.0)
+    proxy = Proxy(store, {"up": UpstreamLink(client, default=True)}, Metrics(), tag_timeout=2.0)
     router = Router([UpstreamName("up", upstream.url, default=True)])
     replicator = Replicator(store, proxy, lambda: router, clock=lambda: now[0])
     repo, subject, doc = "up/team/app", Digest.parse(app.digest), state(app)
@@ -194,7 +194,7 @@ async def test_a_manifest_deleted_upstream_fails_alone_and_recovers_when_pushed_
     store = ContentStore(tmp_path / "data")
     await store.open()
     client = UpstreamClient("up", upstream_registry.url, backoff=0.01, max_backoff=0.05, retries=1)
-    proxy = Proxy(store, {"up": Upstream(client, default=True)}, Metrics(), tag_timeout=2.0)
+    proxy = Proxy(store, {"up": UpstreamLink(client, default=True)}, Metrics(), tag_timeout=2.0)
     router = Router([UpstreamName("up", upstream_registry.url, default=True)])
     replicator = Replicator(store, proxy, lambda: router, clock=lambda: now[0])
     doc = state(kept, gone)

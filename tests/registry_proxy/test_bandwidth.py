@@ -15,7 +15,7 @@ import pytest
 from registry_proxy.bandwidth import PIECE, Bandwidth
 from registry_proxy.digest import Digest
 from registry_proxy.metrics import Metrics
-from registry_proxy.proxy import Proxy, Upstream
+from registry_proxy.proxy import Proxy, UpstreamLink
 from registry_proxy.routing import Target
 from registry_proxy.store import ContentStore
 from registry_proxy.upstream import UpstreamClient
@@ -91,7 +91,7 @@ async def test_fills_from_upstream_are_capped_and_a_client_raises_a_background_f
     store = ContentStore(tmp_path / "data")
     await store.open()
     client = UpstreamClient("up", upstream_registry.url, backoff=0.01, max_backoff=0.05)
-    proxy = Proxy(store, {"up": Upstream(client, default=True)}, Metrics())
+    proxy = Proxy(store, {"up": UpstreamLink(client, default=True)}, Metrics())
     try:
         proxy.bandwidth.set_rate(rate)
         started = time.monotonic()

@@ -5,14 +5,13 @@ a registry's referrers API)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any
 
 import httpx
 
 from registry_proxy.digest import Digest
-from tests.support.images import ImageRef
+from tests.support.images import ImageRef, sha256_bytes
 from tests.support.upstream import UpstreamRegistry, push_blob
 
 
@@ -27,8 +26,7 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 EMPTY = "application/vnd.oci.empty.v1+json"
 
 
-def sha256_digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+sha256_digest = sha256_bytes
 
 
 def push_descriptor(c: httpx.Client, repo: str, data: bytes) -> dict[str, Any]:
