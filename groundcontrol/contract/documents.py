@@ -16,6 +16,7 @@ from groundcontrol.contract.fields import (
     _check_float,
     _check_int,
     _check_keys,
+    _check_list,
     _check_match,
     _check_now,
     _check_object,
@@ -28,7 +29,10 @@ from groundcontrol.contract.fields import (
     _Fields,
     _format_time,
     _json_copy,
+    _parse_items,
+    _parse_time,
     _set,
+    _take,
 )
 
 ROOT_PAYLOAD_TYPE: Final = "application/vnd.satellite.root+json"
@@ -290,14 +294,10 @@ class ImageStatus:
 
     @classmethod
     def from_dict(cls, data: object) -> "ImageStatus":
-        f = _Fields(data, "image")
-        return cls(
-            repository=f.required("repository"),
-            digest=f.required("digest"),
-            status=f.required("status"),
-            error=f.optional("error", None),
-            unrecognized=f.rest(),
+        (repository, digest, status, error), rest = _take(
+            data, "image", ("repository", "digest", "status"), (("error", None),)
         )
+        return cls(repository, digest, status, error, rest)
 
 
 @dataclass(frozen=True)
@@ -399,30 +399,44 @@ class CheckIn:
             **({"dropped": self.dropped} if self.dropped else {}),
         }
 
+    _WIRE_REQUIRED: ClassVar[tuple[str, ...]] = (
+        "satellite",
+        "seq",
+        "sent_at",
+        "state_version",
+        "images",
+        "cache_bytes_used",
+        "cache_bytes_max",
+        "errors",
+        "offline_seconds",
+        "state_expired",
+    )
+    _WIRE_OPTIONAL: ClassVar[tuple[tuple[str, Any], ...]] = (
+        ("events", []),
+        ("outbox_depth", 0),
+        ("dropped", 0),
+    )
+
     @classmethod
     def from_dict(cls, data: object) -> "CheckIn":
-        f = _Fields(data, "checkin")
-        images = f.required_items("images", ImageStatus.from_dict)
+        values, rest = _take(data, "checkin", cls._WIRE_REQUIRED, cls._WIRE_OPTIONAL)
+        (satellite, seq, sent_at, state_version, images, used, most, errors, offline) = values[:9]
+        (state_expired, events, outbox_depth, dropped) = values[9:]
         return cls(
-            satellite=f.required("satellite"),
-            seq=f.required("seq"),
-            sent_at=f.required_time("sent_at"),
-            state_version=f.required("state_version"),
-            images=images,
-            cache_bytes_used=f.required("cache_bytes_used"),
-            cache_bytes_max=f.required("cache_bytes_max"),
-            errors=tuple(f.required_list("errors")),
-            offline_seconds=f.required("offline_seconds"),
-            state_expired=f.required("state_expired"),
-            events=tuple(_optional_list(f, "events")),
-            outbox_depth=f.optional("outbox_depth", 0),
-            dropped=f.optional("dropped", 0),
-            unrecognized=f.rest(),
+            satellite=satellite,
+            seq=seq,
+            sent_at=_parse_time("checkin.sent_at", sent_at),
+            state_version=state_version,
+            images=_parse_items(
+                "checkin.images", _check_list("checkin.images", images), ImageStatus.from_dict
+            ),
+            cache_bytes_used=used,
+            cache_bytes_max=most,
+            errors=tuple(_check_list("checkin.errors", errors)),
+            offline_seconds=offline,
+            state_expired=state_expired,
+            events=tuple(_check_list("checkin.events", events)),
+            outbox_depth=outbox_depth,
+            dropped=dropped,
+            unrecognized=rest,
         )
-
-
-def _optional_list(f: _Fields, name: str) -> list[Any]:
-    value = f.optional(name, [])
-    if not isinstance(value, list):
-        _fail(f"checkin.{name}", f"expected a list, got {_typename(value)}")
-    return value
