@@ -98,6 +98,8 @@ def _check_satellite(where: str, value: object) -> str:
 def _check_datetime(where: str, value: object) -> datetime:
     if not isinstance(value, datetime):
         _fail(where, f"expected a datetime, got {_typename(value)}")
+    if value.tzinfo is UTC:
+        return value
     if value.tzinfo is None or value.utcoffset() is None:
         _fail(where, "datetime must be timezone-aware")
     return value.astimezone(UTC)
@@ -290,6 +292,15 @@ def _parse_items(where: str, raw: list[Any], parse: Callable[[object], _T]) -> t
         except MalformedDocument as exc:
             raise MalformedDocument(f"{where}[{i}]: {exc}") from exc
     return tuple(items)
+
+
+def _checked_instance(cls: type[_T], fields: dict[str, Any]) -> _T:
+    """An instance of the frozen dataclass ``cls`` holding ``fields`` as given, without
+    running its constructor: only for fields that went through the class's own checks
+    (a ``from_dict`` calls them itself, then builds the object once)."""
+    obj = object.__new__(cls)
+    obj.__dict__.update(fields)
+    return obj
 
 
 def _set(obj: object, name: str, value: object) -> None:
