@@ -252,15 +252,19 @@ def verify_checkin(
     device_public_key: Ed25519PublicKey,
     satellite: str,
     max_bytes: int = DEFAULT_CHECKIN_MAX_BYTES,
+    *,
+    device_keyid: str | None = None,
 ) -> CheckIn:
     """Verify a check-in signed by ``satellite``'s device key and return it.
 
     No time or sequence checks: check-ins queue for days offline and arrive late or
-    twice; Ground Control deduplicates by ``(satellite, seq)``.
+    twice; Ground Control deduplicates by ``(satellite, seq)``. ``device_keyid`` is
+    ``keyid(device_public_key)`` when the caller has it already (a batch computes it once).
     """
     envelope = Envelope.from_json(envelope_bytes, max_bytes)
     _check_payload_type(envelope, CHECKIN_PAYLOAD_TYPE, "check-in")
-    _verify_signatures(envelope, {keyid(device_public_key): device_public_key}, 1, "check-in")
+    kid = device_keyid or keyid(device_public_key)
+    _verify_signatures(envelope, {kid: device_public_key}, 1, "check-in")
     checkin = CheckIn.from_dict(_loads(envelope.payload, "check-in payload"))
     if checkin.satellite != satellite:
         raise WrongSatelliteError(
