@@ -345,22 +345,26 @@ class CheckIn:
     dropped: int = 0
     unrecognized: dict[str, Any] = field(default_factory=dict)
 
-    _FIELDS: ClassVar[frozenset[str]] = frozenset(
-        {
-            "satellite",
-            "seq",
-            "sent_at",
-            "state_version",
-            "images",
-            "cache_bytes_used",
-            "cache_bytes_max",
-            "errors",
-            "offline_seconds",
-            "state_expired",
-            "events",
-            "outbox_depth",
-            "dropped",
-        }
+    _WIRE_REQUIRED: ClassVar[tuple[str, ...]] = (
+        "satellite",
+        "seq",
+        "sent_at",
+        "state_version",
+        "images",
+        "cache_bytes_used",
+        "cache_bytes_max",
+        "errors",
+        "offline_seconds",
+        "state_expired",
+    )
+    _WIRE_OPTIONAL: ClassVar[tuple[tuple[str, Any], ...]] = (
+        ("events", []),
+        ("outbox_depth", 0),
+        ("dropped", 0),
+    )
+
+    _FIELDS: ClassVar[frozenset[str]] = frozenset(_WIRE_REQUIRED).union(
+        name for name, _default in _WIRE_OPTIONAL
     )
 
     def __post_init__(self) -> None:
@@ -413,24 +417,6 @@ class CheckIn:
             **({"outbox_depth": self.outbox_depth} if self.outbox_depth else {}),
             **({"dropped": self.dropped} if self.dropped else {}),
         }
-
-    _WIRE_REQUIRED: ClassVar[tuple[str, ...]] = (
-        "satellite",
-        "seq",
-        "sent_at",
-        "state_version",
-        "images",
-        "cache_bytes_used",
-        "cache_bytes_max",
-        "errors",
-        "offline_seconds",
-        "state_expired",
-    )
-    _WIRE_OPTIONAL: ClassVar[tuple[tuple[str, Any], ...]] = (
-        ("events", []),
-        ("outbox_depth", 0),
-        ("dropped", 0),
-    )
 
     @classmethod
     def from_dict(cls, data: object) -> "CheckIn":
