@@ -17,7 +17,7 @@ _DIGEST_RE: Final = re.compile(r"sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128}")
 _PATH_COMPONENT: Final = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
 # OCI repository name, optionally behind a registry host with a port ("localhost:5000/x").
 # The same grammar as registry_proxy.names (a test holds the two together); a copy, so
-# that the contract depends on the standard library and cryptography only.
+# that the contract depends on the standard library and its crypto libraries only.
 _DOMAIN_COMPONENT: Final = r"(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])"
 _HOST: Final = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[A-Fa-f0-9:]+\])"
 _REPOSITORY_RE: Final = re.compile(
