@@ -386,6 +386,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
     if args.command == "run":
+        if config.worker_count > 1:
+            from appliance import workers
+
+            return workers.run(config)
         return asyncio.run(_run(config))
     if args.command == "verify":
         return asyncio.run(_verify(config))

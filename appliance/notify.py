@@ -128,6 +128,12 @@ def current() -> Notifier:
     return _current
 
 
+def reset() -> None:
+    """Forgets the process's notifier (a forked worker is not the one systemd watches)."""
+    global _current
+    _current = None
+
+
 def on_startup_complete(app: ASGIApp, callback: Callable[[], None]) -> ASGIApp:
     """`app`, calling `callback` right after its lifespan startup completed (the store is
     open then); every other scope passes straight through."""
@@ -147,16 +153,24 @@ def on_startup_complete(app: ASGIApp, callback: Callable[[], None]) -> ASGIApp:
     return wrapped
 
 
-def listening_socket(host: str, port: int, backlog: int = 1024) -> int:
+def listening_socket(
+    host: str, port: int, backlog: int = 1024, *, reuse_port: bool = False, listen: bool = True
+) -> int:
     """A bound, listening TCP socket's descriptor, for hypercorn's `fd://` bind: the port
-    accepts (queues) connections from here on, before the app is ready to serve them."""
+    accepts (queues) connections from here on, before the app is ready to serve them.
+    ``reuse_port``: one of several serving processes' sockets on the same port (the kernel
+    spreads connections over them); ``listen=False`` only holds the port (a socket that
+    does not listen gets no connections)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((host, port))
-        sock.listen(backlog)
+        if listen:
+            sock.listen(backlog)
     except BaseException:
         sock.close()
         raise

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from registry_proxy import filelock
 from registry_proxy.blobs import BlobStore
 from registry_proxy.digest import Digest, mismatch
 from registry_proxy.durable import write_all
@@ -87,8 +88,11 @@ def _disk_error(exc: OSError) -> RegistryError:
 
 
 class ContentStore:
-    def __init__(self, root: Path, max_bytes: int | None = None) -> None:
+    def __init__(self, root: Path, max_bytes: int | None = None, *, shared: bool = False) -> None:
         self.max_bytes = max_bytes
+        # one of several serving processes: their supervisor swept the store before they
+        # started, and `sweep` must not remove what the others have under way
+        self.shared = shared
         self._in_use: Counter[Digest] = Counter()
         self._evicting = asyncio.Lock()
         self.layout = Layout(root)
@@ -115,7 +119,11 @@ class ContentStore:
     async def sweep(self, max_age: float = UPLOAD_MAX_AGE) -> list[Digest]:
         """Removes what a crash left behind: staging files, uploads abandoned for
         `max_age`, and blob files that no metadata row accounts for (a file is
-        published before its row is written). Returns the orphaned digests removed."""
+        published before its row is written). Returns the orphaned digests removed.
+        A ``shared`` store only counts the uploads under way."""
+        if self.shared:
+            await self._count_uploads()
+            return []
         for upload_id in await self.meta.stale_uploads(time.time() - max_age):
             await self.cancel_upload(upload_id)
         for entry in list(self.layout.uploads.iterdir()):
@@ -130,11 +138,7 @@ class ContentStore:
             with contextlib.suppress(FileNotFoundError):
                 if entry.stat().st_mtime < cutoff:
                     entry.unlink()
-        for upload_id, repo in await self.meta.uploads():
-            # counted in the budget from the start, not only once a client resumes them
-            size = await asyncio.to_thread(_file_size, self.layout.upload_data(upload_id))
-            if size is not None:
-                self._uploads.setdefault(upload_id, _Upload(repo, size, None))
+        await self._count_uploads()
         known = await self.meta.blob_digests()
         orphans = [
             (digest, path)
@@ -146,6 +150,13 @@ class ContentStore:
         if orphans:
             log.info("removed %d blob file(s) that no metadata row accounted for", len(orphans))
         return [digest for digest, _ in orphans]
+
+    async def _count_uploads(self) -> None:
+        for upload_id, repo in await self.meta.uploads():
+            # counted in the budget from the start, not only once a client resumes them
+            size = await asyncio.to_thread(_file_size, self.layout.upload_data(upload_id))
+            if size is not None:
+                self._uploads.setdefault(upload_id, _Upload(repo, size, None))
 
     async def start_upload(self, repo: str, *, resumable: bool = True) -> str:
         """A new upload's id. Only a resumable upload is recorded in the metadata: the
@@ -371,7 +382,7 @@ class ContentStore:
         under 90% of `max_bytes`. Blobs being read right now are skipped."""
         if self.max_bytes is None:
             return []
-        async with self._evicting:
+        async with self._evicting, filelock.held(self.layout.budget_lock):
             used = await self.used_bytes()
             if used <= self.max_bytes:
                 return []
@@ -383,7 +394,7 @@ class ContentStore:
     async def evict_unpinned(self, *, dry_run: bool = False) -> list[tuple[Digest, int]]:
         """Evicts every unpinned blob now (``satellite gc``), but not one being read;
         returns what was freed, or with ``dry_run`` what would be."""
-        async with self._evicting:
+        async with self._evicting, filelock.held(self.layout.budget_lock):
             await self.meta.flush_access()
             candidates = await self.meta.lru_candidates(10_000_000)
             if dry_run:
