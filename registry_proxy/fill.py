@@ -136,7 +136,6 @@ class BlobFill:
     async def _follow(self, lock: filelock.FileLock) -> None:
         """Another process is fetching the blob (it holds the lock): its staging file is
         followed as it grows, and the last byte released once the blob is published."""
-        self.metrics.coalesced.inc()
         size_path = self.store.layout.fill_size(self.digest)
         published = self.store.layout.blob(self.digest)
         while not lock.try_acquire():

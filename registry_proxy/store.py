@@ -193,7 +193,25 @@ class ContentStore:
         return state
 
     async def upload_offset(self, repo: str, upload_id: str) -> int:
-        return (await self._upload(repo, upload_id)).offset
+        state = await self._upload(repo, upload_id)
+        if not self.shared:
+            return state.offset
+        async with state.lock:
+            await self._resync(upload_id, state)
+            return state.offset
+
+    async def _resync(self, upload_id: str, state: _Upload) -> None:
+        """A ``shared`` store's upload may have grown in another serving process (a
+        client's next chunk on another connection): the bytes on disk are the truth,
+        and the running hash no longer covers them (the upload's lock is held)."""
+        if not self.shared:
+            return
+        size = await asyncio.to_thread(_file_size, self.layout.upload_data(upload_id))
+        if size is None:  # finished or cancelled there
+            self._uploads.pop(upload_id, None)
+            raise RegistryError("BLOB_UPLOAD_UNKNOWN", "upload data is gone")
+        if size != state.offset:
+            state.offset, state.sha256 = size, None
 
     async def append_upload(
         self,
@@ -206,6 +224,7 @@ class ContentStore:
         """Appends a chunk. `start` (from Content-Range) must equal the current offset."""
         state = await self._upload(repo, upload_id)
         async with state.lock:
+            await self._resync(upload_id, state)
             await self._append(repo, upload_id, state, chunks, start, length)
             return state.offset
 
@@ -284,6 +303,7 @@ class ContentStore:
         upload's lock throughout, so no other chunk can land in between)."""
         state = await self._upload(repo, upload_id)
         async with state.lock:
+            await self._resync(upload_id, state)
             if chunks is not None:
                 await self._append(repo, upload_id, state, chunks, start, length)
             computed = None

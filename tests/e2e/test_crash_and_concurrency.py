@@ -13,7 +13,9 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
+from tests.conftest import SatelliteFactory
 from tests.support.images import sha256_bytes
 from tests.support.satellite import SatelliteProcess
 
@@ -104,6 +106,14 @@ async def _load_then_kill(sat: SatelliteProcess, delay: float) -> None:
         results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=30)
     # the server died under the clients: most of them must have seen it
     assert any(isinstance(r, BaseException) for r in results)
+
+
+@pytest.fixture(params=[1, 2], ids=["1-worker", "2-workers"])
+def satellite(
+    request: pytest.FixtureRequest, satellite_factory: SatelliteFactory
+) -> SatelliteProcess:
+    """The satellite with one serving process, and with two sharing the store."""
+    return satellite_factory(workers=request.param)
 
 
 def test_kill9_during_uploads_leaves_only_verified_content(
