@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -175,3 +176,45 @@ def test_sigterm_drains_and_exits_cleanly(satellite: SatelliteProcess) -> None:
     code = satellite.stop()
     assert code == 0, satellite.log_tail()
     assert time.monotonic() - started < 15
+
+
+def test_chunked_upload_survives_a_worker_killed_between_chunks(
+    satellite_factory: SatelliteFactory,
+) -> None:
+    """Two serving processes share the store: each chunk of an upload comes on a
+    connection of its own (so either process may take it), and a worker killed -9
+    between chunks is started again by the supervisor; the upload goes on to the end."""
+    sat = satellite_factory(workers=2)
+    assert sat.pid is not None
+    data = _blob(11, 6 * MIB)
+    digest = sha256_bytes(data)
+    location = httpx.post(f"{sat.url}/v2/up/load/blobs/uploads/", timeout=30).headers["location"]
+    piece = MIB
+    for start in range(0, len(data), piece):
+        if start == 3 * MIB:
+            workers = _children(sat.pid)
+            assert len(workers) == 2
+            os.kill(workers[0], signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while len(set(_children(sat.pid)) - set(workers)) < 1:
+                assert time.monotonic() < deadline, "the killed worker was not started again"
+                time.sleep(0.05)
+        with httpx.Client(base_url=sat.url, timeout=30) as client:  # a fresh connection
+            status = client.get(location)
+            assert status.status_code == 204
+            assert status.headers["range"] == f"0-{max(start - 1, 0)}"  # the bytes on disk
+            r = client.patch(
+                location,
+                content=data[start : start + piece],
+                headers={"content-range": f"{start}-{start + piece - 1}"},
+            )
+            assert r.status_code == 202, r.text
+    r = httpx.put(f"{sat.url}{location}?digest={digest}", timeout=30)
+    assert r.status_code == 201, r.text
+    assert httpx.get(f"{sat.url}/v2/up/load/blobs/{digest}", timeout=30).content == data
+    assert "killed by SIGKILL" in sat.log_path.read_text()  # the supervisor logged it
+    _assert_store_consistent(sat.data_dir)
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
