@@ -4,8 +4,10 @@ The supervisor sweeps the store once (what a crash left behind), holds the port,
 the workers with ``fork`` and speaks to systemd for them: READY=1 once every worker has
 opened the store and listens, WATCHDOG=1 from its own loop, STOPPING=1 on SIGTERM, which
 it passes on to every worker (each drains its requests) before it exits. A worker that
-dies is logged and started again; more than ``MAX_RESTARTS`` deaths within
-``RESTART_WINDOW`` seconds stop the service (systemd's restart policy takes over).
+dies, or whose event loop shows no sign of life for the watchdog's time (30 s without
+systemd's; 10 s at least), is logged and started again (killed first); more than
+``MAX_RESTARTS`` deaths within ``RESTART_WINDOW`` seconds stop the service (systemd's
+restart policy takes over).
 
 Each worker binds its own socket on the port with ``SO_REUSEPORT`` (the kernel spreads
 the connections over them) and serves the registry app on its own event loop. They share
@@ -40,6 +42,9 @@ log = logging.getLogger("satellite")
 MAX_RESTARTS = 5
 RESTART_WINDOW = 60.0
 STOP_TIMEOUT = 20.0  # hypercorn's graceful_timeout (10 s) and the lifespan's shutdown
+HEARTBEAT = 2.0  # seconds between a worker's signs of life
+WEDGED = 30.0  # seconds without one (systemd's WatchdogSec when it sets one)
+WEDGED_FLOOR = 10.0  # but never less: a loop busy for a moment is not wedged
 PR_SET_PDEATHSIG = 1
 
 
@@ -55,16 +60,30 @@ def metrics_dir(config: Config) -> Path:
 
 
 class _WorkerNotifier(notify.Notifier):
-    """A worker's readiness goes to the supervisor, which tells systemd."""
+    """A worker tells the supervisor, not systemd, that it is ready (``R<index>``) and,
+    from its event loop, that the loop still turns (``W<index>``, every
+    ``heartbeat`` seconds): a worker whose loop is wedged is killed and started again."""
 
-    def __init__(self, ready_fd: int, index: int) -> None:
-        super().__init__(None)
+    def __init__(self, ready_fd: int, index: int, heartbeat: float) -> None:
+        super().__init__(None, int(heartbeat * 2_000_000))
         self._ready_fd = ready_fd
         self._index = index
 
+    @property
+    def enabled(self) -> bool:
+        return True
+
     def ready(self, phase: str) -> None:
+        self._tell("R")
+
+    def send(self, *assignments: str) -> bool:
+        if "WATCHDOG=1" in assignments:
+            self._tell("W")
+        return True
+
+    def _tell(self, what: str) -> None:
         with contextlib.suppress(OSError):
-            os.write(self._ready_fd, f"{self._index}\n".encode())
+            os.write(self._ready_fd, f"{what}{self._index}\n".encode())
 
 
 class Supervisor:
@@ -73,6 +92,9 @@ class Supervisor:
         self.count = count
         self.notifier = notify.current()
         self.children: dict[int, int] = {}  # pid -> worker index
+        self.seen: dict[int, float] = {}  # pid of a ready worker -> its last sign of life
+        usec = self.notifier.watchdog_usec
+        self.wedged_after = max(usec / 1_000_000 if usec else WEDGED, WEDGED_FLOOR)
         self.deaths: deque[float] = deque()
         self.stopping = False
         self._ready_r, self._ready_w = os.pipe()
@@ -104,8 +126,12 @@ class Supervisor:
                 timeout = 1.0 if interval is None else max(0.0, next_ping - time.monotonic())
                 select.select([self._ready_r, self._wake_r], [], [], min(timeout, 1.0))
                 _drain(self._wake_r)
-                for line in _drain(self._ready_r).split():
-                    ready.add(int(line))
+                for message in _drain(self._ready_r).decode().split():
+                    index = int(message[1:])
+                    ready.add(index)
+                    pids = [pid for pid, i in self.children.items() if i == index]
+                    self.seen.update((pid, time.monotonic()) for pid in pids)
+                self._kill_wedged()
                 if not announced and len(ready) >= self.count:
                     announced = True
                     self.notifier.ready(f"serving on {host}:{port} with {self.count} workers")
@@ -133,8 +159,23 @@ class Supervisor:
         if pid == 0:
             for fd in (self._ready_r, self._wake_r, self._wake_w, hold):
                 os.close(fd)
-            _worker(self.config, index, self._ready_w, parent)
+            heartbeat = min(HEARTBEAT, self.wedged_after / 4)
+            _worker(self.config, index, self._ready_w, parent, heartbeat)
         self.children[pid] = index
+
+    def _kill_wedged(self) -> None:
+        now = time.monotonic()
+        for pid, seen in list(self.seen.items()):
+            if now - seen > self.wedged_after:
+                log.error(
+                    "worker %d (pid %d): no sign of life for %.0f s, killing it",
+                    self.children.get(pid, -1),
+                    pid,
+                    now - seen,
+                )
+                del self.seen[pid]
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)  # reaped and started again below
 
     def _reap(self, hold: int) -> bool:
         """Starts workers again in place of those that died; True when they die too
@@ -147,6 +188,7 @@ class Supervisor:
             if pid == 0:
                 return False
             index = self.children.pop(pid)
+            self.seen.pop(pid, None)
             _mark_dead(pid)
             if self.stopping:
                 continue
@@ -227,7 +269,7 @@ async def _sweep(config: Config) -> None:
         await store.close()
 
 
-def _worker(config: Config, index: int, ready_fd: int, parent: int) -> NoReturn:
+def _worker(config: Config, index: int, ready_fd: int, parent: int, heartbeat: float) -> NoReturn:
     code = 1
     try:
         # a worker goes with its supervisor, whatever ends it (as systemd ends the unit)
@@ -244,7 +286,7 @@ def _worker(config: Config, index: int, ready_fd: int, parent: int) -> NoReturn:
         from prometheus_client import values
 
         values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
-        code = asyncio.run(_serve(config, index, ready_fd))
+        code = asyncio.run(_serve(config, index, _WorkerNotifier(ready_fd, index, heartbeat)))
     except BaseException:
         log.exception("worker %d failed", index)
     finally:
@@ -252,7 +294,7 @@ def _worker(config: Config, index: int, ready_fd: int, parent: int) -> NoReturn:
         os._exit(code)
 
 
-async def _serve(config: Config, index: int, ready_fd: int) -> int:
+async def _serve(config: Config, index: int, notifier: notify.Notifier) -> int:
     from appliance.daemon import build
     from appliance.server import serve_until_signalled
 
@@ -264,7 +306,7 @@ async def _serve(config: Config, index: int, ready_fd: int) -> int:
         port,
         zero_copy=config.zero_copy,
         side_servers=daemon.side_servers,
-        notifier=_WorkerNotifier(ready_fd, index),
+        notifier=notifier,
         reuse_port=True,
     )
     return 0

@@ -218,3 +218,22 @@ def test_chunked_upload_survives_a_worker_killed_between_chunks(
 
 def _children(pid: int) -> list[int]:
     return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_a_wedged_worker_is_killed_and_started_again(
+    satellite_factory: SatelliteFactory,
+) -> None:
+    """A worker whose event loop stops (SIGSTOP) gives no sign of life: the supervisor
+    kills it and starts another, and the satellite goes on serving on both."""
+    sat = satellite_factory(workers=2)
+    assert sat.pid is not None
+    workers = _children(sat.pid)
+    os.kill(workers[1], signal.SIGSTOP)
+    deadline = time.monotonic() + 60
+    while workers[1] in _children(sat.pid) or len(_children(sat.pid)) < 2:
+        assert time.monotonic() < deadline, "the wedged worker was not replaced"
+        time.sleep(0.2)
+    assert "no sign of life" in sat.log_path.read_text()
+    for _ in range(20):  # fresh connections, spread over both workers
+        assert httpx.get(f"{sat.url}/v2/", timeout=30).status_code == 200
+    assert sat.stop() == 0
