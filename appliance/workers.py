@@ -286,7 +286,7 @@ def _worker(config: Config, index: int, ready_fd: int, parent: int, heartbeat: f
         from prometheus_client import values
 
         values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
-        code = asyncio.run(_serve(config, index, _WorkerNotifier(ready_fd, index, heartbeat)))
+        code = asyncio.run(serve(config, index, _WorkerNotifier(ready_fd, index, heartbeat)))
     except BaseException:
         log.exception("worker %d failed", index)
     finally:
@@ -294,11 +294,16 @@ def _worker(config: Config, index: int, ready_fd: int, parent: int, heartbeat: f
         os._exit(code)
 
 
-async def _serve(config: Config, index: int, notifier: notify.Notifier) -> int:
+async def serve(
+    config: Config, index: int | None = None, notifier: notify.Notifier | None = None
+) -> int:
+    """One serving process until SIGTERM or SIGINT: the only one (``index`` None), or
+    worker ``index`` of several, which tells its supervisor through ``notifier``."""
     from appliance.daemon import build
     from appliance.server import serve_until_signalled
 
-    daemon = await build(config, primary=index == 0, shared=True)
+    shared = index is not None
+    daemon = await build(config, primary=not index, shared=shared)
     host, port = config.host_port
     await serve_until_signalled(
         daemon.app,
@@ -307,7 +312,7 @@ async def _serve(config: Config, index: int, notifier: notify.Notifier) -> int:
         zero_copy=config.zero_copy,
         side_servers=daemon.side_servers,
         notifier=notifier,
-        reuse_port=True,
+        reuse_port=shared,
     )
     return 0
 
