@@ -60,6 +60,11 @@ class Layout:
     def budget_lock(self) -> Path:
         return self.locks / "budget"
 
+    @property
+    def generation(self) -> Path:
+        """Bumped by a serving process that changed tags or manifests (generation.py)."""
+        return self.locks / "generation"
+
     def blob(self, digest: Digest) -> Path:
         return self.blobs / digest.algorithm / digest.encoded[:2] / digest.encoded
 

@@ -25,6 +25,7 @@ from registry_proxy.blobs import BlobStore
 from registry_proxy.digest import Digest, mismatch
 from registry_proxy.durable import write_all
 from registry_proxy.errors import RegistryError
+from registry_proxy.generation import SharedCounter
 from registry_proxy.layout import Layout
 from registry_proxy.manifest import Descriptor, Manifest, parse_manifest
 from registry_proxy.metadata import ManifestRow, Metadata
@@ -100,6 +101,9 @@ class ContentStore:
         self.meta = Metadata(self.layout.database)
         self._uploads: dict[str, _Upload] = {}
         self._generation = 0
+        # a shared store's tag cache also goes when another process changed the store
+        self._others: SharedCounter | None = None
+        self._others_seen = 0
         self._tag_cache: dict[tuple[str, str], ManifestRow] = {}
         self._manifest_bytes: OrderedDict[Digest, bytes] = OrderedDict()
         self._digest_locks: dict[Digest, tuple[asyncio.Lock, list[int]]] = {}
@@ -110,9 +114,15 @@ class ContentStore:
         fills that the server has under way."""
         self.layout.create()
         await self.meta.open()
+        if self.shared:
+            self._others = SharedCounter(self.layout.generation)
+            self._others_seen = self._others.value
 
     async def close(self) -> None:
         await self.meta.close()
+        if self._others is not None:
+            self._others.close()
+            self._others = None
 
     # -- uploads -------------------------------------------------------------------
 
@@ -471,6 +481,15 @@ class ContentStore:
     def _changed(self) -> None:
         self._generation += 1
         self._tag_cache.clear()
+        if self._others is not None:  # after the write: who sees the bump reads it
+            self._others_seen = self._others.bump()
+
+    def _others_changed(self) -> None:
+        """Drops the tag cache when another serving process changed the store."""
+        if self._others is not None and self._others.value != self._others_seen:
+            self._others_seen = self._others.value
+            self._generation += 1
+            self._tag_cache.clear()
 
     async def put_manifest(
         self,
@@ -538,10 +557,12 @@ class ContentStore:
             row = await self.meta.manifest_by_digest(repo, reference)
         else:
             key = (repo, reference)
+            self._others_changed()
             row = self._tag_cache.get(key)
             if row is None:
                 generation = self._generation
                 row = await self.meta.manifest_by_tag(repo, reference)
+                self._others_changed()
                 if row is not None and generation == self._generation:
                     self._tag_cache[key] = row
         if row is None:

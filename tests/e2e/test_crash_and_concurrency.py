@@ -237,3 +237,48 @@ def test_a_wedged_worker_is_killed_and_started_again(
     for _ in range(20):  # fresh connections, spread over both workers
         assert httpx.get(f"{sat.url}/v2/", timeout=30).status_code == 200
     assert sat.stop() == 0
+
+
+def test_a_tag_moved_through_one_worker_is_seen_by_every_worker(
+    satellite_factory: SatelliteFactory,
+) -> None:
+    """Each worker caches tag lookups; a tag pushed again through one worker is at once
+    the answer of the others too (they share a generation counter with the store)."""
+    sat = satellite_factory(workers=2)
+    config = b'{"architecture":"amd64","os":"linux"}'
+    config_digest = sha256_bytes(config)
+    r = httpx.post(f"{sat.url}/v2/moving/blobs/uploads/?digest={config_digest}", content=config)
+    assert r.status_code == 201
+
+    def push(n: int) -> str:
+        body = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {
+                    "mediaType": "application/vnd.oci.image.config.v1+json",
+                    "digest": config_digest,
+                    "size": len(config),
+                },
+                "layers": [],
+                "annotations": {"n": str(n)},
+            }
+        ).encode()
+        r = httpx.put(
+            f"{sat.url}/v2/moving/manifests/latest",
+            content=body,
+            headers={"content-type": "application/vnd.oci.image.manifest.v1+json"},
+        )
+        assert r.status_code == 201, r.text
+        return sha256_bytes(body)
+
+    def answers() -> set[str]:
+        # fresh connections: the kernel spreads them over both workers
+        return {
+            httpx.get(f"{sat.url}/v2/moving/manifests/latest").headers["docker-content-digest"]
+            for _ in range(30)
+        }
+
+    for n in range(5):
+        digest = push(n)
+        assert answers() == {digest}
