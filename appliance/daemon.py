@@ -68,6 +68,8 @@ class RegistryConsumer:
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)
     agent: FleetAgent | None = None
     signed_upstreams: tuple[tuple[str, str, bool], ...] = ()
+    # serving processes that share the bandwidth cap: each keeps within its share
+    workers: int = 1
 
     def __post_init__(self) -> None:
         self._record_sources(None)
@@ -131,7 +133,7 @@ class RegistryConsumer:
             _int(signed.get("bandwidth_bytes_per_second")),
             0,
         )
-        self.app.state.registry.proxy.bandwidth.set_rate(bandwidth or 0)
+        self.app.state.registry.proxy.bandwidth.set_rate((bandwidth or 0) // self.workers)
         self.metrics.bandwidth_cap.set(bandwidth or 0)
         if self.agent is not None:
             self.agent.intervals.state = float(state_interval)
@@ -297,6 +299,9 @@ async def build(config: Config, *, primary: bool = True, shared: bool = False) -
         access_log=config.log_format if config.log_access else None,
     )
     consumer = RegistryConsumer(config, store, app, metrics)
+    if shared:
+        consumer.workers = config.worker_count
+        consumer._record_sources(None)
     if not primary:
         if identity is not None:
             consumer.credentials = identity.upstream_credentials()
