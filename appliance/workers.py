@@ -128,7 +128,8 @@ class Supervisor:
                 _drain(self._wake_r)
                 for message in _drain(self._ready_r).decode().split():
                     index = int(message[1:])
-                    ready.add(index)
+                    if message[0] == "R":  # a heartbeat may come before: not ready yet
+                        ready.add(index)
                     pids = [pid for pid, i in self.children.items() if i == index]
                     self.seen.update((pid, time.monotonic()) for pid in pids)
                 self._kill_wedged()

@@ -2,8 +2,10 @@
 the processes serving one store: a blob's upstream fetch, a cache-budget pass.
 
 A lock belongs to the open file, so two holders in one process exclude each other too,
-and the kernel releases it when its holder dies, however it dies. Lock files are never
-removed (removing one while it is held would let a second holder lock a new file).
+and the kernel releases it when its holder dies, however it dies. A lock file is removed
+only once what it guards needs no guard any more (a blob published): removed any
+earlier, a second holder could lock a new file of the same name while the first holds
+the old one.
 """
 
 from __future__ import annotations

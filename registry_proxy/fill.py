@@ -111,6 +111,10 @@ class BlobFill:
                     await self._lead()
             else:
                 await self._follow(lock)
+            # published: whoever comes next finds the blob, and needs no lock file (a
+            # failed fill keeps it, or the next two could each lock a file of their own)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(lock.path)
         except BaseException as exc:  # every failure ends the fill, and is recorded
             failure = exc
             self.error = as_registry_error(exc, "BLOB_UNKNOWN", str(self.digest))
