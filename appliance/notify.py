@@ -96,6 +96,11 @@ class Notifier:
                 self._fields[key] = str(value)
         self.send(f"STATUS={self.status_text}")
 
+    def replace_fields(self, fields: Mapping[str, str]) -> None:
+        """The STATUS= line's fields, all at once (a supervisor's, from its worker's)."""
+        self._fields = dict(fields)
+        self.send(f"STATUS={self.status_text}")
+
     def stopping(self) -> None:
         self._phase = "stopping"
         self.send("STOPPING=1", f"STATUS={self.status_text}")
@@ -128,10 +133,10 @@ def current() -> Notifier:
     return _current
 
 
-def reset() -> None:
-    """Forgets the process's notifier (a forked worker is not the one systemd watches)."""
+def use(notifier: Notifier) -> None:
+    """Makes ``notifier`` the process's (a forked worker's, which tells its supervisor)."""
     global _current
-    _current = None
+    _current = notifier
 
 
 def on_startup_complete(app: ASGIApp, callback: Callable[[], None]) -> ASGIApp:

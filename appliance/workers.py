@@ -60,9 +60,11 @@ def metrics_dir(config: Config) -> Path:
 
 
 class _WorkerNotifier(notify.Notifier):
-    """A worker tells the supervisor, not systemd, that it is ready (``R<index>``) and,
-    from its event loop, that the loop still turns (``W<index>``, every
-    ``heartbeat`` seconds): a worker whose loop is wedged is killed and started again."""
+    """A worker tells the supervisor, not systemd, that it is ready (``R<index>``),
+    from its event loop that the loop still turns (``W<index>``, every ``heartbeat``
+    seconds; a worker whose loop is wedged is killed and started again), and what its
+    status fields are (``S<index> key=value ...``, which the supervisor shows on its own
+    STATUS= line). One message a line."""
 
     def __init__(self, ready_fd: int, index: int, heartbeat: float) -> None:
         super().__init__(None, int(heartbeat * 2_000_000))
@@ -74,16 +76,21 @@ class _WorkerNotifier(notify.Notifier):
         return True
 
     def ready(self, phase: str) -> None:
+        self._phase = phase
         self._tell("R")
 
     def send(self, *assignments: str) -> bool:
-        if "WATCHDOG=1" in assignments:
-            self._tell("W")
+        for assignment in assignments:
+            if assignment == "WATCHDOG=1":
+                self._tell("W")
+            elif assignment.startswith("STATUS="):
+                fields = " ".join(f"{k}={v}" for k, v in self._fields.items())
+                self._tell("S", " " + fields.replace("\n", " "))
         return True
 
-    def _tell(self, what: str) -> None:
+    def _tell(self, what: str, text: str = "") -> None:
         with contextlib.suppress(OSError):
-            os.write(self._ready_fd, f"{what}{self._index}\n".encode())
+            os.write(self._ready_fd, f"{what}{self._index}{text}\n".encode())
 
 
 class Supervisor:
@@ -96,6 +103,7 @@ class Supervisor:
         usec = self.notifier.watchdog_usec
         self.wedged_after = max(usec / 1_000_000 if usec else WEDGED, WEDGED_FLOOR)
         self.deaths: deque[float] = deque()
+        self.ready: set[int] = set()  # indexes of the workers that said they serve
         self.stopping = False
         self._ready_r, self._ready_w = os.pipe()
         self._wake_r, self._wake_w = os.pipe()
@@ -113,7 +121,6 @@ class Supervisor:
         }
         signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes the select below
         signal.set_wakeup_fd(self._wake_w)
-        ready: set[int] = set()
         announced = False
         failed = False
         try:
@@ -126,14 +133,10 @@ class Supervisor:
                 timeout = 1.0 if interval is None else max(0.0, next_ping - time.monotonic())
                 select.select([self._ready_r, self._wake_r], [], [], min(timeout, 1.0))
                 _drain(self._wake_r)
-                for message in _drain(self._ready_r).decode().split():
-                    index = int(message[1:])
-                    if message[0] == "R":  # a heartbeat may come before: not ready yet
-                        ready.add(index)
-                    pids = [pid for pid, i in self.children.items() if i == index]
-                    self.seen.update((pid, time.monotonic()) for pid in pids)
+                for message in _drain(self._ready_r).decode().splitlines():
+                    self.handle(message)
                 self._kill_wedged()
-                if not announced and len(ready) >= self.count:
+                if not announced and len(self.ready) >= self.count:
                     announced = True
                     self.notifier.ready(f"serving on {host}:{port} with {self.count} workers")
                 failed = self._reap(hold)
@@ -150,6 +153,18 @@ class Supervisor:
             self.notifier.close()
         log.info("stopped")
         return 1 if failed else 0
+
+    def handle(self, message: str) -> None:
+        """One line from a worker (see ``_WorkerNotifier``)."""
+        what, _, text = message.partition(" ")
+        index = int(what[1:])
+        if what[0] == "R":  # a heartbeat may come before: not ready yet
+            self.ready.add(index)
+        elif what[0] == "S":
+            pairs = (field.partition("=") for field in text.split())
+            self.notifier.replace_fields({k: v for k, _, v in pairs})
+        pids = [pid for pid, i in self.children.items() if i == index]
+        self.seen.update((pid, time.monotonic()) for pid in pids)
 
     def _on_stop(self, signum: int, frame: object) -> None:
         self.stopping = True
@@ -283,11 +298,12 @@ def _worker(config: Config, index: int, ready_fd: int, parent: int, heartbeat: f
             signal.signal(sig, signal.SIG_DFL)
         for key in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
             os.environ.pop(key, None)
-        notify.reset()
+        notifier = _WorkerNotifier(ready_fd, index, heartbeat)
+        notify.use(notifier)  # what the daemon reports goes through the supervisor
         from prometheus_client import values
 
         values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
-        code = asyncio.run(serve(config, index, _WorkerNotifier(ready_fd, index, heartbeat)))
+        code = asyncio.run(serve(config, index, notifier))
     except BaseException:
         log.exception("worker %d failed", index)
     finally:

@@ -18,7 +18,9 @@ import httpx
 import pytest
 
 from appliance import notify
+from appliance.config import Config
 from appliance.notify import Notifier
+from appliance.workers import Supervisor, _WorkerNotifier
 from tests.support.satellite import SatelliteProcess
 
 WATCHDOG_USEC = 200_000  # a ping every 0.1 s
@@ -198,6 +200,33 @@ def test_status_fields_are_updated_and_removed(listener: NotifyListener) -> None
     notifier.set_status(outbox_depth=None, state_version=13)
     assert listener.wait_for("STATUS")["STATUS"] == "serving on 0.0.0.0:8585; state_version=13"
     notifier.close()
+
+
+def test_a_workers_status_fields_reach_systemd_through_its_supervisor(
+    listener: NotifyListener, tmp_path: Path
+) -> None:
+    """With several serving processes the fleet agent's STATUS= fields are set in worker
+    0, which has no NOTIFY_SOCKET: they go over the supervisor's pipe and out on its line."""
+    read_fd, write_fd = os.pipe()
+    worker = _WorkerNotifier(write_fd, 0, heartbeat=1.0)
+    supervisor = Supervisor(Config(data_dir=tmp_path), 2)
+    supervisor.notifier = Notifier(listener.address)
+    try:
+        worker.ready("serving on 127.0.0.1:1")
+        worker.set_status(state_version=12, outbox_depth=3)
+        worker.set_status(outbox_depth=None, state_version=13)
+        messages = os.read(read_fd, 4096).decode().splitlines()
+        assert messages == ["R0", "S0 state_version=12 outbox_depth=3", "S0 state_version=13"]
+        for message in messages:
+            supervisor.handle(message)
+        assert supervisor.ready == {0}
+        first = listener.wait_for("STATUS")["STATUS"]
+        assert first == "starting; state_version=12 outbox_depth=3"
+        assert listener.wait_for("STATUS")["STATUS"] == "starting; state_version=13"
+    finally:
+        supervisor.notifier.close()
+        for fd in (read_fd, write_fd):
+            os.close(fd)
 
 
 def test_abstract_socket_and_environment() -> None:
