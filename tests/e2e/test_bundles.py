@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -45,11 +46,20 @@ class Site:
         result: dict[str, Any] = json.loads(out)
         return result
 
-    def bundle_import(self, bundle: Path) -> tuple[int, str]:
-        """Exit code, and stdout with the error lines of stderr (not its log lines)."""
+    def bundle_import(self, bundle: Path, *, terminal: bool = False) -> tuple[int, str]:
+        """Exit code, and stdout with the error lines of stderr (not its log lines); with
+        ``terminal``, stderr is a terminal and all of it follows (the progress line)."""
         done = run_satellite_cli(
-            "bundle", "import", str(bundle), "--data-dir", str(self.sat.data_dir), check=False
+            "bundle",
+            "import",
+            str(bundle),
+            "--data-dir",
+            str(self.sat.data_dir),
+            check=False,
+            terminal=terminal,
         )
+        if terminal:
+            return done.returncode, done.stdout + done.stderr
         errors = [
             line for line in done.stderr.splitlines() if line.startswith(("satellite:", "  "))
         ]
@@ -138,6 +148,17 @@ def test_export_then_import_into_a_stopped_and_a_running_satellite(
     with site.sat:
         wait_until(lambda: status(site.sat)["running"], what="daemon")
         assert state_version(site.sat) == version
+        # the state the stopped data dir accepted is reported as a connected one would be
+        wait_until(
+            lambda: [
+                e
+                for e in _outbox_events(site)
+                if e.get("type") == "state_accepted"
+                and e.get("version") == version
+                and e.get("source") == "bundle"
+            ],
+            what="a state_accepted event for the bundle's state",
+        )
         # replication finds everything present: with the registry gone, a fetch would fail
         wait_until(
             lambda: status(site.sat)["images"]["by_status"] == {"present": 1},
@@ -273,8 +294,12 @@ def test_a_tar_and_a_split_bundle(site: Site, tmp_path: Path, skopeo: Skopeo) ->
     assert code == 1 and f"part {middle.name} of the bundle is missing" in out, out
     assert state_version(site.sat) == 1
     middle.write_bytes(kept)
-    code, out = site.bundle_import(parts[0])
+    code, out = site.bundle_import(parts[0], terminal=True)
     assert code == 0 and out.startswith("applied: state version 2"), out
+    # on a terminal, a progress line drawn in place ends full, at the parts' total
+    total = sum(p.stat().st_size for p in parts) / 1e6
+    last = out.split("\r")[-1]
+    assert re.search(rf"import \[#{{24}}\] [\d.]+/{total:.1f} MB", last), repr(out[-400:])
     # the blobs the truncated tar brought in were not copied again
     assert "already present" in out
     code, out = site.bundle_import(tar)
@@ -427,11 +452,21 @@ def test_reports_carried_back_and_acknowledged_by_the_next_bundle(
         assert left == []
 
 
-def _outbox_seqs(site: Site) -> list[int]:
+def _outbox(site: Site) -> list[dict[str, Any]]:
+    """The payloads of the check-ins queued in the satellite's outbox."""
     stick = site.root / "reports-again"
+    shutil.rmtree(stick, ignore_errors=True)
     run_satellite_cli("reports", "export", str(stick), "--data-dir", str(site.sat.data_dir))
     path = stick / "site-a" / "checkins.json"
     if not path.exists():
         return []
     envelopes = json.loads(path.read_bytes())["checkins"]
-    return [json.loads(base64.b64decode(e["payload"]))["seq"] for e in envelopes]
+    return [json.loads(base64.b64decode(e["payload"])) for e in envelopes]
+
+
+def _outbox_seqs(site: Site) -> list[int]:
+    return [checkin["seq"] for checkin in _outbox(site)]
+
+
+def _outbox_events(site: Site) -> list[dict[str, Any]]:
+    return [event for checkin in _outbox(site) for event in checkin.get("events", [])]
