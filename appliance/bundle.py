@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from appliance.fleetdb import FleetDB
 from appliance.identity import IdentityError, load_identity
-from groundcontrol.contract import ContractError, StateDocument, TrustedState
+from groundcontrol.contract import ContractError, ImageDescriptor, StateDocument, TrustedState
 from groundcontrol.contract.bundle import (
     ACKS_FILE,
     CHECKINS_FILE,
@@ -54,6 +54,7 @@ from registry_proxy.durable import atomic_write
 from registry_proxy.errors import RegistryError
 from registry_proxy.manifest import MAX_MANIFEST_BYTES
 from registry_proxy.ocilayout import Node, blob_path, walk
+from registry_proxy.platforms import PlatformMissing
 from registry_proxy.progress import TransferProgress
 from registry_proxy.routing import Router
 from registry_proxy.store import ContentStore
@@ -186,11 +187,15 @@ class _Importer:
             raise _Missing(digest)
         return body_or_none
 
-    async def image(self, repository: str, digest: Digest, media_type: str, size: int) -> bool:
-        """Every blob of one image into the store; True when nothing is missing."""
+    async def image(self, repository: str, image: ImageDescriptor) -> bool:
+        """Every blob of one image (of the platforms it keeps) into the store; True when
+        nothing is missing."""
         complete = True
+        digest = Digest.parse(image.digest)
         try:
-            async for node in walk(repository, digest, media_type, size, self.fetch):
+            async for node in walk(
+                repository, digest, image.media_type, image.size, self.fetch, image.platforms
+            ):
                 if node.is_manifest:
                     body = await self.fetch(repository, node.digest)
                     self.manifests[node.digest] = (repository, body, node.media_type)
@@ -203,6 +208,8 @@ class _Importer:
             return False
         except RegistryError as exc:
             raise BundleError(f"{repository}@{digest}: {exc.message}") from None
+        except PlatformMissing as exc:
+            raise BundleError(f"{repository}@{digest}: {exc}") from None
         return complete
 
     async def blob(self, node: Node) -> bool:
@@ -285,7 +292,7 @@ async def import_bundle(
     complete = []
     for image in doc.images:
         repo = router.route(image.repository).repo  # where serving looks for it
-        if await importer.image(repo, Digest.parse(image.digest), image.media_type, image.size):
+        if await importer.image(repo, image):
             complete.append((repo, image))
     if counts.blobs_imported:  # counted once: found in the store by the walk
         result.blobs_present -= counts.blobs_imported

@@ -54,6 +54,7 @@ from registry_proxy.ocilayout import (
     ref_name,
     walk,
 )
+from registry_proxy.platforms import PlatformMissing
 from registry_proxy.progress import TransferProgress
 from registry_proxy.upstream import UpstreamClient
 from registry_proxy.upstream import UpstreamError as RegistryClientError
@@ -144,7 +145,9 @@ async def export_bundle(
         to_copy: list[Node] = []  # walked first: the progress line knows the total
         for image in doc.images:
             digest = Digest.parse(image.digest)
-            async for node in walk(image.repository, digest, image.media_type, image.size, fetch):
+            async for node in walk(
+                image.repository, digest, image.media_type, image.size, fetch, image.platforms
+            ):
                 if node.digest in written or node.is_manifest:  # manifests: written by fetch
                     continue
                 written.add(node.digest)
@@ -181,6 +184,9 @@ async def export_bundle(
     except RegistryError as exc:
         sink.abort()
         raise UpstreamError(f"central registry: {exc.message}", code="digest_mismatch") from None
+    except PlatformMissing as exc:
+        sink.abort()
+        raise BadRequest(f"state of {satellite}: {exc}", code="state_invalid") from None
     except BaseException:
         sink.abort()
         raise

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from groundcontrol.contract import Envelope, StateDocument, generate_key, sign_state
@@ -135,15 +136,28 @@ def test_export_then_import_into_a_stopped_and_a_running_satellite(
     assert code == 0 and out.startswith(f"current: state version {version}"), out
     assert "0 blob(s) imported" in out
 
-    # a group change, and its bundle, before the central registry goes away
+    # a group change, and its bundle, before the central registry goes away: of the
+    # index, only the platform the group keeps travels (the index's bytes intact)
     site.fleet.api(
         "PUT",
         "/api/v1/groups/shops",
-        {"images": [{"reference": "library/app:v1"}, {"reference": "library/multi:v1"}]},
+        {
+            "images": [
+                {"reference": "library/app:v1"},
+                {"reference": "library/multi:v1", "platforms": ["linux/amd64"]},
+            ]
+        },
     )
     second = tmp_path / "stick2"
     exported = site.export("site-a", second)
     assert exported["state_version"] > version
+    children = {c.platform: c for c in image_layout.multi.manifests}
+    in_bundle = {p.name for p in (second / "blobs" / "sha256").iterdir()}
+    assert image_layout.multi.digest.split(":")[1] in in_bundle
+    assert {d.split(":")[1] for d in children[("linux", "amd64")].all_digests} <= in_bundle
+    arm64 = children[("linux", "arm64")]
+    left_out = set(arm64.all_digests) - set(children[("linux", "amd64")].all_digests)
+    assert left_out and not {d.split(":")[1] for d in left_out} & in_bundle
     site.central.stop()
     with site.sat:
         wait_until(lambda: status(site.sat)["running"], what="daemon")
@@ -192,9 +206,14 @@ def test_export_then_import_into_a_stopped_and_a_running_satellite(
             lambda: status(site.sat)["images"]["by_status"] == {"present": 2},
             what="both images present",
         )
-        assert pull(skopeo, site.sat, "library/multi:v1", tmp_path / "pulled-multi") == (
-            image_layout.multi.digest
-        )
+        raw = skopeo.inspect_raw(f"docker://{site.sat.host}/library/multi:v1")
+        assert raw == image_layout.multi.manifest_bytes()  # the index, digest intact
+        out = tmp_path / "pulled-multi"
+        skopeo.copy(f"docker://{site.sat.host}/library/multi:v1", f"oci:{out}:x")
+        assert skopeo.inspect(f"oci:{out}:x")["Digest"] == children[("linux", "amd64")].digest
+        # the platform left out is not here, and says so (404, never 5xx)
+        answer = httpx.get(f"{site.sat.url}/v2/library/multi/manifests/{arm64.digest}", timeout=10)
+        assert answer.status_code == 404, answer.text
 
 
 def flip_byte(path: Path) -> None:
