@@ -72,6 +72,9 @@ HandOver = Callable[[list[bytes], bytes], Awaitable[tuple[str, str]]]
 RouterFor = Callable[[StateDocument], Router]
 
 
+BUNDLE_PIN = "bundle"  # pins of the blobs an incomplete import brought, until applied
+
+
 class BundleError(Exception):
     """The bundle is refused; the message is the one reason, for the operator."""
 
@@ -301,7 +304,11 @@ async def import_bundle(
         result.message = (
             f"state version {doc.version} not applied: {len(result.missing)} blob(s) missing"
         )
+        # what this stick brought waits for the next one: the cache budget keeps it
+        await store.pin(importer.done, BUNDLE_PIN)
     else:
+        # the state's own pins (replication's) take over once it is applied
+        await store.unpin(await store.meta.pinned(BUNDLE_PIN), BUNDLE_PIN)
         # children were walked before their parents, so each manifest's content is here
         for digest, (repository, body, media_type) in importer.manifests.items():
             await store.put_manifest(repository, digest, body, media_type, cached=True)

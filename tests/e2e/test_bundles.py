@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -273,10 +274,14 @@ def test_a_bad_bundle_is_refused_with_one_reason_and_nothing_applied(
     code, out = site.bundle_import(missing)
     assert code == 3 and f"sha256:{gone.name}" in out, out
     assert state_version(site.sat) == 1
+    # what the stick did bring is pinned until the state applies: no budget evicts it
+    brought = _pins(site, "bundle")
+    assert brought and f"sha256:{gone.name}" not in brought
 
     # the good bundle applies (blobs imported from the damaged tries are not copied again)
     code, out = site.bundle_import(good)
     assert code == 0 and out.startswith("applied:"), out
+    assert _pins(site, "bundle") == set()  # the state's own pins take over
     applied = state_version(site.sat)
     assert applied > 1
     # an older state after a newer one: a rollback
@@ -469,6 +474,12 @@ def test_reports_carried_back_and_acknowledged_by_the_next_bundle(
         assert status(site.sat)["outbox"]["depth"] < depth_before + 2
         left = [seq for seq in _outbox_seqs(site) if seq in seqs]
         assert left == []
+
+
+def _pins(site: Site, owner: str) -> set[str]:
+    db = site.sat.data_dir / "metadata.db"
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        return {r[0] for r in conn.execute("SELECT digest FROM pins WHERE owner = ?", (owner,))}
 
 
 def _outbox(site: Site) -> list[dict[str, Any]]:
