@@ -45,6 +45,7 @@ STOP_TIMEOUT = 20.0  # hypercorn's graceful_timeout (10 s) and the lifespan's sh
 HEARTBEAT = 2.0  # seconds between a worker's signs of life
 WEDGED = 30.0  # seconds without one (systemd's WatchdogSec when it sets one)
 WEDGED_FLOOR = 10.0  # but never less: a loop busy for a moment is not wedged
+STARTUP_GRACE = 30.0  # more for a worker's first sign of life
 PR_SET_PDEATHSIG = 1
 
 
@@ -99,7 +100,7 @@ class Supervisor:
         self.count = count
         self.notifier = notify.current()
         self.children: dict[int, int] = {}  # pid -> worker index
-        self.seen: dict[int, float] = {}  # pid of a ready worker -> its last sign of life
+        self.seen: dict[int, float] = {}  # pid of a worker -> its last sign of life
         usec = self.notifier.watchdog_usec
         self.wedged_after = max(usec / 1_000_000 if usec else WEDGED, WEDGED_FLOOR)
         self.deaths: deque[float] = deque()
@@ -178,6 +179,8 @@ class Supervisor:
             heartbeat = min(HEARTBEAT, self.wedged_after / 4)
             _worker(self.config, index, self._ready_w, parent, heartbeat)
         self.children[pid] = index
+        # its first sign of life may take its imports and the store's opening longer
+        self.seen[pid] = time.monotonic() + STARTUP_GRACE
 
     def _kill_wedged(self) -> None:
         now = time.monotonic()

@@ -229,9 +229,14 @@ def test_a_wedged_worker_is_killed_and_started_again(
     10 s, instead of 30 s without systemd.)"""
     sat = satellite_factory(workers=2, env={"WATCHDOG_USEC": "2000000"})
     assert sat.pid is not None
+    running = f"Running on http://{sat.host}"
+    deadline = time.monotonic() + 60
+    while sat.log_path.read_text().count(running) < 2:  # both workers' loops turn
+        assert time.monotonic() < deadline, "the second worker did not start"
+        time.sleep(0.1)
     workers = _children(sat.pid)
     os.kill(workers[1], signal.SIGSTOP)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 90
     while workers[1] in _children(sat.pid) or len(_children(sat.pid)) < 2:
         assert time.monotonic() < deadline, "the wedged worker was not replaced"
         time.sleep(0.2)
