@@ -171,22 +171,6 @@ def _config(args: argparse.Namespace) -> Config:
     return config
 
 
-async def _run(config: Config) -> int:
-    from appliance.daemon import build
-    from appliance.server import serve_until_signalled
-
-    daemon = await build(config)
-    host, port = config.host_port
-    await serve_until_signalled(
-        daemon.app,
-        host,
-        port,
-        zero_copy=config.zero_copy,
-        side_servers=daemon.side_servers,
-    )
-    return 0
-
-
 async def _register(config: Config, args: argparse.Namespace) -> int:
     from appliance.register import RegistrationError, register
 
@@ -386,7 +370,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
     if args.command == "run":
-        return asyncio.run(_run(config))
+        from appliance import workers
+
+        if config.worker_count > 1:
+            return workers.run(config)
+        return asyncio.run(workers.serve(config))
     if args.command == "verify":
         return asyncio.run(_verify(config))
     if args.command == "register":

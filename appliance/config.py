@@ -41,6 +41,7 @@ class UpstreamConfig:
 class Config:
     listen: str = DEFAULT_LISTEN
     zero_copy: bool = True
+    workers: int = 0  # serving processes; 0: one per core
     data_dir: Path = DEFAULT_DATA_DIR
     max_bytes: int = DEFAULT_MAX_BYTES
     push: bool = False
@@ -62,6 +63,13 @@ class Config:
     log_format: AccessLogFormat = "plain"
     # keys set by the file, the environment or a flag: these win over the signed config
     explicit: frozenset[str] = frozenset()
+
+    @property
+    def worker_count(self) -> int:
+        """Serving processes: ``workers``, or one per core the process may use."""
+        if self.workers:
+            return self.workers
+        return max(1, len(os.sched_getaffinity(0)))
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -186,7 +194,7 @@ def from_mapping(doc: Mapping[str, Any]) -> Config:
     server = _table(
         doc,
         "server",
-        {"listen", "zero_copy", "body_min_rate", "body_rate_window", "body_timeout"},
+        {"listen", "zero_copy", "workers", "body_min_rate", "body_rate_window", "body_timeout"},
     )
     storage = _table(doc, "storage", {"path", "max_bytes"})
     registry = _table(doc, "registry", {"push", "tag_timeout", "stale_after"})
@@ -198,6 +206,8 @@ def from_mapping(doc: Mapping[str, Any]) -> Config:
     if "listen" in server:
         parse_listen(server["listen"], "server.listen")
         config = replace(config, listen=server["listen"])
+    if "workers" in server:
+        config = replace(config, workers=_workers(server["workers"]))
     if "zero_copy" in server:
         config = replace(config, zero_copy=parse_bool(server["zero_copy"], "server.zero_copy"))
     if "path" in storage:
@@ -260,6 +270,14 @@ def from_mapping(doc: Mapping[str, Any]) -> Config:
     return replace(config, explicit=frozenset(explicit))
 
 
+def _workers(value: object) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())  # from the environment
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 64:
+        raise ConfigError(f"server.workers: expected 0 (one per core) to 64, got {value!r}")
+    return value
+
+
 def _interval(value: object, key: str) -> float:
     try:
         seconds = parse_duration(value)
@@ -273,6 +291,7 @@ def _interval(value: object, key: str) -> float:
 _ENV_KEYS = {
     "SATELLITE_SERVER_LISTEN": ("server", "listen"),
     "SATELLITE_SERVER_ZERO_COPY": ("server", "zero_copy"),
+    "SATELLITE_SERVER_WORKERS": ("server", "workers"),
     "SATELLITE_SERVER_BODY_MIN_RATE": ("server", "body_min_rate"),
     "SATELLITE_SERVER_BODY_RATE_WINDOW": ("server", "body_rate_window"),
     "SATELLITE_SERVER_BODY_TIMEOUT": ("server", "body_timeout"),

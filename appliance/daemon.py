@@ -12,6 +12,7 @@ environment or a flag; these win), ``signed`` (the applied state's config) or
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -39,7 +40,7 @@ from groundcontrol.contract import ImageStatus, StateDocument, TrustedState
 from registry_proxy.app import RegistrySettings, create_app
 from registry_proxy.deadline import BodyLimits
 from registry_proxy.metrics import Metrics
-from registry_proxy.proxy import Upstream
+from registry_proxy.proxy import UpstreamLink
 from registry_proxy.routing import Router, UpstreamName
 from registry_proxy.store import ContentStore
 from registry_proxy.upstream import UpstreamClient
@@ -67,6 +68,8 @@ class RegistryConsumer:
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)
     agent: FleetAgent | None = None
     signed_upstreams: tuple[tuple[str, str, bool], ...] = ()
+    # serving processes that share the bandwidth cap: each keeps within its share
+    workers: int = 1
 
     def __post_init__(self) -> None:
         self._record_sources(None)
@@ -130,7 +133,7 @@ class RegistryConsumer:
             _int(signed.get("bandwidth_bytes_per_second")),
             0,
         )
-        self.app.state.registry.proxy.bandwidth.set_rate(bandwidth or 0)
+        self.app.state.registry.proxy.bandwidth.set_rate((bandwidth or 0) // self.workers)
         self.metrics.bandwidth_cap.set(bandwidth or 0)
         if self.agent is not None:
             self.agent.intervals.state = float(state_interval)
@@ -149,11 +152,11 @@ class RegistryConsumer:
             "source": "merged",
         }
 
-    def upstreams(self, current: dict[str, Upstream] | None = None) -> dict[str, Upstream]:
+    def upstreams(self, current: dict[str, UpstreamLink] | None = None) -> dict[str, UpstreamLink]:
         """Local upstreams, then the signed ones under names the local config does not
         use. An unchanged upstream keeps its object (breaker, connections)."""
         current = current or {}
-        result: dict[str, Upstream] = {}
+        result: dict[str, UpstreamLink] = {}
         for name, url, default, local in upstream_names(self.config, self.signed_upstreams):
             kept = current.get(name)
             if kept is not None and kept.client.url == url.rstrip("/"):
@@ -166,7 +169,7 @@ class RegistryConsumer:
                 cred = self._credential_for(url)
                 if cred is not None:
                     username, password = cred.username, cred.password
-            result[name] = Upstream(
+            result[name] = UpstreamLink(
                 UpstreamClient(
                     name,
                     url,
@@ -270,12 +273,16 @@ class Daemon:
     side_servers: list[tuple[Starlette, HypercornConfig]]
 
 
-async def build(config: Config) -> Daemon:
-    """The registry app, and with an identity the agent and the admin socket."""
+async def build(config: Config, *, primary: bool = True, shared: bool = False) -> Daemon:
+    """The registry app, and with an identity the agent and the admin socket.
+
+    ``shared``: one of several serving processes (appliance/workers.py), which swept the
+    store before it started. Only the ``primary`` runs the agent, replication and the
+    admin socket; the others follow the signed state it applies (``_follow``)."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    store = ContentStore(config.data_dir, max_bytes=config.max_bytes)
+    store = ContentStore(config.data_dir, max_bytes=config.max_bytes, shared=shared)
     metrics = Metrics()
-    zerocopy.register_metrics(metrics.registry)
+    zerocopy.register_metrics(metrics.process)
     identity = load_identity(config.data_dir)
     app = create_app(
         store,
@@ -292,6 +299,15 @@ async def build(config: Config) -> Daemon:
         access_log=config.log_format if config.log_access else None,
     )
     consumer = RegistryConsumer(config, store, app, metrics)
+    if shared:
+        consumer.workers = config.worker_count
+        consumer._record_sources(None)
+    if not primary:
+        if identity is not None:
+            consumer.credentials = identity.upstream_credentials()
+        app.state.registry.set_upstreams(consumer.upstreams())
+        _follow_lifespan(app, identity, consumer)
+        return Daemon(config, app, [])
     sweep_staged(config.data_dir)
     agent: FleetAgent | None = None
     db: FleetDB | None = None
@@ -395,12 +411,18 @@ def _wrap_lifespan(
     @asynccontextmanager
     async def lifespan(a: Starlette) -> AsyncIterator[None]:
         async with inner(a):
+            refresh: asyncio.Task[None] | None = None
             if agent is not None:
                 await agent.start()
                 consumer.replication.start()
+                if agent.metrics.multiprocess:
+                    refresh = asyncio.get_running_loop().create_task(_refresh(agent.metrics))
             try:
                 yield
             finally:
+                if refresh is not None:
+                    refresh.cancel()
+                    await asyncio.gather(refresh, return_exceptions=True)
                 if agent is not None:
                     await consumer.replication.close()
                     await agent.close()
@@ -409,3 +431,57 @@ def _wrap_lifespan(
                     await db.close()
 
     app.router.lifespan_context = lifespan
+
+
+FOLLOW_INTERVAL = 2.0
+
+
+async def _refresh(metrics: FleetMetrics) -> None:
+    while True:
+        metrics.refresh()
+        await asyncio.sleep(1.0)
+
+
+def _follow_lifespan(app: Starlette, identity: Identity | None, consumer: RegistryConsumer) -> None:
+    """A worker beside the primary applies the signed state and the upstream credentials
+    the primary's agent stored (the fleet database, the identity directory) once they
+    change: its upstreams, budget, bandwidth cap and tag pins are the primary's."""
+    if identity is None:
+        return
+    inner = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(a: Starlette) -> AsyncIterator[None]:
+        async with inner(a):
+            db = await FleetDB(identity.db_path).open()
+            task = asyncio.get_running_loop().create_task(_follow(db, identity, consumer))
+            try:
+                yield
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                await db.close()
+
+    app.router.lifespan_context = lifespan
+
+
+async def _follow(db: FleetDB, identity: Identity, consumer: RegistryConsumer) -> None:
+    applied: tuple[int, tuple[UpstreamCredential, ...]] | None = None
+    while True:
+        try:
+            stored = await db.load_trust()
+            credentials = identity.upstream_credentials()
+            if applied != (stored.highest_version, credentials):
+                consumer.apply_credentials(credentials)
+                trust = TrustedState.load(
+                    identity.satellite,
+                    stored.root_chain,
+                    stored.state_envelope,
+                    stored.highest_version,
+                )
+                if trust.state is not None:
+                    await consumer.apply_state(trust.state)
+                applied = (stored.highest_version, credentials)
+        except Exception:
+            log.exception("following the applied state failed; trying again")
+        await asyncio.sleep(FOLLOW_INTERVAL)

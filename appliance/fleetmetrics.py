@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import TYPE_CHECKING
 
@@ -18,39 +19,58 @@ class FleetMetrics:
         r = registry
         self.last_contact: Link | None = None
         self.state_version = Gauge(
-            "satellite_state_version", "Version of the signed state applied (0: none)", registry=r
+            "satellite_state_version",
+            "Version of the signed state applied (0: none)",
+            multiprocess_mode="livemostrecent",
+            registry=r,
         )
         self.state_expires = Gauge(
             "satellite_state_expires_timestamp_seconds",
             "When the applied state expires (Unix time; 0: no state)",
+            multiprocess_mode="livemostrecent",
             registry=r,
         )
         self.state_expired = Gauge(
             "satellite_state_expired",
             "1 while the applied state has expired (it is still served)",
+            multiprocess_mode="livemostrecent",
             registry=r,
         )
         self.root_version = Gauge(
-            "satellite_trust_root_version", "Version of the trusted root", registry=r
+            "satellite_trust_root_version",
+            "Version of the trusted root",
+            multiprocess_mode="livemostrecent",
+            registry=r,
         )
         self.seconds_since_contact = Gauge(
             "satellite_groundcontrol_last_contact_age_seconds",
             "Seconds since Ground Control last answered (-1: never in this run)",
+            multiprocess_mode="livemostrecent",
             registry=r,
         )
-        self.seconds_since_contact.set_function(self._contact_age)
         self.groundcontrol_reachable = Gauge(
             "satellite_groundcontrol_reachable",
             "1 when the last exchange with Ground Control got an answer",
+            multiprocess_mode="livemostrecent",
             registry=r,
         )
-        self.groundcontrol_reachable.set_function(
-            lambda: 1.0 if self.last_contact and self.last_contact.reachable else 0.0
-        )
+        # with several serving processes `refresh` writes these, else each scrape reads them
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        if not self.multiprocess:
+            self.seconds_since_contact.set_function(self._contact_age)
+            self.groundcontrol_reachable.set_function(self._reachable)
         self.outbox_depth = Gauge(
-            "satellite_outbox_depth", "Check-ins queued, not yet acknowledged", registry=r
+            "satellite_outbox_depth",
+            "Check-ins queued, not yet acknowledged",
+            multiprocess_mode="livemostrecent",
+            registry=r,
         )
-        self.outbox_bytes = Gauge("satellite_outbox_bytes", "Bytes of check-ins queued", registry=r)
+        self.outbox_bytes = Gauge(
+            "satellite_outbox_bytes",
+            "Bytes of check-ins queued",
+            multiprocess_mode="livemostrecent",
+            registry=r,
+        )
         self.checkins_sent = Counter(
             "satellite_checkins_sent", "Check-ins sent to Ground Control", registry=r
         )
@@ -61,6 +81,7 @@ class FleetMetrics:
             "satellite_checkins_dropped",
             "Check-ins dropped to bound the outbox (heartbeats first), since registration",
             ["kind"],
+            multiprocess_mode="livemostrecent",
             registry=r,
         )
         self.verification_failures = Counter(
@@ -69,6 +90,15 @@ class FleetMetrics:
             ["reason"],
             registry=r,
         )
+
+    def refresh(self) -> None:
+        """With several serving processes the scrape may reach one without the agent: the
+        agent's process writes the values that change by themselves every second."""
+        self.seconds_since_contact.set(self._contact_age())
+        self.groundcontrol_reachable.set(self._reachable())
+
+    def _reachable(self) -> float:
+        return 1.0 if self.last_contact and self.last_contact.reachable else 0.0
 
     def _contact_age(self) -> float:
         link = self.last_contact

@@ -96,6 +96,11 @@ class Notifier:
                 self._fields[key] = str(value)
         self.send(f"STATUS={self.status_text}")
 
+    def replace_fields(self, fields: Mapping[str, str]) -> None:
+        """The STATUS= line's fields, all at once (a supervisor's, from its worker's)."""
+        self._fields = dict(fields)
+        self.send(f"STATUS={self.status_text}")
+
     def stopping(self) -> None:
         self._phase = "stopping"
         self.send("STOPPING=1", f"STATUS={self.status_text}")
@@ -128,6 +133,12 @@ def current() -> Notifier:
     return _current
 
 
+def use(notifier: Notifier) -> None:
+    """Makes ``notifier`` the process's (a forked worker's, which tells its supervisor)."""
+    global _current
+    _current = notifier
+
+
 def on_startup_complete(app: ASGIApp, callback: Callable[[], None]) -> ASGIApp:
     """`app`, calling `callback` right after its lifespan startup completed (the store is
     open then); every other scope passes straight through."""
@@ -147,16 +158,24 @@ def on_startup_complete(app: ASGIApp, callback: Callable[[], None]) -> ASGIApp:
     return wrapped
 
 
-def listening_socket(host: str, port: int, backlog: int = 1024) -> int:
+def listening_socket(
+    host: str, port: int, backlog: int = 1024, *, reuse_port: bool = False, listen: bool = True
+) -> int:
     """A bound, listening TCP socket's descriptor, for hypercorn's `fd://` bind: the port
-    accepts (queues) connections from here on, before the app is ready to serve them."""
+    accepts (queues) connections from here on, before the app is ready to serve them.
+    ``reuse_port``: one of several serving processes' sockets on the same port (the kernel
+    spreads connections over them); ``listen=False`` only holds the port (a socket that
+    does not listen gets no connections)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((host, port))
-        sock.listen(backlog)
+        if listen:
+            sock.listen(backlog)
     except BaseException:
         sock.close()
         raise

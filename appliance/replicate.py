@@ -50,6 +50,9 @@ PIN_OWNER = "state"
 ATTESTATION = "attestation-manifest"
 RETRY_MIN = 5.0
 RETRY_MAX = 600.0
+# an image held already asks its upstream for new referrers (a signature added later)
+# at most this often, not on every pass (a pass runs whenever any image is retried)
+REFERRERS_REFRESH = 900.0
 
 
 class ReplicationError(Exception):
@@ -100,6 +103,8 @@ class ImageProgress:
     attempts: int = 0
     next_try: float = 0.0
     digests: frozenset[Digest] = frozenset()  # its closure, once replicated
+    referrers: frozenset[Digest] = frozenset()  # the part of it that refers to the image
+    referrers_at: float | None = None  # clock when the upstream was last asked for them
 
 
 @dataclass
@@ -285,16 +290,25 @@ class Replicator:
                 closure |= part
         else:
             closure |= await self._blobs(target, manifest, limit)
-        try:
-            closure |= await self._referrers(target, digest, limit)
-        except Exception as exc:
-            if progress.status != "present" and not _unreachable(exc):
-                raise  # e.g. a signature the upstream lost: the image is not whole
-            # the upstream cannot be asked (a site offline, an air-gapped one whose images
-            # came on a bundle) or a refresh of an image held already: the image is here;
-            # what referred to it stays as it was
-            log.info("referrers of %s@%s not refreshed: %s", image.repository, digest, exc)
-            closure |= progress.digests
+        fresh = progress.referrers_at is not None and (
+            self.clock() - progress.referrers_at < REFERRERS_REFRESH
+        )
+        if progress.status == "present" and fresh:
+            closure |= progress.referrers
+        else:
+            try:
+                found = await self._referrers(target, digest, limit)
+                progress.referrers = frozenset(found)
+                closure |= found
+            except Exception as exc:
+                if progress.status != "present" and not _unreachable(exc):
+                    raise  # e.g. a signature the upstream lost: the image is not whole
+                # the upstream cannot be asked (a site offline, an air-gapped one whose
+                # images came on a bundle) or a refresh of an image held already: the image
+                # is here; what referred to it stays as it was
+                log.info("referrers of %s@%s not refreshed: %s", image.repository, digest, exc)
+                closure |= progress.digests
+            progress.referrers_at = self.clock()
         if image.tag:
             await self.store.set_tag(target.repo, image.tag, digest)
         return closure
@@ -368,7 +382,7 @@ class Replicator:
     async def _local_closure(
         self, target: Target, digest: Digest, platforms: tuple[str, ...]
     ) -> set[Digest]:
-        row = await self.store.resolve(target.repo, digest)
+        row, _ = await self.store.manifest_answer(target, digest)  # the store's own, as Content
         manifest = parse_manifest(await self.store.manifest_bytes(row), row.media_type)
         closure = {digest}
         children = plan_children(manifest, platforms) if manifest.is_index else ()
@@ -388,10 +402,8 @@ class Replicator:
         for progress in self.images.values():
             needed |= progress.digests
         pinned = set(await self.store.meta.pinned(PIN_OWNER))
-        for digest in needed - pinned:
-            await self.store.pin(digest, PIN_OWNER)
-        for digest in pinned - needed:
-            await self.store.unpin(digest, PIN_OWNER)
+        await self.store.pin(needed - pinned, PIN_OWNER)
+        await self.store.unpin(pinned - needed, PIN_OWNER)
         return len(needed - pinned), len(pinned - needed)
 
 

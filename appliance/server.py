@@ -39,11 +39,13 @@ async def serve_until_signalled(
     zero_copy: bool = True,
     side_servers: Sequence[tuple[ASGIApp, HypercornConfig]] = (),
     notifier: notify.Notifier | None = None,
+    reuse_port: bool = False,
 ) -> None:
     """Runs until SIGTERM or SIGINT, then stops accepting and drains in-flight requests.
     Under systemd (Type=notify) it says READY=1 once the store is open on a bound port,
     pings the watchdog from this event loop and says STOPPING=1 on the signal.
-    ``side_servers`` (the admin socket) run beside the main app and stop with it."""
+    ``side_servers`` (the admin socket) run beside the main app and stop with it.
+    ``reuse_port``: one of several serving processes (appliance/workers.py)."""
     if not zero_copy:
         log.info("zero-copy blob sends: off (server.zero_copy = false)")
     elif zerocopy.install():
@@ -62,7 +64,8 @@ async def serve_until_signalled(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     config = hypercorn_config(host, port)
-    config.bind = [f"fd://{notify.listening_socket(host, port, config.backlog)}"]
+    fd = notify.listening_socket(host, port, config.backlog, reuse_port=reuse_port)
+    config.bind = [f"fd://{fd}"]
     app = notify.on_startup_complete(app, lambda: notifier.ready(f"serving on {host}:{port}"))
     watchdog = loop.create_task(notifier.watchdog())
     log.info("listening on http://%s:%d", host, port)

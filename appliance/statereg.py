@@ -10,7 +10,6 @@ like an answer from the API, so a stale or forged ``latest`` is refused as such.
 
 from __future__ import annotations
 
-import hashlib
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -88,7 +87,7 @@ class StateRegistryFallback:
         if layer.size > cap:
             raise StateRegistryError(f"{layer.digest}: {layer.size} bytes is over {cap}")
         digest = Digest.parse(layer.digest)
-        hasher = hashlib.sha256()
+        hasher = digest.hasher()
         chunks: list[bytes] = []
         total = 0
         async with client.open_blob(repo, digest) as blob:
@@ -98,7 +97,7 @@ class StateRegistryFallback:
                     raise StateRegistryError(f"{layer.digest}: more bytes than announced")
                 hasher.update(chunk)
                 chunks.append(chunk)
-        if total != layer.size or "sha256:" + hasher.hexdigest() != layer.digest:
+        if total != layer.size or Digest.of_hasher(hasher) != digest:
             raise StateRegistryError(f"{layer.digest}: content does not match its digest")
         return b"".join(chunks)
 

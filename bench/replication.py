@@ -10,8 +10,9 @@ index of 4 platforms x 2 layers of which the state keeps 2 platforms. Layers are
 - skopeo: the same images into a second docker-registry, ``skopeo copy`` per image and
   ``--all --preserve-digests`` for the index (docker-registry refuses an index whose
   children it lacks, so skopeo has to move every platform to keep the index's digest);
-- the cap: one image of ``--capped-mib`` replicated into a fresh store at each ``--caps``
-  rate, achieved rate = bytes / wall time (goal: within 5%);
+- the cap: at each ``--caps`` rate, one image of about ``--cap-seconds`` worth of bytes
+  replicated into a fresh store, achieved rate = bytes / wall time (goal: within 5%), and
+  the rate while transferring (first to last byte paid for, without the final commit);
 - a client pull through the proxy (``--probe-mib`` blob, same cap) with replication idle
   and with a capped replication running.
 
@@ -33,9 +34,10 @@ from typing import Any
 
 from appliance.replicate import Replicator
 from groundcontrol.contract import ImageDescriptor, StateDocument
+from registry_proxy.content import FillSource
 from registry_proxy.digest import Digest
 from registry_proxy.metrics import Metrics
-from registry_proxy.proxy import FillSource, Proxy, Upstream
+from registry_proxy.proxy import Proxy, UpstreamLink
 from registry_proxy.routing import Router, UpstreamName
 from registry_proxy.store import ContentStore
 from registry_proxy.upstream import UpstreamClient
@@ -77,7 +79,7 @@ class Rig:
         store = ContentStore(data)
         await store.open()
         client = UpstreamClient("up", self.upstream.url)
-        proxy = Proxy(store, {"up": Upstream(client, default=True)}, Metrics())
+        proxy = Proxy(store, {"up": UpstreamLink(client, default=True)}, Metrics())
         proxy.bandwidth.set_rate(cap)
         router = Router([UpstreamName("up", self.upstream.url, default=True)])
         replicator = Replicator(store, proxy, lambda: router)
@@ -91,6 +93,7 @@ class Rig:
                 out["probe_seconds"] = await pull(proxy, router, probe)
             result = await task
             out["seconds"] = time.monotonic() - started
+            out["paid_mb_s"] = (proxy.bandwidth.paid_rate() or 0) / 1e6
             assert result.failed == 0, replicator.statuses(doc)
         finally:
             await proxy.close()
@@ -138,14 +141,19 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     multi = build_index(
         layout, "multi:v1", PLATFORMS, layers=2, layer_size=size, seed="m", compress=False
     )
-    capped = build_image(
-        layout,
-        "capped:v1",
-        layers=2,
-        layer_size=args.capped_mib * MIB // 2,
-        seed="c",
-        compress=False,
-    )
+    # each cap replicates about --cap-seconds worth of bytes, so that the fixed cost of a
+    # replication (manifests, the last fsync) weighs the same at every rate
+    capped_at = {
+        mb: build_image(
+            layout,
+            f"capped{n}:v1",
+            layers=2,
+            layer_size=max(MIB, int(mb * 10**6 * args.cap_seconds) // 2),
+            seed=f"c{n}",
+            compress=False,
+        )
+        for n, mb in enumerate(args.caps)
+    }
     probe = build_image(
         layout, "probe:v1", layers=1, layer_size=args.probe_mib * MIB, seed="p", compress=False
     )
@@ -158,10 +166,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     peer = UpstreamRegistry(root / "peer").start()
     results: dict[str, Any] = {"load_before": os.getloadavg()}
     try:
-        for name in ("app", "tool", "capped", "probe"):
+        names = {"app": "app", "tool": "tool", "probe": "probe"}
+        names.update({f"capped{n}": "capped" for n in range(len(args.caps))})
+        for name, repo in names.items():
             skopeo.copy(
                 f"oci:{layout}:{name}:v1",
-                f"docker://{upstream.host}/library/{name}:v1",
+                f"docker://{upstream.host}/library/{repo}:{name}",
                 "--preserve-digests",
             )
         skopeo.copy(
@@ -198,17 +208,24 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 }
             )
         results["set"] = {"unique_needed_bytes": unique, "rounds": rounds}
-        capped_doc = state(descriptor("library/capped", capped))
-        capped_bytes = blob_bytes(capped, set(capped.blob_digests))
         caps = []
-        for mb in args.caps:
-            run = await rig.replicate(capped_doc, cap=int(mb * 10**6))
+        for mb, capped in capped_at.items():
+            capped_bytes = blob_bytes(capped, set(capped.blob_digests))
+            doc = state(descriptor("library/capped", capped))
+            run = await rig.replicate(doc, cap=int(mb * 10**6))
             caps.append(
-                {"cap_mb_s": mb, **run, "achieved_mb_s": capped_bytes / run["seconds"] / 1e6}
+                {
+                    "cap_mb_s": mb,
+                    **run,
+                    "bytes": capped_bytes,
+                    "achieved_mb_s": capped_bytes / run["seconds"] / 1e6,
+                    "load": os.getloadavg(),
+                }
             )
         results["caps"] = caps
         probe_digest = Digest.parse(probe.layer_digests[0])
         cap = int(args.caps[0] * 10**6)
+        capped_doc = state(descriptor("library/capped", capped_at[args.caps[0]]))
         idle = await rig.replicate(state(), cap=cap, probe=probe_digest)
         busy = await rig.replicate(capped_doc, cap=cap, probe=probe_digest, delay=1.0)
         results["client_pull"] = {
@@ -241,10 +258,20 @@ def report(r: dict[str, Any]) -> str:
             f"| {n} | {sat['seconds']:.1f} | {sat['upstream_bytes'] / unique:.4f} |"
             f" {row['skopeo_seconds']:.1f} | {row['skopeo_upstream_bytes'] / unique:.4f} |"
         )
-    lines += ["", "| cap MB/s | achieved MB/s | deviation |", "|---|---|---|"]
+    lines += [
+        "",
+        "| cap MB/s | MB replicated | seconds | achieved MB/s | deviation"
+        " | while transferring MB/s | deviation | load after |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for c in r["caps"]:
         dev = (c["achieved_mb_s"] / c["cap_mb_s"] - 1) * 100
-        lines.append(f"| {c['cap_mb_s']} | {c['achieved_mb_s']:.2f} | {dev:+.1f}% |")
+        paid = (c["paid_mb_s"] / c["cap_mb_s"] - 1) * 100
+        lines.append(
+            f"| {c['cap_mb_s']} | {c['bytes'] / 1e6:.0f} | {c['seconds']:.1f} "
+            f"| {c['achieved_mb_s']:.2f} | {dev:+.1f}% | {c['paid_mb_s']:.2f} | {paid:+.1f}%"
+            f" | {c['load'][0]:.2f} |"
+        )
     p = r["client_pull"]
     lines += [
         "",
@@ -258,7 +285,9 @@ def report(r: dict[str, Any]) -> str:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--layer-mib", type=int, default=150, help="size of each layer, MiB")
-    parser.add_argument("--capped-mib", type=int, default=100, help="image replicated capped")
+    parser.add_argument(
+        "--cap-seconds", type=float, default=20.0, help="each capped run lasts about this long"
+    )
     parser.add_argument("--probe-mib", type=int, default=8, help="blob a client pulls")
     parser.add_argument("--caps", type=float, nargs="+", default=[10.0, 50.0], help="MB/s")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds")

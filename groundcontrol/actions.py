@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from groundcontrol import registration
-from groundcontrol.errors import BadRequest, Forbidden, GroundControlError, Unprocessable
+from groundcontrol import registration, satellite_credentials
+from groundcontrol.errors import BadRequest, GroundControlError
 from groundcontrol.models import ImageRef, parse_images
 from groundcontrol.publish import Published
 from groundcontrol.services import Services
@@ -123,13 +123,7 @@ async def remove_robot(services: Services, name: str) -> str | None:
 
 
 async def rotate_credentials(services: Services, actor: str, name: str, now: float) -> str:
-    async with services.store.transaction() as q:
-        sat = await q.satellite(name)
-    if services.harbor is None:
-        raise Unprocessable("no Harbor configured ([harbor] url)", code="harbor_not_configured")
-    if sat.revoked_at is not None:
-        raise Forbidden(f"satellite {name} is revoked", code="satellite_revoked")
-    robot = await services.harbor.ensure(services.store, name, now, rotate=True)
+    robot = await satellite_credentials.rotate_robot(services, name, now)
     detail = f"robot {robot.username} on {robot.registry} rotated"
     async with services.store.transaction() as q:
         await audit(q, actor, "rotate_credentials", f"satellite/{name}", detail, now)

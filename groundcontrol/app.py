@@ -3,7 +3,8 @@
 Errors are raised deep (store, registration, publishing) as
 :class:`~groundcontrol.errors.GroundControlError` and become
 ``{"error": {"code", "message"}}`` in :func:`_error_response`, the one place that knows
-about HTTP statuses. Anything unexpected is logged and answered with ``internal_error``.
+about HTTP statuses. Anything unexpected is logged under a request id and answered with
+``internal_error`` and that id.
 
 Before a handler runs, an API request must carry JSON if it changes state (else 415) and
 is identified by its Bearer token alone; a dashboard request is identified (and checked
@@ -14,6 +15,7 @@ session is sent to the login form.
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -78,10 +80,21 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    """A bug: logged with a request id, which the answer gives (body and X-Request-Id)
+    so that an operator can find the traceback, as the registry's 500 does."""
+    request_id = secrets.token_hex(8)
+    log.error(
+        "request %s failed: %s %s",
+        request_id,
+        request.method,
+        request.url.path,
+        exc_info=(type(exc), exc, exc.__traceback__),
+    )
+    message = f"internal error; see the server log for request {request_id}"
     return JSONResponse(
-        {"error": {"code": "internal_error", "message": "internal error; see the server log"}},
+        {"error": {"code": "internal_error", "message": message, "request_id": request_id}},
         status_code=500,
+        headers={"X-Request-Id": request_id},
     )
 
 

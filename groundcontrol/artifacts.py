@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
 import json
 import logging
 import tempfile
@@ -66,6 +65,7 @@ from groundcontrol.contract.artifact import (
 from groundcontrol.registry_credentials import RegistryCredentials
 from groundcontrol.sealing import Sealer
 from groundcontrol.store import Store
+from registry_proxy.digest import Digest
 from registry_proxy.upstream import parse_challenges
 from registry_proxy.waits import wait_event
 
@@ -88,7 +88,7 @@ class Blob:
 
     @property
     def digest(self) -> str:
-        return "sha256:" + hashlib.sha256(self.data).hexdigest()
+        return str(Digest.of(self.data))
 
     def descriptor(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -308,7 +308,7 @@ class OrasRegistry(oras.provider.Registry):  # type: ignore[misc]
                 headers={"Content-Type": OCI_MANIFEST},
             )
             self._ok(response, f"manifest {repository}:{tag}")
-        return "sha256:" + hashlib.sha256(body).hexdigest()
+        return str(Digest.of(body))
 
     @staticmethod
     def _ok(response: requests.Response, what: str) -> None:

@@ -25,6 +25,7 @@ from groundcontrol.contract import (
     OversizeError,
     SignatureError,
     WrongSatelliteError,
+    keyid,
     load_public_key_b64,
     verify_checkin,
 )
@@ -183,6 +184,7 @@ def verify_batch(
     """Pure: the verified reports with their envelope bytes, and the refused entries
     (with their index and a code)."""
     key = load_public_key_b64(public_key)
+    kid = keyid(key)
     good, bad = [], []
     for index, data in enumerate(envelopes):
         if data is None:
@@ -191,7 +193,7 @@ def verify_batch(
             )
             continue
         try:
-            checkin = verify_checkin(data, key, name, MAX_ENVELOPE_BYTES)
+            checkin = verify_checkin(data, key, name, MAX_ENVELOPE_BYTES, device_keyid=kid)
         except ContractError as exc:
             bad.append({"index": index, "code": _code(exc), "message": str(exc)[:300]})
             continue

@@ -40,7 +40,7 @@ from groundcontrol.contract import (
     sign_root,
     verify_root,
 )
-from groundcontrol.errors import BadRequest, Conflict, Unavailable
+from groundcontrol.errors import BadRequest, Conflict, NotFound, Unavailable
 from groundcontrol.store import Queries, Store
 from registry_proxy.durable import atomic_write
 
@@ -111,6 +111,15 @@ async def root_in(q: Queries) -> TrustedRoot | None:
     # the stored bytes were produced here; parse them through the verifier all the same
     root = _parse_stored_root(data)
     return TrustedRoot(root, data)
+
+
+async def root_envelope(store: Store, version: int | None = None) -> str:
+    """The signed root of ``version`` (None: the latest) as stored, for satellites."""
+    async with store.transaction() as q:
+        text = await q.root(version)
+    if text is None:
+        raise NotFound("no such trust root version", code="root_not_found")
+    return text
 
 
 def _parse_stored_root(data: bytes) -> Root:

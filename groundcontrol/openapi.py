@@ -22,6 +22,8 @@ ERROR_SCHEMA = {
             "properties": {
                 "code": {"type": "string", "enum": sorted(CODES)},
                 "message": {"type": "string"},
+                # internal_error only: the id its traceback is logged under
+                "request_id": {"type": "string"},
             },
         }
     },

@@ -9,13 +9,16 @@
    and unexpired, that the satellite is not revoked; then atomically marks the token used
    and records the key and a new credential;
 4. the answer carries the identity, the credential (shown once), the trust root, the
-   current signed state, and the upstream credentials the satellite needs.
+   current signed state, and the upstream credentials the satellite needs (``join``).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from typing import Any
 
+from groundcontrol import satellite_credentials
 from groundcontrol.auth import (
     hash_token,
     new_join_token,
@@ -25,9 +28,20 @@ from groundcontrol.auth import (
 )
 from groundcontrol.config import Config
 from groundcontrol.contract import ContractError, keyid, load_public_key_b64
-from groundcontrol.errors import BadRequest, Forbidden, TooManyRequests, Unauthorized
-from groundcontrol.store import Store
+from groundcontrol.errors import (
+    BadRequest,
+    Forbidden,
+    GroundControlError,
+    TooManyRequests,
+    Unauthorized,
+)
+from groundcontrol.keys import root_envelope
+from groundcontrol.models import Satellite, effective_config
+from groundcontrol.publish import Published
+from groundcontrol.services import Services
+from groundcontrol.store import Queries, Store
 
+log = logging.getLogger("groundcontrol")
 RATE_WINDOW = 60
 
 
@@ -46,6 +60,29 @@ async def create_join_token(
             raise Forbidden(f"satellite {name} is revoked", code="satellite_revoked")
         await q.insert_join_token(token_id, name, hash_token(token), int(now), expires)
     return {"satellite": name, "token": token, "token_id": token_id, "expires_at": expires}
+
+
+async def enrol(
+    s: Services,
+    name: str,
+    groups: tuple[str, ...],
+    labels: dict[str, str],
+    config: dict[str, Any],
+    ttl: int | None,
+    now: float,
+) -> tuple[Satellite, dict[str, Any], list[Published]]:
+    """Creates a satellite, publishes its first state and makes its first join token:
+    (the satellite, the token as ``create_join_token`` gives it, what was published)."""
+
+    async def mutate(q: Queries) -> tuple[None, list[str]]:
+        await q.insert_satellite(name, groups, labels, config, int(now))
+        return None, [name]
+
+    _, published = await s.publisher.run(mutate, now)
+    token = await create_join_token(s.store, s.config, name, now, ttl)
+    async with s.store.transaction() as q:
+        sat = await q.satellite(name)
+    return sat, token, published
 
 
 async def count_attempt(store: Store, config: Config, source: str, now: float) -> None:
@@ -101,3 +138,39 @@ async def register(
             raise invalid_token()
         await q.register_satellite(sat.name, public_key, kid, hash_token(credential), stamp)
     return sat.name, credential, kid
+
+
+async def join(s: Services, source: str, body: Any, now: float) -> dict[str, Any]:
+    """Registers a satellite (``register``; its attempt counted already) and answers
+    with everything it needs to start: identity, credential, trust root, state, upstream
+    credentials, effective config. The join token is spent and the credential exists
+    only in this answer: what fails after registering (the registry, Harbor) is a
+    warning in the answer, not an error that would lose it; the satellite fetches its
+    state and credentials again with the credential."""
+    name, credential, kid = await register(s.store, s.config, source, body, now)
+    root = await root_envelope(s.store)
+    warnings: list[str] = []
+    state: dict[str, Any] | None = None
+    creds: list[dict[str, Any]] = []
+    try:
+        state = (await s.publisher.state_for_read(name, now))[1]
+    except GroundControlError as exc:
+        warnings.append(f"state: {exc.code}: {exc.message}")
+    try:
+        creds = await satellite_credentials.for_satellite(s, name, now)
+    except GroundControlError as exc:
+        warnings.append(f"upstream_credentials: {exc.code}: {exc.message}")
+    for warning in warnings:
+        log.warning("registration of %s: %s", name, warning)
+    async with s.store.transaction() as q:
+        sat = await q.satellite(name)
+    return {
+        "satellite": name,
+        "keyid": kid,
+        "credential": credential,
+        "root": json.loads(root),
+        "state": json.loads(state["envelope"]) if state else None,
+        "upstream_credentials": creds,
+        "config": effective_config(s.config, sat.config).to_dict(),
+        "warnings": warnings,
+    }

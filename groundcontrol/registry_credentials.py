@@ -14,6 +14,11 @@ from groundcontrol.store import Store
 Credentials = tuple[str, str]  # (username, password); ("", "") is anonymous
 
 
+def sealed_for(registry: str) -> str:
+    """What a stored upstream credential's password is sealed for: its registry host."""
+    return f"upstream:{registry}"
+
+
 class RegistryCredentials:
     def __init__(self, store: Store, sealer: Sealer, config: Config) -> None:
         self.store = store
@@ -25,7 +30,7 @@ class RegistryCredentials:
             rows = await q.upstream_credentials()
         for row in rows:
             if row["registry"] == host:
-                password = self.sealer.open(row["secret"], f"upstream:{row['registry']}")
+                password = self.sealer.open(row["secret"], sealed_for(row["registry"]))
                 return str(row["username"]), password
         if self.config.registry_username and urlsplit(self.config.registry_url).netloc == host:
             return self.config.registry_username, self.config.registry_password

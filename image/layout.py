@@ -62,9 +62,16 @@ def gzip_file(src: Path, out: Path) -> None:
         shutil.copyfileobj(fin, gz, CHUNK)
 
 
+def _digest(hasher: hashlib._Hash) -> str:
+    """``sha256:<hex>``: this script's one digest spelling. It stays standard library only
+    (build.sh runs it without the project installed); tests/test_image_layout.py checks
+    that it agrees with registry_proxy.digest, the project's digest helper."""
+    return f"{hasher.name}:{hasher.hexdigest()}"
+
+
 def _digest_file(path: Path) -> tuple[str, int]:
     with path.open("rb") as fh:
-        return "sha256:" + hashlib.file_digest(fh, "sha256").hexdigest(), path.stat().st_size
+        return _digest(hashlib.file_digest(fh, "sha256")), path.stat().st_size
 
 
 def _diff_id(gz: Path) -> str:
@@ -75,7 +82,7 @@ def _diff_id(gz: Path) -> str:
         while chunk := fh.read(CHUNK):
             hasher.update(inflate.decompress(chunk))
     hasher.update(inflate.flush())
-    return "sha256:" + hasher.hexdigest()
+    return _digest(hasher)
 
 
 def _json(doc: Any) -> bytes:
@@ -89,7 +96,7 @@ class Layout:
         self.blobs.mkdir(parents=True, exist_ok=True)
 
     def add_bytes(self, data: bytes, media_type: str) -> dict[str, Any]:
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        digest = _digest(hashlib.sha256(data))
         (self.blobs / digest[7:]).write_bytes(data)
         return {"mediaType": media_type, "digest": digest, "size": len(data)}
 

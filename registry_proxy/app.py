@@ -22,22 +22,23 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from registry_proxy.accesslog import UPSTREAM_SCOPE_KEY, AccessLog
 from registry_proxy.accesslog import Format as AccessLogFormat
+from registry_proxy.content import CacheStatus, Content, FillSource
 from registry_proxy.deadline import BodyDeadline, BodyLimits
 from registry_proxy.digest import Digest
-from registry_proxy.edge import EXCEPTION_HANDLERS, UnexpectedErrors
+from registry_proxy.edge import EXCEPTION_HANDLERS, PureAsgi, UnexpectedErrors
 from registry_proxy.errors import RegistryError
 from registry_proxy.manifest import MAX_MANIFEST_BYTES, OCI_INDEX, accepts
 from registry_proxy.metrics import CONTENT_TYPE_LATEST, Metrics
 from registry_proxy.names import parse_reference, validate_name, validate_tag
 from registry_proxy.numbers import DIGITS, parse_uint
-from registry_proxy.proxy import CacheStatus, FillSource, Proxy, Upstream
+from registry_proxy.proxy import Proxy, UpstreamLink
 from registry_proxy.responses import BlobResponse, StreamResponse, parse_range
 from registry_proxy.routing import Router, Target, UpstreamName
-from registry_proxy.store import ContentStore, OpenBlob
+from registry_proxy.store import ContentStore
 
 log = logging.getLogger("satellite.registry")
 ACCESS_LOG = logging.getLogger("satellite.access")
@@ -71,27 +72,30 @@ class RegistrySettings:
 
 
 class Registry:
-    """Request handlers over one ContentStore, and the pull-through Proxy if any."""
+    """Request handlers over one ContentStore and the pull-through Proxy that wraps it.
+
+    Reads go through ``content`` (the proxy, answering a local repository from the store
+    and a pull-through one through its upstream); writes go to the store."""
 
     def __init__(
         self,
         store: ContentStore,
         settings: RegistrySettings,
         router: Router,
-        proxy: Proxy | None,
+        proxy: Proxy,
         metrics: Metrics,
     ) -> None:
         self.store = store
         self.settings = settings
         self.router = router
         self.proxy = proxy
+        self.content: Content = proxy
         self.metrics = metrics
         self.ready = False
 
-    def set_upstreams(self, upstreams: dict[str, Upstream]) -> None:
+    def set_upstreams(self, upstreams: dict[str, UpstreamLink]) -> None:
         """Swap the upstreams at runtime (a new signed config); requests under way
         finish with what they started with."""
-        assert self.proxy is not None, "create_app always makes a proxy"
         self.router = Router(
             [UpstreamName(name, up.client.url, up.default) for name, up in upstreams.items()]
         )
@@ -155,12 +159,9 @@ class Registry:
             "etag": f'"{digest}"',
         }
         count = self.metrics.client_bytes.inc
-        source: OpenBlob | FillSource
-        if t.upstream is not None and self.proxy is not None:
-            source, cache = await self.proxy.blob_answer(t, digest)
+        source, cache = await self.content.blob_answer(t, digest)
+        if cache is not None:
             _note_cache(request, headers, cache)
-        else:
-            source = await self.store.open_blob(t.repo, digest)
         try:
             byte_range = parse_range(request.headers.get("range"), source.size)
         except BaseException:
@@ -238,11 +239,7 @@ class Registry:
 
     async def get_manifest(self, request: Request, t: Target, arg: str | None) -> Response:
         reference = parse_reference(arg or "")
-        cache = None
-        if t.upstream is not None and self.proxy is not None:
-            row, cache = await self.proxy.manifest_answer(t, reference)
-        else:
-            row = await self.store.resolve(t.repo, reference)
+        row, cache = await self.content.manifest_answer(t, reference)
         # clients such as skopeo send one Accept line per media type
         if not accepts(", ".join(request.headers.getlist("accept")), row.media_type):
             raise RegistryError(
@@ -259,7 +256,7 @@ class Registry:
         if request.method == "HEAD":
             headers["content-length"] = str(row.size)
             return Response(status_code=200, headers=headers)
-        body = await self.store.manifest_bytes(row)
+        body = await self.content.manifest_bytes(row)
         return Response(body, status_code=200, headers=headers)
 
     async def put_manifest(self, request: Request, t: Target, arg: str | None) -> Response:
@@ -290,14 +287,14 @@ class Registry:
 
     async def tags(self, request: Request, t: Target, arg: str | None) -> Response:
         n, last = _pagination(request)
-        tags = await self.store.tags(t.repo, n, last)
+        tags = await self.content.tag_list(t, n, last)
         headers = _next_link(f"/v2/{t.name}/tags/list", n, tags)
         return JSONResponse({"name": t.name, "tags": tags}, headers=headers)
 
     async def referrers(self, request: Request, t: Target, arg: str | None) -> Response:
         subject = Digest.parse(arg or "")
         artifact_type = request.query_params.get("artifactType")
-        referrers = await self.store.referrers(t.repo, subject, artifact_type)
+        referrers = await self.content.referrer_list(t, subject, artifact_type)
         manifests = [d.to_dict() for d in referrers]
         body = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests})
         headers = {"content-type": OCI_INDEX}
@@ -437,11 +434,8 @@ async def _read_capped(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-class ApiVersionHeader:
-    """Adds Docker-Distribution-API-Version to every response (pure ASGI: no buffering)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+class ApiVersionHeader(PureAsgi):
+    """Adds Docker-Distribution-API-Version to every response."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -464,7 +458,7 @@ def _body_timeout(message: str) -> tuple[bytes, str]:
 def create_app(
     store: ContentStore,
     settings: RegistrySettings | None = None,
-    upstreams: dict[str, Upstream] | None = None,
+    upstreams: dict[str, UpstreamLink] | None = None,
     *,
     metrics: Metrics | None = None,
     tag_timeout: float = 3.0,
@@ -503,8 +497,7 @@ def create_app(
         metrics.cache_max.set(store.max_bytes or 0)
         metrics.evictions.inc(len(await store.enforce_budget()))
         task = asyncio.get_running_loop().create_task(maintain())
-        if proxy is not None:
-            proxy.start()
+        proxy.start()
         registry.ready = True
         try:
             yield
@@ -512,8 +505,7 @@ def create_app(
             registry.ready = False
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-            if proxy is not None:
-                await proxy.close()
+            await proxy.close()
             await store.close()
 
     async def metrics_endpoint(request: Request) -> Response:
@@ -526,9 +518,7 @@ def create_app(
     async def readyz(request: Request) -> Response:
         if not registry.ready:
             return JSONResponse({"status": "starting"}, status_code=503)
-        online = {
-            name: up.breaker.online for name, up in (proxy.upstreams if proxy else {}).items()
-        }
+        online = {name: up.breaker.online for name, up in proxy.upstreams.items()}
         return JSONResponse({"status": "ready", "upstreams_online": online})
 
     methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]

@@ -37,6 +37,8 @@ class Bandwidth:
         self._changed = asyncio.Event()  # set (and replaced) when the client count changes
         self.taken = 0  # bytes that went through the bucket (while capped)
         self.waited = 0.0  # seconds transfers spent waiting for tokens
+        self.first_paid: float | None = None  # clock at the first and last bytes paid for
+        self.last_paid: float | None = None
         self.set_rate(rate)
 
     def set_rate(self, rate: int) -> None:
@@ -91,9 +93,20 @@ class Bandwidth:
 
     async def _pay(self, n: int) -> None:
         self._refill()
+        if self.first_paid is None:
+            self.first_paid = self._last
         self._tokens -= n
         self.taken += n
         if self._tokens < 0:
             delay = -self._tokens / self.rate
             self.waited += delay
             await self._sleep(delay)
+        self.last_paid = self._clock()
+
+    def paid_rate(self) -> float | None:
+        """Bytes per second over the time bytes were paid for (first to last): the rate
+        the cap let through, without the time spent before and after transferring."""
+        if self.first_paid is None or self.last_paid is None:
+            return None
+        span = self.last_paid - self.first_paid
+        return self.taken / span if span > 0 else None

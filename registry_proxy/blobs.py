@@ -9,7 +9,6 @@ them in a worker thread.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import secrets
 from pathlib import Path
@@ -19,16 +18,6 @@ from registry_proxy.durable import publish
 from registry_proxy.layout import Layout
 
 READ_CHUNK = 1024 * 1024
-
-
-def hash_file(path: Path, algorithm: str) -> tuple[Digest, int]:
-    h = hashlib.new(algorithm)
-    size = 0
-    with open(path, "rb", buffering=0) as f:
-        while chunk := f.read(READ_CHUNK):
-            h.update(chunk)
-            size += len(chunk)
-    return Digest(algorithm, h.hexdigest()), size
 
 
 class BlobStore:
@@ -63,7 +52,9 @@ class BlobStore:
         file is hashed here. `src` is consumed either way. Returns the blob's size.
         """
         try:
-            digest, size = computed if computed is not None else hash_file(src, expected.algorithm)
+            digest, size = (
+                computed if computed is not None else Digest.of_file(src, expected.algorithm)
+            )
             if digest != expected:
                 raise mismatch(expected, digest)
             fd = os.open(src, os.O_RDONLY)
@@ -103,7 +94,7 @@ class BlobStore:
         """Rehashes every visible blob; returns those whose bytes do not match their name."""
         bad: list[Digest] = []
         for digest, path in self.layout.iter_blobs():
-            actual, _ = hash_file(path, digest.algorithm)
+            actual, _ = Digest.of_file(path, digest.algorithm)
             if actual != digest:
                 bad.append(digest)
         return bad

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from registry_proxy.edge import send_answer
+
 log = logging.getLogger("satellite.http")
 _NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -167,18 +169,7 @@ class BodyDeadline:
         if started:
             return  # the response is under way; the server closes the connection
         body, content_type = self.render(too_slow)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 408,
-                "headers": [
-                    (b"content-type", content_type.encode()),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body, "more_body": False})
+        await send_answer(send, 408, body, content_type, [(b"connection", b"close")])
 
 
 def _client(scope: Scope) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from registry_proxy.errors import RegistryError
 
@@ -47,6 +48,18 @@ class Digest:
     @classmethod
     def of(cls, data: bytes, algorithm: str = "sha256") -> Digest:
         return cls(algorithm, hashlib.new(algorithm, data).hexdigest())
+
+    @classmethod
+    def of_hasher(cls, hasher: hashlib._Hash) -> Digest:
+        """The digest of what a hasher (``hashlib.sha256()``, ``Digest.hasher``) has seen."""
+        return cls(hasher.name, hasher.hexdigest())
+
+    @classmethod
+    def of_file(cls, path: Path, algorithm: str = "sha256") -> tuple[Digest, int]:
+        """The digest and size of a file, read in chunks (``hashlib.file_digest``)."""
+        with open(path, "rb", buffering=0) as f:
+            hasher = hashlib.file_digest(f, algorithm)
+            return cls(algorithm, hasher.hexdigest()), f.tell()
 
     def hasher(self) -> hashlib._Hash:
         return hashlib.new(self.algorithm)

@@ -54,11 +54,34 @@ async def framework_error(request: Request, exc: Exception) -> Response:
 EXCEPTION_HANDLERS = {RegistryError: registry_error, HTTPException: framework_error}
 
 
-class UnexpectedErrors:
-    """Answers an exception that escaped every handler (pure ASGI: no buffering)."""
+class PureAsgi:
+    """A middleware on plain ASGI messages: nothing buffered, no task per request."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+
+
+async def send_answer(
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: str | None,
+    headers: list[tuple[bytes, bytes]],
+) -> None:
+    """A whole response that a middleware gives itself (an error the app could not
+    give): ``content_type`` None for a response without a body (after HEAD)."""
+    if content_type is not None:
+        headers = [
+            *headers,
+            (b"content-type", content_type.encode()),
+            (b"content-length", str(len(body)).encode()),
+        ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+class UnexpectedErrors(PureAsgi):
+    """Answers an exception that escaped every handler."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -87,13 +110,9 @@ class UnexpectedErrors:
                 {"request_id": request_id},
                 headers={"X-Request-Id": request_id},
             )
-            head = scope.get("method") == "HEAD"
-            body = b"" if head else json.dumps(error.body()).encode()
             headers = [(b"x-request-id", request_id.encode())]
-            if not head:
-                headers += [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ]
-            await send({"type": "http.response.start", "status": 500, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
+            if scope.get("method") == "HEAD":
+                await send_answer(send, 500, b"", None, headers)
+            else:
+                body = json.dumps(error.body()).encode()
+                await send_answer(send, 500, body, "application/json", headers)

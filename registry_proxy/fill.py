@@ -22,6 +22,7 @@ import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+from registry_proxy import filelock
 from registry_proxy.bandwidth import Bandwidth
 from registry_proxy.digest import Digest
 from registry_proxy.durable import write_all
@@ -103,7 +104,67 @@ class BlobFill:
 
     async def _run(self) -> None:
         failure: BaseException | None = None
+        lock = filelock.FileLock(self.store.layout.fill_lock(self.digest))
+        try:
+            if lock.try_acquire():
+                if not await self._published():  # by a process that held the lock before
+                    await self._lead()
+            else:
+                await self._follow(lock)
+            # published: whoever comes next finds the blob, and needs no lock file (a
+            # failed fill keeps it, or the next two could each lock a file of their own)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(lock.path)
+        except BaseException as exc:  # every failure ends the fill, and is recorded
+            failure = exc
+            self.error = as_registry_error(exc, "BLOB_UNKNOWN", str(self.digest))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        finally:
+            lock.release()
+            if not self.background:
+                self.bandwidth.client_finished()
+            self.started.set()
+            await self._notify()
+            if self.on_result is not None:
+                self.on_result(self, failure)
+
+    async def _published(self) -> bool:
+        """True (and linked into the fill's repositories) when the store has the blob."""
+        for repo in self.repos:
+            if not await self.store.mount_blob(repo, self.digest, None):
+                return False
+        self.verified = self.done = True
+        return True
+
+    async def _follow(self, lock: filelock.FileLock) -> None:
+        """Another process is fetching the blob (it holds the lock): its staging file is
+        followed as it grows, and the last byte released once the blob is published."""
+        size_path = self.store.layout.fill_size(self.digest)
+        published = self.store.layout.blob(self.digest)
+        while not lock.try_acquire():
+            if self.size is None:
+                self.size = await asyncio.to_thread(_read_size, size_path)
+                if self.size is not None:
+                    self.started.set()
+            if self.size is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    self.written = min(self.size, os.stat(self.path).st_size)
+                # renamed into place only once verified
+                self.verified = self.verified or published.exists()
+                await self._notify()
+            await asyncio.sleep(filelock.POLL)
+        # the fetching process let go: it published the blob, failed, or died
+        if not await self._published():
+            raise RegistryError(
+                "UNAVAILABLE",
+                f"the upstream fetch of {self.digest} failed in another worker; nothing cached",
+                status=502,
+            )
+
+    async def _lead(self) -> None:
         fd = -1
+        size_path = self.store.layout.fill_size(self.digest)
         try:
             fd = await asyncio.to_thread(os.open, self.path, os.O_RDWR | os.O_CREAT, 0o600)
             hasher = self.digest.hasher()
@@ -123,6 +184,7 @@ class BlobFill:
                 # every byte arrived before the process stopped (while it paid the cap
                 # for them, or published): nothing is left to fetch
                 self.size = self.written
+                _write_size(size_path, self.size)
                 self.started.set()
             while not whole:
                 try:
@@ -163,25 +225,18 @@ class BlobFill:
             await self._notify()
             await self.store.adopt_blob(self.repos, self.path, self.digest, (actual, self.written))
             self.done = True
-        except BaseException as exc:  # every failure ends the fill, and is recorded
-            failure = exc
-            self.error = as_registry_error(exc, "BLOB_UNKNOWN", str(self.digest))
+        except BaseException as exc:
             # a cut link or a shutdown keeps what came, to resume from; anything else
             # (bad content, a refusal) abandons it
             if not (isinstance(exc, UpstreamUnavailable | asyncio.CancelledError) and self.written):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.path)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+            raise
         finally:
-            if not self.background:
-                self.bandwidth.client_finished()
             if fd >= 0:
                 os.close(fd)
-            self.started.set()
-            await self._notify()
-            if self.on_result is not None:
-                self.on_result(self, failure)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(size_path)
 
     async def _transfer(self, fd: int, hasher: hashlib._Hash) -> None:
         async with self.client.open_blob(
@@ -190,6 +245,8 @@ class BlobFill:
             skip = self.written - blob.offset  # > 0 when the server ignored our Range
             if self.size is None:
                 self.size = blob.size
+            if self.size is not None:
+                _write_size(self.store.layout.fill_size(self.digest), self.size)
             self.started.set()
             chunks = blob.chunks().__aiter__()
             while True:
@@ -293,6 +350,20 @@ def _rehash(fd: int, hasher: hashlib._Hash) -> int:
         hasher.update(chunk)
         total += len(chunk)
     return total
+
+
+def _write_size(path: Path, size: int) -> None:
+    """Tells the processes following this fill how big the blob is (atomically)."""
+    temp = path.with_name(f"{path.name}.{os.getpid()}")
+    temp.write_text(str(size))
+    os.replace(temp, path)
+
+
+def _read_size(path: Path) -> int | None:
+    try:
+        return int(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
 
 
 def _append(fd: int, data: bytes, hasher: hashlib._Hash) -> None:

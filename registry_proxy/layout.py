@@ -44,6 +44,27 @@ class Layout:
     def partial_fill(self, digest: Digest) -> Path:
         return self.partial / f"{digest.algorithm}-{digest.encoded}"
 
+    @property
+    def locks(self) -> Path:
+        return self.root / "locks"
+
+    def fill_lock(self, digest: Digest) -> Path:
+        """Held by the process fetching ``digest`` from upstream (registry_proxy/fill.py)."""
+        return self.locks / f"{digest.algorithm}-{digest.encoded}.fill"
+
+    def fill_size(self, digest: Digest) -> Path:
+        """The size the fetching process learnt from upstream, for the others to follow."""
+        return self.partial / f"{digest.algorithm}-{digest.encoded}.size"
+
+    @property
+    def budget_lock(self) -> Path:
+        return self.locks / "budget"
+
+    @property
+    def generation(self) -> Path:
+        """Bumped by a serving process that changed tags or manifests (generation.py)."""
+        return self.locks / "generation"
+
     def blob(self, digest: Digest) -> Path:
         return self.blobs / digest.algorithm / digest.encoded[:2] / digest.encoded
 
@@ -55,7 +76,7 @@ class Layout:
         return self.upload_dir(upload_id) / "data"
 
     def create(self) -> None:
-        for directory in (self.root, self.blobs, self.uploads, self.partial):
+        for directory in (self.root, self.blobs, self.uploads, self.partial, self.locks):
             directory.mkdir(parents=True, exist_ok=True)
 
     def remove_upload(self, upload_id: str) -> None:

@@ -455,21 +455,25 @@ class Metadata:
         async with self.transaction() as db:
             await db.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
 
-    async def pin(self, digest: Digest, owner: str) -> None:
-        async with self.transaction() as db:
-            await db.execute(
-                "INSERT OR IGNORE INTO pins(digest, owner) VALUES (?, ?)", (str(digest), owner)
-            )
+    async def pin(self, digests: Iterable[Digest], owner: str) -> None:
+        """Pins every digest for ``owner``, in one transaction."""
+        rows = [(str(d), owner) for d in digests]
+        if rows:
+            async with self.transaction() as db:
+                await db.executemany(
+                    "INSERT OR IGNORE INTO pins(digest, owner) VALUES (?, ?)", rows
+                )
 
     async def pinned(self, owner: str) -> list[Digest]:
         rows = await self._all("SELECT digest FROM pins WHERE owner = ?", (owner,))
         return [Digest.parse(r[0]) for r in rows]
 
-    async def unpin(self, digest: Digest, owner: str) -> None:
-        async with self.transaction() as db:
-            await db.execute(
-                "DELETE FROM pins WHERE digest = ? AND owner = ?", (str(digest), owner)
-            )
+    async def unpin(self, digests: Iterable[Digest], owner: str) -> None:
+        """Drops ``owner``'s pins of every digest, in one transaction."""
+        rows = [(str(d), owner) for d in digests]
+        if rows:
+            async with self.transaction() as db:
+                await db.executemany("DELETE FROM pins WHERE digest = ? AND owner = ?", rows)
 
     # -- last access, batched: a read must not cost a write transaction ---------------
 

@@ -2,12 +2,21 @@
 
 Each app gets its own CollectorRegistry, so that several apps in one process (tests)
 never collide on the global one.
+
+Served by several processes (appliance/workers.py, PROMETHEUS_MULTIPROC_DIR set before
+the metrics are made), the counters and histograms are summed over every process, live
+or gone, and each gauge says how its processes' values combine (``multiprocess_mode``).
+``process`` holds collectors that read one process's own state at each scrape; with
+several processes the scraped one answers for itself there.
 """
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
@@ -15,6 +24,7 @@ __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.process = CollectorRegistry()
         r = self.registry
         self.cache_hits = Counter(
             "satellite_cache_hits", "Requests answered from the local store", ["kind"], registry=r
@@ -66,13 +76,20 @@ class Metrics:
             "satellite_upstream_online",
             "1 while the upstream is reachable (breaker closed)",
             ["upstream"],
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.cache_bytes = Gauge(
-            "satellite_cache_bytes_used", "Bytes of content in the local store", registry=r
+            "satellite_cache_bytes_used",
+            "Bytes of content in the local store",
+            multiprocess_mode="mostrecent",
+            registry=r,
         )
         self.cache_max = Gauge(
-            "satellite_cache_bytes_max", "The configured cache budget (0: none)", registry=r
+            "satellite_cache_bytes_max",
+            "The configured cache budget (0: none)",
+            multiprocess_mode="mostrecent",
+            registry=r,
         )
         self.evictions = Counter(
             "satellite_evictions", "Blobs evicted to stay within the cache budget", registry=r
@@ -80,6 +97,7 @@ class Metrics:
         self.bandwidth_cap = Gauge(
             "satellite_bandwidth_cap_bytes_per_second",
             "The cap on upstream traffic (0: none)",
+            multiprocess_mode="mostrecent",
             registry=r,
         )
         self.replicated_bytes = Counter(
@@ -91,6 +109,7 @@ class Metrics:
             "satellite_replication_images",
             "Images of the state by replication status",
             ["status"],
+            multiprocess_mode="livemostrecent",
             registry=r,
         )
         self.replication_seconds = Histogram(
@@ -101,4 +120,8 @@ class Metrics:
         )
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            every = CollectorRegistry()
+            MultiProcessCollector(every)  # type: ignore[no-untyped-call]
+            return generate_latest(every) + generate_latest(self.process)
+        return generate_latest(self.registry) + generate_latest(self.process)

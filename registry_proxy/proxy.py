@@ -23,19 +23,19 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
 from registry_proxy.bandwidth import Bandwidth
 from registry_proxy.breaker import CircuitBreaker
+from registry_proxy.content import BlobSource, CacheStatus, FillSource
 from registry_proxy.digest import Digest
 from registry_proxy.errors import RegistryError
-from registry_proxy.fill import BlobFill, FillReader
-from registry_proxy.manifest import parse_manifest
+from registry_proxy.fill import BlobFill
+from registry_proxy.manifest import Descriptor, parse_manifest
 from registry_proxy.metadata import ManifestRow
 from registry_proxy.metrics import Metrics
 from registry_proxy.routing import Target
-from registry_proxy.store import ContentStore, OpenBlob
+from registry_proxy.store import ContentStore
 from registry_proxy.upstream import (
     UpstreamAuthError,
     UpstreamClient,
@@ -51,16 +51,11 @@ log = logging.getLogger("satellite.proxy")
 T = TypeVar("T")
 
 
-class CacheStatus(StrEnum):
-    """Where a pull-through answer came from."""
-
-    HIT = "hit"  # the store, current as far as the upstream said (or content by digest)
-    MISS = "miss"  # fetched from the upstream
-    STALE = "stale"  # the store's last known mapping, unconfirmed: upstream slow or down
-
-
 @dataclass
-class Upstream:
+class UpstreamLink:
+    """One configured upstream as the proxy uses it: its client, whether it is the
+    default, its circuit breaker and its background probe."""
+
     client: UpstreamClient
     default: bool = False
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
@@ -75,22 +70,14 @@ class _Lookup(Generic[T]):
     started: float
 
 
-@dataclass(frozen=True)
-class FillSource:
-    """A blob being filled from upstream: its reader, its total size."""
-
-    reader: FillReader
-    size: int
-
-    def close(self) -> None:
-        self.reader.close()
-
-
 class Proxy:
+    """The pull-through cache, behind the store's interface (``Content``): a target
+    with an upstream is answered here, any other by the store it wraps."""
+
     def __init__(
         self,
         store: ContentStore,
-        upstreams: dict[str, Upstream],
+        upstreams: dict[str, UpstreamLink],
         metrics: Metrics,
         *,
         tag_timeout: float = 3.0,
@@ -128,8 +115,8 @@ class Proxy:
         for up in self.upstreams.values():
             up.probe = loop.create_task(self._probe(up))
 
-    def set_upstreams(self, upstreams: dict[str, Upstream]) -> None:
-        """Replace the set of upstreams. An ``Upstream`` object kept from the old set
+    def set_upstreams(self, upstreams: dict[str, UpstreamLink]) -> None:
+        """Replace the set of upstreams. An ``UpstreamLink`` object kept from the old set
         keeps its breaker and connections; one left out is closed once the requests
         that may still use it had time to finish."""
         old, self.upstreams = self.upstreams, dict(upstreams)
@@ -147,7 +134,7 @@ class Proxy:
                 self._retired.add(task)
                 task.add_done_callback(self._retired.discard)
 
-    async def _retire(self, up: Upstream, grace: float = 300.0) -> None:
+    async def _retire(self, up: UpstreamLink, grace: float = 300.0) -> None:
         try:
             await asyncio.sleep(grace)
         finally:
@@ -171,13 +158,43 @@ class Proxy:
         for up in self.upstreams.values():
             await up.client.aclose()
 
+    # -- Content: a local repository is the store's, a pull-through one is answered here
+
+    def manifest_answer(
+        self, target: Target, reference: str | Digest
+    ) -> Coroutine[Any, Any, tuple[ManifestRow, CacheStatus | None]]:
+        # a plain method handing on the coroutine: no extra frame on either path
+        if target.upstream is None:
+            return self.store.manifest_answer(target, reference)
+        return self._pull_manifest(target, reference)
+
+    def manifest_bytes(self, row: ManifestRow) -> Coroutine[Any, Any, bytes]:
+        return self.store.manifest_bytes(row)  # fetched ones are remembered there at once
+
+    def blob_answer(
+        self, target: Target, digest: Digest
+    ) -> Coroutine[Any, Any, tuple[BlobSource, CacheStatus | None]]:
+        if target.upstream is None:
+            return self.store.blob_answer(target, digest)
+        return self._pull_blob(target, digest)
+
+    def tag_list(
+        self, target: Target, n: int | None, last: str | None
+    ) -> Coroutine[Any, Any, list[str]]:
+        return self.store.tag_list(target, n, last)  # the tags pulled so far
+
+    def referrer_list(
+        self, target: Target, subject: Digest, artifact_type: str | None
+    ) -> Coroutine[Any, Any, list[Descriptor]]:
+        return self.store.referrer_list(target, subject, artifact_type)
+
     # -- upstream health -----------------------------------------------------------
 
-    def _upstream(self, target: Target) -> Upstream:
+    def _upstream(self, target: Target) -> UpstreamLink:
         assert target.upstream is not None
         return self.upstreams[target.upstream]
 
-    def _observe(self, up: Upstream, exc: BaseException | None) -> None:
+    def _observe(self, up: UpstreamLink, exc: BaseException | None) -> None:
         name = up.client.name
         if exc is None or isinstance(exc, UpstreamNotFound | UpstreamAuthError):
             up.breaker.success()
@@ -191,7 +208,7 @@ class Proxy:
             self.on_auth_error(name)  # e.g. fetch rotated credentials from Ground Control
         self.metrics.upstream_online.labels(name).set(1 if up.breaker.online else 0)
 
-    async def _call(self, up: Upstream, call: Awaitable[T]) -> T:
+    async def _call(self, up: UpstreamLink, call: Awaitable[T]) -> T:
         try:
             result = await call
         except BaseException as exc:
@@ -200,7 +217,7 @@ class Proxy:
         self._observe(up, None)
         return result
 
-    def _usable(self, up: Upstream) -> bool:
+    def _usable(self, up: UpstreamLink) -> bool:
         """May a request go upstream now? If not, start a background probe when due."""
         if up.breaker.allow_request():
             return True
@@ -208,7 +225,7 @@ class Proxy:
             up.probe = asyncio.get_running_loop().create_task(self._probe(up))
         return False
 
-    async def _probe(self, up: Upstream) -> None:
+    async def _probe(self, up: UpstreamLink) -> None:
         try:
             await up.client.ping(timeout=self.tag_timeout)
         except UpstreamError as exc:
@@ -292,7 +309,7 @@ class Proxy:
         self._observe(up, None)
         return body
 
-    async def manifest_answer(
+    async def _pull_manifest(
         self, target: Target, reference: str | Digest
     ) -> tuple[ManifestRow, CacheStatus]:
         up = self._upstream(target)
@@ -301,7 +318,7 @@ class Proxy:
         if not isinstance(reference, Digest):
             pinned = self._tag_pins.get((target.repo, reference))
             if pinned is not None:
-                return await self.manifest_answer(target, pinned)
+                return await self._pull_manifest(target, pinned)
         if isinstance(reference, Digest):
             try:
                 row = await self.store.resolve(target.repo, reference)
@@ -387,7 +404,7 @@ class Proxy:
             task.exception()  # retrieved: every waiter may have gone away
 
     async def _fetch_by_digest(
-        self, target: Target, up: Upstream, digest: Digest, tag: str | None = None
+        self, target: Target, up: UpstreamLink, digest: Digest, tag: str | None = None
     ) -> ManifestRow:
         """Fetches, verifies and parses a manifest; answers with it while it is stored
         (and `tag` pointed at it) in the background."""
@@ -426,7 +443,7 @@ class Proxy:
             await asyncio.gather(*(asyncio.shield(t) for t in pending), return_exceptions=True)
 
     async def _tag_online(
-        self, target: Target, up: Upstream, tag: str
+        self, target: Target, up: UpstreamLink, tag: str
     ) -> tuple[ManifestRow, CacheStatus]:
         assert target.upstream_repo is not None
         head = await self._call(
@@ -449,12 +466,10 @@ class Proxy:
 
     # -- blobs ---------------------------------------------------------------------
 
-    async def blob(self, target: Target, digest: Digest) -> OpenBlob | FillSource:
+    async def blob(self, target: Target, digest: Digest) -> BlobSource:
         return (await self.blob_answer(target, digest))[0]
 
-    async def blob_answer(
-        self, target: Target, digest: Digest
-    ) -> tuple[OpenBlob | FillSource, CacheStatus]:
+    async def _pull_blob(self, target: Target, digest: Digest) -> tuple[BlobSource, CacheStatus]:
         try:
             opened = await self.store.open_blob(target.repo, digest)
             self.metrics.cache_hits.labels("blob").inc()
@@ -512,7 +527,7 @@ class Proxy:
         return fill
 
     def _fill_done(
-        self, target: Target, up: Upstream, fill: BlobFill, exc: BaseException | None
+        self, target: Target, up: UpstreamLink, fill: BlobFill, exc: BaseException | None
     ) -> None:
         if self._fills.get(fill.digest) is fill:
             del self._fills[fill.digest]

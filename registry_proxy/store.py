@@ -16,17 +16,20 @@ import shutil
 import time
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from registry_proxy import filelock
 from registry_proxy.blobs import BlobStore
 from registry_proxy.digest import Digest, mismatch
 from registry_proxy.durable import write_all
 from registry_proxy.errors import RegistryError
+from registry_proxy.generation import SharedCounter
 from registry_proxy.layout import Layout
 from registry_proxy.manifest import Descriptor, Manifest, parse_manifest
 from registry_proxy.metadata import ManifestRow, Metadata
+from registry_proxy.routing import Target
 
 log = logging.getLogger("satellite.registry")
 
@@ -73,6 +76,17 @@ async def _finished_in_thread(flush: Callable[[bytes], None], data: bytes) -> No
         raise
 
 
+def _dir_bytes(directory: Path) -> int:
+    """The bytes of the files directly in ``directory`` (files may vanish meanwhile)."""
+    total = 0
+    with contextlib.suppress(FileNotFoundError), os.scandir(directory) as entries:
+        for entry in entries:
+            with contextlib.suppress(FileNotFoundError):
+                if entry.is_file(follow_symlinks=False):
+                    total += entry.stat(follow_symlinks=False).st_size
+    return total
+
+
 def _file_size(path: Path) -> int | None:
     try:
         return path.stat().st_size
@@ -87,8 +101,11 @@ def _disk_error(exc: OSError) -> RegistryError:
 
 
 class ContentStore:
-    def __init__(self, root: Path, max_bytes: int | None = None) -> None:
+    def __init__(self, root: Path, max_bytes: int | None = None, *, shared: bool = False) -> None:
         self.max_bytes = max_bytes
+        # one of several serving processes: their supervisor swept the store before they
+        # started, and `sweep` must not remove what the others have under way
+        self.shared = shared
         self._in_use: Counter[Digest] = Counter()
         self._evicting = asyncio.Lock()
         self.layout = Layout(root)
@@ -96,6 +113,9 @@ class ContentStore:
         self.meta = Metadata(self.layout.database)
         self._uploads: dict[str, _Upload] = {}
         self._generation = 0
+        # a shared store's tag cache also goes when another process changed the store
+        self._others: SharedCounter | None = None
+        self._others_seen = 0
         self._tag_cache: dict[tuple[str, str], ManifestRow] = {}
         self._manifest_bytes: OrderedDict[Digest, bytes] = OrderedDict()
         self._digest_locks: dict[Digest, tuple[asyncio.Lock, list[int]]] = {}
@@ -106,16 +126,26 @@ class ContentStore:
         fills that the server has under way."""
         self.layout.create()
         await self.meta.open()
+        if self.shared:
+            self._others = SharedCounter(self.layout.generation)
+            self._others_seen = self._others.value
 
     async def close(self) -> None:
         await self.meta.close()
+        if self._others is not None:
+            self._others.close()
+            self._others = None
 
     # -- uploads -------------------------------------------------------------------
 
     async def sweep(self, max_age: float = UPLOAD_MAX_AGE) -> list[Digest]:
         """Removes what a crash left behind: staging files, uploads abandoned for
         `max_age`, and blob files that no metadata row accounts for (a file is
-        published before its row is written). Returns the orphaned digests removed."""
+        published before its row is written). Returns the orphaned digests removed.
+        A ``shared`` store only counts the uploads under way."""
+        if self.shared:
+            await self._count_uploads()
+            return []
         for upload_id in await self.meta.stale_uploads(time.time() - max_age):
             await self.cancel_upload(upload_id)
         for entry in list(self.layout.uploads.iterdir()):
@@ -130,11 +160,7 @@ class ContentStore:
             with contextlib.suppress(FileNotFoundError):
                 if entry.stat().st_mtime < cutoff:
                     entry.unlink()
-        for upload_id, repo in await self.meta.uploads():
-            # counted in the budget from the start, not only once a client resumes them
-            size = await asyncio.to_thread(_file_size, self.layout.upload_data(upload_id))
-            if size is not None:
-                self._uploads.setdefault(upload_id, _Upload(repo, size, None))
+        await self._count_uploads()
         known = await self.meta.blob_digests()
         orphans = [
             (digest, path)
@@ -146,6 +172,13 @@ class ContentStore:
         if orphans:
             log.info("removed %d blob file(s) that no metadata row accounted for", len(orphans))
         return [digest for digest, _ in orphans]
+
+    async def _count_uploads(self) -> None:
+        for upload_id, repo in await self.meta.uploads():
+            # counted in the budget from the start, not only once a client resumes them
+            size = await asyncio.to_thread(_file_size, self.layout.upload_data(upload_id))
+            if size is not None:
+                self._uploads.setdefault(upload_id, _Upload(repo, size, None))
 
     async def start_upload(self, repo: str, *, resumable: bool = True) -> str:
         """A new upload's id. Only a resumable upload is recorded in the metadata: the
@@ -182,7 +215,25 @@ class ContentStore:
         return state
 
     async def upload_offset(self, repo: str, upload_id: str) -> int:
-        return (await self._upload(repo, upload_id)).offset
+        state = await self._upload(repo, upload_id)
+        if not self.shared:
+            return state.offset
+        async with state.lock:
+            await self._resync(upload_id, state)
+            return state.offset
+
+    async def _resync(self, upload_id: str, state: _Upload) -> None:
+        """A ``shared`` store's upload may have grown in another serving process (a
+        client's next chunk on another connection): the bytes on disk are the truth,
+        and the running hash no longer covers them (the upload's lock is held)."""
+        if not self.shared:
+            return
+        size = await asyncio.to_thread(_file_size, self.layout.upload_data(upload_id))
+        if size is None:  # finished or cancelled there
+            self._uploads.pop(upload_id, None)
+            raise RegistryError("BLOB_UPLOAD_UNKNOWN", "upload data is gone")
+        if size != state.offset:
+            state.offset, state.sha256 = size, None
 
     async def append_upload(
         self,
@@ -195,6 +246,7 @@ class ContentStore:
         """Appends a chunk. `start` (from Content-Range) must equal the current offset."""
         state = await self._upload(repo, upload_id)
         async with state.lock:
+            await self._resync(upload_id, state)
             await self._append(repo, upload_id, state, chunks, start, length)
             return state.offset
 
@@ -273,6 +325,7 @@ class ContentStore:
         upload's lock throughout, so no other chunk can land in between)."""
         state = await self._upload(repo, upload_id)
         async with state.lock:
+            await self._resync(upload_id, state)
             if chunks is not None:
                 await self._append(repo, upload_id, state, chunks, start, length)
             computed = None
@@ -315,6 +368,10 @@ class ContentStore:
             raise RegistryError("BLOB_UNKNOWN", f"blob {digest} is not in {repo}")
         return size
 
+    async def blob_answer(self, target: Target, digest: Digest) -> tuple[OpenBlob, None]:
+        """``Content.blob_answer`` for a local repository."""
+        return await self.open_blob(target.repo, digest), None
+
     async def open_blob(self, repo: str, digest: Digest) -> OpenBlob:
         size = await self.blob_size(repo, digest)
         fd = self.blobs.open(digest)
@@ -355,15 +412,18 @@ class ContentStore:
 
     # -- cache budget --------------------------------------------------------------
 
-    async def pin(self, digest: Digest, owner: str) -> None:
-        await self.meta.pin(digest, owner)
+    async def pin(self, digests: Iterable[Digest], owner: str) -> None:
+        """Keeps these blobs from eviction for ``owner`` (one transaction for all)."""
+        await self.meta.pin(digests, owner)
 
-    async def unpin(self, digest: Digest, owner: str) -> None:
-        await self.meta.unpin(digest, owner)
+    async def unpin(self, digests: Iterable[Digest], owner: str) -> None:
+        await self.meta.unpin(digests, owner)
 
     async def used_bytes(self) -> int:
-        """Bytes held on disk: verified blobs (manifests included) and upload data."""
+        """Bytes held on disk: verified blobs (manifests included), upload data and the
+        staging files of fills from upstream (received, not yet verified)."""
         staged = sum(upload.offset for upload in self._uploads.values())
+        staged += await asyncio.to_thread(_dir_bytes, self.layout.partial)
         return await self.meta.used_bytes() + staged
 
     async def enforce_budget(self) -> list[Digest]:
@@ -371,7 +431,7 @@ class ContentStore:
         under 90% of `max_bytes`. Blobs being read right now are skipped."""
         if self.max_bytes is None:
             return []
-        async with self._evicting:
+        async with self._evicting, filelock.held(self.layout.budget_lock):
             used = await self.used_bytes()
             if used <= self.max_bytes:
                 return []
@@ -383,7 +443,7 @@ class ContentStore:
     async def evict_unpinned(self, *, dry_run: bool = False) -> list[tuple[Digest, int]]:
         """Evicts every unpinned blob now (``satellite gc``), but not one being read;
         returns what was freed, or with ``dry_run`` what would be."""
-        async with self._evicting:
+        async with self._evicting, filelock.held(self.layout.budget_lock):
             await self.meta.flush_access()
             candidates = await self.meta.lru_candidates(10_000_000)
             if dry_run:
@@ -440,6 +500,15 @@ class ContentStore:
     def _changed(self) -> None:
         self._generation += 1
         self._tag_cache.clear()
+        if self._others is not None:  # after the write: who sees the bump reads it
+            self._others_seen = self._others.bump()
+
+    def _others_changed(self) -> None:
+        """Drops the tag cache when another serving process changed the store."""
+        if self._others is not None and self._others.value != self._others_seen:
+            self._others_seen = self._others.value
+            self._generation += 1
+            self._tag_cache.clear()
 
     async def put_manifest(
         self,
@@ -507,15 +576,23 @@ class ContentStore:
             row = await self.meta.manifest_by_digest(repo, reference)
         else:
             key = (repo, reference)
+            self._others_changed()
             row = self._tag_cache.get(key)
             if row is None:
                 generation = self._generation
                 row = await self.meta.manifest_by_tag(repo, reference)
+                self._others_changed()
                 if row is not None and generation == self._generation:
                     self._tag_cache[key] = row
         if row is None:
             raise RegistryError("MANIFEST_UNKNOWN", f"manifest {reference} is not in {repo}")
         return row
+
+    async def manifest_answer(
+        self, target: Target, reference: str | Digest
+    ) -> tuple[ManifestRow, None]:
+        """``Content.manifest_answer`` for a local repository."""
+        return await self.resolve(target.repo, reference), None
 
     def remember_manifest_bytes(self, digest: Digest, body: bytes) -> None:
         """Keeps a verified manifest's bytes at hand (it may not be stored yet)."""
@@ -550,6 +627,9 @@ class ContentStore:
             raise RegistryError("NAME_UNKNOWN", f"repository {repo} is not known")
         return await self.meta.tags(repo, n, last)
 
+    async def tag_list(self, target: Target, n: int | None, last: str | None) -> list[str]:
+        return await self.tags(target.repo, n, last)
+
     async def catalog(self, n: int | None, last: str | None) -> list[str]:
         return await self.meta.catalog(n, last)
 
@@ -557,6 +637,11 @@ class ContentStore:
         self, repo: str, subject: Digest, artifact_type: str | None
     ) -> list[Descriptor]:
         return await self.meta.referrers(repo, subject, artifact_type)
+
+    async def referrer_list(
+        self, target: Target, subject: Digest, artifact_type: str | None
+    ) -> list[Descriptor]:
+        return await self.meta.referrers(target.repo, subject, artifact_type)
 
     # -- maintenance ---------------------------------------------------------------
 

@@ -13,6 +13,10 @@ level until RecursionError. ``loads`` refuses all of that with StrictJSONError:
 - no string (or key) holding a lone surrogate;
 - at most ``max_depth`` nested arrays and objects, checked before parsing, so that no
   depth of input reaches the parser's recursion.
+
+The common case is cheap: a document with no more brackets in all than ``max_depth``
+cannot nest deeper, so only larger documents pay for the depth walk; the decoder and
+its hooks are built once.
 """
 
 from __future__ import annotations
@@ -40,7 +44,11 @@ def _fail(message: str) -> NoReturn:
 
 def _check_depth(data: bytes, max_depth: int) -> None:
     """Refuses nesting deeper than `max_depth` without recursing: with the strings cut
-    out, each pass removes the innermost ``[]`` and ``{}`` pairs."""
+    out, each pass removes the innermost ``[]`` and ``{}`` pairs. Nesting needs an
+    opening bracket per level, so with at most `max_depth` of them in all (those in
+    strings included) there is nothing to walk."""
+    if data.count(b"[") + data.count(b"{") <= max_depth:
+        return
     brackets = _STRING.sub(b"", data).translate(None, _NOT_BRACKET)
     if re.search(rb"[\[{]{%d}" % (max_depth + 1), brackets) is not None:
         _fail(f"nested deeper than {max_depth} levels")  # the common attack, at once
@@ -56,11 +64,13 @@ def _check_depth(data: bytes, max_depth: int) -> None:
 
 
 def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            _fail(f"duplicate key {key[:100]!r}")
-        obj[key] = value
+    obj = dict(pairs)
+    if len(obj) != len(pairs):  # a key was given twice: name the first one repeated
+        seen: set[str] = set()
+        for key, _value in pairs:
+            if key in seen:
+                _fail(f"duplicate key {key[:100]!r}")
+            seen.add(key)
     return obj
 
 
@@ -81,6 +91,11 @@ def _constant(name: str) -> NoReturn:
     _fail(f"{name} is not JSON")
 
 
+_DECODER: Final = json.JSONDecoder(
+    object_pairs_hook=_object, parse_float=_float, parse_int=_int, parse_constant=_constant
+)
+
+
 def loads(data: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
     """The JSON value in `data`, or StrictJSONError (a ValueError)."""
     if data.startswith(b"\xef\xbb\xbf"):
@@ -91,13 +106,7 @@ def loads(data: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
         _fail("not UTF-8")
     _check_depth(data, max_depth)
     try:
-        value = json.loads(
-            text,
-            object_pairs_hook=_object,
-            parse_float=_float,
-            parse_int=_int,
-            parse_constant=_constant,
-        )
+        value = _DECODER.decode(text)
     except StrictJSONError:
         raise
     except (ValueError, RecursionError) as exc:

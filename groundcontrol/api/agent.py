@@ -5,77 +5,28 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from groundcontrol import checkins, registration
-from groundcontrol.api.base import MAX_CHECKIN_BODY, Ctx, int_param, log, ok, read_body, read_json
-from groundcontrol.api.credentials import satellite_credentials
+from groundcontrol import checkins, registration, satellite_credentials
+from groundcontrol.api.base import MAX_CHECKIN_BODY, Ctx, int_param, ok, read_body, read_json
 from groundcontrol.auth import SatellitePrincipal
 from groundcontrol.config import parse_int
-from groundcontrol.errors import (
-    BadRequest,
-    Forbidden,
-    GroundControlError,
-    NotFound,
-    PayloadTooLarge,
-    Unprocessable,
-)
-from groundcontrol.models import Satellite, effective_config
+from groundcontrol.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
+from groundcontrol.keys import root_envelope
+from groundcontrol.models import Satellite
 from registry_proxy.waits import wait_event
 
 
 async def register(ctx: Ctx) -> Response:
     client = ctx.request.client
     source = client.host if client else "unknown"
+    # counted before the body is read: a client trickling its body is counted at once
     await registration.count_attempt(ctx.services.store, ctx.services.config, source, ctx.now)
     body = await read_json(ctx.request, 64 * 1024)
-    name, credential, kid = await registration.register(
-        ctx.services.store, ctx.services.config, source, body, ctx.now
-    )
-    root = await _root_envelope(ctx)
-    # the join token is spent and the credential exists only in this answer: what fails
-    # from here on (the registry, Harbor) is a warning, not an error that would lose it;
-    # the satellite fetches its state and credentials again with the credential
-    warnings: list[str] = []
-    state: dict[str, Any] | None = None
-    creds: list[dict[str, Any]] = []
-    try:
-        state = await _current_state(ctx, name)
-    except GroundControlError as exc:
-        warnings.append(f"state: {exc.code}: {exc.message}")
-    try:
-        creds = await satellite_credentials(ctx.services, name, ctx.now)
-    except GroundControlError as exc:
-        warnings.append(f"upstream_credentials: {exc.code}: {exc.message}")
-    for warning in warnings:
-        log.warning("registration of %s: %s", name, warning)
-    async with ctx.services.store.transaction() as q:
-        sat = await q.satellite(name)
-    return ok(
-        {
-            "satellite": name,
-            "keyid": kid,
-            "credential": credential,
-            "root": json.loads(root),
-            "state": json.loads(state["envelope"]) if state else None,
-            "upstream_credentials": creds,
-            "config": effective_config(ctx.services.config, sat.config).to_dict(),
-            "warnings": warnings,
-        },
-        201,
-    )
-
-
-async def _root_envelope(ctx: Ctx, version: int | None = None) -> str:
-    async with ctx.services.store.transaction() as q:
-        text = await q.root(version)
-    if text is None:
-        raise NotFound("no such trust root version", code="root_not_found")
-    return text
+    return ok(await registration.join(ctx.services, source, body, ctx.now), 201)
 
 
 async def _current_state(ctx: Ctx, name: str) -> dict[str, Any] | None:
@@ -171,7 +122,8 @@ async def get_root(ctx: Ctx) -> Response:
         raise BadRequest(
             "version must be a positive integer or 'latest'", code="invalid_version"
         ) from None
-    return Response(await _root_envelope(ctx, version), media_type="application/json")
+    envelope = await root_envelope(ctx.services.store, version)
+    return Response(envelope, media_type="application/json")
 
 
 async def post_checkins(ctx: Ctx) -> Response:
@@ -196,19 +148,12 @@ async def post_checkins(ctx: Ctx) -> Response:
 
 
 async def get_credentials(ctx: Ctx) -> Response:
-    creds = await satellite_credentials(ctx.services, ctx.param("name"), ctx.now)
+    creds = await satellite_credentials.for_satellite(ctx.services, ctx.param("name"), ctx.now)
     return ok({"upstream_credentials": creds})
 
 
 async def rotate_credentials(ctx: Ctx) -> Response:
-    name = ctx.param("name")
-    async with ctx.services.store.transaction() as q:
-        sat = await q.satellite(name)
-    if ctx.services.harbor is None:
-        raise Unprocessable("no Harbor configured ([harbor] url)", code="harbor_not_configured")
-    if sat.revoked_at is not None:
-        raise Forbidden(f"satellite {name} is revoked", code="satellite_revoked")
-    robot = await ctx.services.harbor.ensure(ctx.services.store, name, ctx.now, rotate=True)
+    robot = await satellite_credentials.rotate_robot(ctx.services, ctx.param("name"), ctx.now)
     return ok(
         {"registry": robot.registry, "username": robot.username, "expires_at": robot.expires_at}
     )

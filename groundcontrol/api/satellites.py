@@ -85,17 +85,9 @@ async def create_satellite(ctx: Ctx) -> Response:
     labels = parse_labels(body.get("labels", {}))
     config = parse_config_overrides(body.get("config", {}))
     ttl = _ttl(body.get("join_token_ttl"))
-
-    async def mutate(q: Queries) -> tuple[None, list[str]]:
-        await q.insert_satellite(name, groups, labels, config, int(ctx.now))
-        return None, [name]
-
-    _, published = await ctx.services.publisher.run(mutate, ctx.now)
-    token = await registration.create_join_token(
-        ctx.services.store, ctx.services.config, name, ctx.now, ttl
+    sat, token, published = await registration.enrol(
+        ctx.services, name, groups, labels, config, ttl, ctx.now
     )
-    async with ctx.services.store.transaction() as q:
-        sat = await q.satellite(name)
     return ok(
         {
             **satellite_json(ctx.services, sat, ctx.now),

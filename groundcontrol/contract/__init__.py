@@ -3,9 +3,10 @@
 Everything a satellite and Ground Control exchange about trust lives here: Ed25519 keys,
 DSSE envelopes, the trust root, the per-satellite state document and the signed check-in.
 This package is the only part of ``groundcontrol`` that the appliance imports, so it
-depends on the standard library, ``cryptography`` and ``registry_proxy.strict_json``
-only, and it is pure: no disk, no network, no clock. The reference time
-comes in as ``now`` (a timezone-aware datetime) and byte caps as ``max_bytes``.
+depends on the standard library, ``cryptography`` (keys, signing), PyNaCl (libsodium:
+verifying signatures) and ``registry_proxy.strict_json`` only, and it is pure: no disk,
+no network, no clock. The reference time comes in as ``now`` (a timezone-aware datetime)
+and byte caps as ``max_bytes``.
 
 Modules: ``errors``, ``encoding`` (canonical and strict JSON, base64), ``keys`` (public
 keys), ``dsse`` (envelopes), ``fields`` (field checks), ``documents`` (the wire

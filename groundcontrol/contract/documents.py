@@ -16,6 +16,7 @@ from groundcontrol.contract.fields import (
     _check_float,
     _check_int,
     _check_keys,
+    _check_list,
     _check_match,
     _check_now,
     _check_object,
@@ -24,11 +25,15 @@ from groundcontrol.contract.fields import (
     _check_threshold,
     _check_tuple,
     _check_unrecognized,
+    _checked_instance,
     _fail,
     _Fields,
     _format_time,
     _json_copy,
+    _parse_items,
+    _parse_time,
     _set,
+    _take,
 )
 
 ROOT_PAYLOAD_TYPE: Final = "application/vnd.satellite.root+json"
@@ -44,6 +49,9 @@ DEFAULT_CHECKIN_MAX_BYTES: Final = 4 * 1024 * 1024
 # How far in the future a state's issued_at may lie (edge clocks drift; a far-future
 # issued_at means a wrong clock on one side or a crafted document).
 DEFAULT_CLOCK_SKEW: Final = timedelta(minutes=5)
+
+_REPOSITORY: Final = "an OCI repository name"
+_DIGEST: Final = "sha256:<64 hex> or sha512:<128 hex>"
 
 ImageStatusValue = Literal["present", "missing", "replicating", "failed"]
 IMAGE_STATUSES: Final[frozenset[str]] = frozenset(get_args(ImageStatusValue))
@@ -266,17 +274,21 @@ class ImageStatus:
     _FIELDS: ClassVar[frozenset[str]] = frozenset({"repository", "digest", "status", "error"})
 
     def __post_init__(self) -> None:
-        w = "ImageStatus"
-        _check_match(f"{w}.repository", self.repository, _REPOSITORY_RE, "an OCI repository name")
-        _check_match(f"{w}.digest", self.digest, _DIGEST_RE, "sha256:<64 hex> or sha512:<128 hex>")
-        if self.status not in IMAGE_STATUSES:
-            _fail(f"{w}.status", f"expected one of {sorted(IMAGE_STATUSES)}, got {self.status!r}")
-        if self.error is not None:
-            _check_text(f"{w}.error", self.error)
-        _set(
-            self,
-            "unrecognized",
-            _check_unrecognized(f"{w}.unrecognized", self.unrecognized, self._FIELDS),
+        self._check_fields(self.__dict__)
+
+    @classmethod
+    def _check_fields(cls, f: dict[str, Any]) -> None:
+        """The checks of every field, normalising ``f`` in place: the constructor's, and
+        ``from_dict``'s before it builds the object without running them a second time."""
+        _check_match("ImageStatus.repository", f["repository"], _REPOSITORY_RE, _REPOSITORY)
+        _check_match("ImageStatus.digest", f["digest"], _DIGEST_RE, _DIGEST)
+        status = f["status"]
+        if status not in IMAGE_STATUSES:
+            _fail("ImageStatus.status", f"expected one of {sorted(IMAGE_STATUSES)}, got {status!r}")
+        if f["error"] is not None:
+            _check_text("ImageStatus.error", f["error"])
+        f["unrecognized"] = _check_unrecognized(
+            "ImageStatus.unrecognized", f["unrecognized"], cls._FIELDS
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -290,14 +302,18 @@ class ImageStatus:
 
     @classmethod
     def from_dict(cls, data: object) -> "ImageStatus":
-        f = _Fields(data, "image")
-        return cls(
-            repository=f.required("repository"),
-            digest=f.required("digest"),
-            status=f.required("status"),
-            error=f.optional("error", None),
-            unrecognized=f.rest(),
+        (repository, digest, status, error), rest = _take(
+            data, "image", ("repository", "digest", "status"), (("error", None),)
         )
+        fields = {
+            "repository": repository,
+            "digest": digest,
+            "status": status,
+            "error": error,
+            "unrecognized": rest,
+        }
+        cls._check_fields(fields)
+        return _checked_instance(cls, fields)
 
 
 @dataclass(frozen=True)
@@ -329,56 +345,59 @@ class CheckIn:
     dropped: int = 0
     unrecognized: dict[str, Any] = field(default_factory=dict)
 
-    _FIELDS: ClassVar[frozenset[str]] = frozenset(
-        {
-            "satellite",
-            "seq",
-            "sent_at",
-            "state_version",
-            "images",
-            "cache_bytes_used",
-            "cache_bytes_max",
-            "errors",
-            "offline_seconds",
-            "state_expired",
-            "events",
-            "outbox_depth",
-            "dropped",
-        }
+    _WIRE_REQUIRED: ClassVar[tuple[str, ...]] = (
+        "satellite",
+        "seq",
+        "sent_at",
+        "state_version",
+        "images",
+        "cache_bytes_used",
+        "cache_bytes_max",
+        "errors",
+        "offline_seconds",
+        "state_expired",
+    )
+    _WIRE_OPTIONAL: ClassVar[tuple[tuple[str, Any], ...]] = (
+        ("events", []),
+        ("outbox_depth", 0),
+        ("dropped", 0),
+    )
+
+    _FIELDS: ClassVar[frozenset[str]] = frozenset(_WIRE_REQUIRED).union(
+        name for name, _default in _WIRE_OPTIONAL
     )
 
     def __post_init__(self) -> None:
-        w = "CheckIn"
-        _check_satellite(f"{w}.satellite", self.satellite)
-        _check_int(f"{w}.seq", self.seq, 1)
-        _set(self, "sent_at", _check_datetime(f"{w}.sent_at", self.sent_at))
-        _check_int(f"{w}.state_version", self.state_version, 0)
-        images = _check_tuple(f"{w}.images", self.images)
+        self._check_fields(self.__dict__)
+
+    @classmethod
+    def _check_fields(cls, f: dict[str, Any]) -> None:
+        """The checks of every field, normalising ``f`` in place (see ImageStatus)."""
+        _check_satellite("CheckIn.satellite", f["satellite"])
+        _check_int("CheckIn.seq", f["seq"], 1)
+        f["sent_at"] = _check_datetime("CheckIn.sent_at", f["sent_at"])
+        _check_int("CheckIn.state_version", f["state_version"], 0)
+        images = f["images"] = _check_tuple("CheckIn.images", f["images"])
         for i, image in enumerate(images):
             if not isinstance(image, ImageStatus):
-                _fail(f"{w}.images[{i}]", f"expected an ImageStatus, got {_typename(image)}")
-        _set(self, "images", images)
-        _check_int(f"{w}.cache_bytes_used", self.cache_bytes_used, 0)
-        _check_int(f"{w}.cache_bytes_max", self.cache_bytes_max, 0)
-        errors = _check_tuple(f"{w}.errors", self.errors)
+                _fail(f"CheckIn.images[{i}]", f"expected an ImageStatus, got {_typename(image)}")
+        _check_int("CheckIn.cache_bytes_used", f["cache_bytes_used"], 0)
+        _check_int("CheckIn.cache_bytes_max", f["cache_bytes_max"], 0)
+        errors = f["errors"] = _check_tuple("CheckIn.errors", f["errors"])
         for i, error in enumerate(errors):
-            _check_text(f"{w}.errors[{i}]", error)
-        _set(self, "errors", errors)
-        _set(self, "offline_seconds", _check_float(f"{w}.offline_seconds", self.offline_seconds))
-        _check_bool(f"{w}.state_expired", self.state_expired)
-        events = _check_tuple(f"{w}.events", self.events)
+            _check_text(f"CheckIn.errors[{i}]", error)
+        f["offline_seconds"] = _check_float("CheckIn.offline_seconds", f["offline_seconds"])
+        _check_bool("CheckIn.state_expired", f["state_expired"])
         checked = []
-        for i, event in enumerate(events):
-            copied = _check_object(f"{w}.events[{i}]", event)
-            _check_text(f"{w}.events[{i}].type", copied.get("type"))
+        for i, event in enumerate(_check_tuple("CheckIn.events", f["events"])):
+            copied = _check_object(f"CheckIn.events[{i}]", event)
+            _check_text(f"CheckIn.events[{i}].type", copied.get("type"))
             checked.append(copied)
-        _set(self, "events", tuple(checked))
-        _check_int(f"{w}.outbox_depth", self.outbox_depth, 0)
-        _check_int(f"{w}.dropped", self.dropped, 0)
-        _set(
-            self,
-            "unrecognized",
-            _check_unrecognized(f"{w}.unrecognized", self.unrecognized, self._FIELDS),
+        f["events"] = tuple(checked)
+        _check_int("CheckIn.outbox_depth", f["outbox_depth"], 0)
+        _check_int("CheckIn.dropped", f["dropped"], 0)
+        f["unrecognized"] = _check_unrecognized(
+            "CheckIn.unrecognized", f["unrecognized"], cls._FIELDS
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -401,28 +420,26 @@ class CheckIn:
 
     @classmethod
     def from_dict(cls, data: object) -> "CheckIn":
-        f = _Fields(data, "checkin")
-        images = f.required_items("images", ImageStatus.from_dict)
-        return cls(
-            satellite=f.required("satellite"),
-            seq=f.required("seq"),
-            sent_at=f.required_time("sent_at"),
-            state_version=f.required("state_version"),
-            images=images,
-            cache_bytes_used=f.required("cache_bytes_used"),
-            cache_bytes_max=f.required("cache_bytes_max"),
-            errors=tuple(f.required_list("errors")),
-            offline_seconds=f.required("offline_seconds"),
-            state_expired=f.required("state_expired"),
-            events=tuple(_optional_list(f, "events")),
-            outbox_depth=f.optional("outbox_depth", 0),
-            dropped=f.optional("dropped", 0),
-            unrecognized=f.rest(),
-        )
-
-
-def _optional_list(f: _Fields, name: str) -> list[Any]:
-    value = f.optional(name, [])
-    if not isinstance(value, list):
-        _fail(f"checkin.{name}", f"expected a list, got {_typename(value)}")
-    return value
+        values, rest = _take(data, "checkin", cls._WIRE_REQUIRED, cls._WIRE_OPTIONAL)
+        (satellite, seq, sent_at, state_version, images, used, most, errors, offline) = values[:9]
+        (state_expired, events, outbox_depth, dropped) = values[9:]
+        fields = {
+            "satellite": satellite,
+            "seq": seq,
+            "sent_at": _parse_time("checkin.sent_at", sent_at),
+            "state_version": state_version,
+            "images": _parse_items(
+                "checkin.images", _check_list("checkin.images", images), ImageStatus.from_dict
+            ),
+            "cache_bytes_used": used,
+            "cache_bytes_max": most,
+            "errors": _check_list("checkin.errors", errors),
+            "offline_seconds": offline,
+            "state_expired": state_expired,
+            "events": _check_list("checkin.events", events),
+            "outbox_depth": outbox_depth,
+            "dropped": dropped,
+            "unrecognized": rest,
+        }
+        cls._check_fields(fields)
+        return _checked_instance(cls, fields)

@@ -4,7 +4,8 @@ import hmac
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 
-from cryptography.exceptions import InvalidSignature
+import nacl.bindings
+import nacl.exceptions
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from groundcontrol.contract.documents import (
@@ -39,6 +40,13 @@ def _public_keys(keys: Mapping[str, str]) -> dict[str, Ed25519PublicKey]:
     return {kid: load_public_key_b64(b64) for kid, b64 in keys.items()}
 
 
+def _verify_one(public: Ed25519PublicKey, signature: bytes, message: bytes) -> None:
+    """``BadSignatureError`` unless ``signature`` is ``public``'s over ``message``."""
+    if len(signature) != nacl.bindings.crypto_sign_BYTES:
+        raise nacl.exceptions.BadSignatureError("a signature is 64 bytes")
+    nacl.bindings.crypto_sign_open(signature + message, public.public_bytes_raw())
+
+
 def _check_payload_type(envelope: Envelope, expected: str, what: str) -> None:
     if envelope.payload_type != expected:
         raise MalformedDocument(
@@ -54,6 +62,10 @@ def _verify_signatures(
     Only the first signature per keyid is tried, so a key cannot count twice and a flood
     of signatures claiming one keyid costs one verification. Signatures by unknown keyids
     are skipped without cost; they never count.
+
+    The check itself is libsodium's (PyNaCl), in half the time of OpenSSL's: it accepts
+    every signature an honest Ed25519 signer makes and refuses what OpenSSL refuses, plus
+    a signature whose R is a point of small order (no honest signer makes one).
     """
     message = pae(envelope.payload_type, envelope.payload)
     tried: set[str] = set()
@@ -67,8 +79,8 @@ def _verify_signatures(
             continue
         tried.add(signature.keyid)
         try:
-            public.verify(_b64decode(signature.sig, "signature"), message)
-        except (InvalidSignature, MalformedDocument):
+            _verify_one(public, _b64decode(signature.sig, "signature"), message)
+        except (nacl.exceptions.BadSignatureError, MalformedDocument):
             invalid += 1
             continue
         valid += 1
@@ -252,15 +264,19 @@ def verify_checkin(
     device_public_key: Ed25519PublicKey,
     satellite: str,
     max_bytes: int = DEFAULT_CHECKIN_MAX_BYTES,
+    *,
+    device_keyid: str | None = None,
 ) -> CheckIn:
     """Verify a check-in signed by ``satellite``'s device key and return it.
 
     No time or sequence checks: check-ins queue for days offline and arrive late or
-    twice; Ground Control deduplicates by ``(satellite, seq)``.
+    twice; Ground Control deduplicates by ``(satellite, seq)``. ``device_keyid`` is
+    ``keyid(device_public_key)`` when the caller has it already (a batch computes it once).
     """
     envelope = Envelope.from_json(envelope_bytes, max_bytes)
     _check_payload_type(envelope, CHECKIN_PAYLOAD_TYPE, "check-in")
-    _verify_signatures(envelope, {keyid(device_public_key): device_public_key}, 1, "check-in")
+    kid = device_keyid or keyid(device_public_key)
+    _verify_signatures(envelope, {kid: device_public_key}, 1, "check-in")
     checkin = CheckIn.from_dict(_loads(envelope.payload, "check-in payload"))
     if checkin.satellite != satellite:
         raise WrongSatelliteError(

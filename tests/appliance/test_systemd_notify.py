@@ -18,7 +18,9 @@ import httpx
 import pytest
 
 from appliance import notify
+from appliance.config import Config
 from appliance.notify import Notifier
+from appliance.workers import Supervisor, _WorkerNotifier
 from tests.support.satellite import SatelliteProcess
 
 WATCHDOG_USEC = 200_000  # a ping every 0.1 s
@@ -84,10 +86,11 @@ def listener() -> Iterator[NotifyListener]:
 class NotifiedSatellite(SatelliteProcess):
     """`satellite run` under a NOTIFY_SOCKET; start() returns at READY=1, not at a poll."""
 
-    def __init__(self, root: Path, listener: NotifyListener) -> None:
+    def __init__(self, root: Path, listener: NotifyListener, workers: int = 1) -> None:
         super().__init__(
             root,
             env={"NOTIFY_SOCKET": listener.address, "WATCHDOG_USEC": str(WATCHDOG_USEC)},
+            workers=workers,
         )
         self.listener = listener
 
@@ -99,10 +102,13 @@ class NotifiedSatellite(SatelliteProcess):
         return self
 
 
+@pytest.mark.parametrize("workers", [1, 2], ids=["1-worker", "2-workers"])
 def test_real_satellite_speaks_the_notify_protocol(
-    listener: NotifyListener, tmp_path: Path
+    listener: NotifyListener, tmp_path: Path, workers: int
 ) -> None:
-    sat = NotifiedSatellite(tmp_path / "sat", listener).start()
+    """With several serving processes the supervisor speaks for them: READY=1 once every
+    worker serves, the watchdog from its loop, STOPPING=1 and a graceful stop of all."""
+    sat = NotifiedSatellite(tmp_path / "sat", listener, workers).start()
     try:
         ready = listener.wait_for("READY")
         # READY=1 means the store is open and the port bound: the first request answers
@@ -110,7 +116,12 @@ def test_real_satellite_speaks_the_notify_protocol(
             assert http.get(f"{sat.url}/v2/").status_code == 200
             assert http.get(f"{sat.url}/readyz").json()["status"] == "ready"
         assert ready["READY"] == "1"
-        assert ready["STATUS"] == f"serving on {sat.host}"
+        expected = f"serving on {sat.host}"
+        if workers > 1:
+            expected += f" with {workers} workers"
+            # every worker serves, a process of its own
+            assert len(_children(sat.pid)) == workers
+        assert ready["STATUS"] == expected
         for _ in range(3):
             assert listener.wait_for("WATCHDOG", timeout=10)["WATCHDOG"] == "1"
 
@@ -126,12 +137,20 @@ def test_real_satellite_speaks_the_notify_protocol(
 
         assert sat.pid is not None
         os.kill(sat.pid, signal.SIGTERM)
+        children = _children(sat.pid)
         stopping = listener.wait_for("STOPPING")
         assert stopping["STATUS"] == "stopping"
         assert sat._proc is not None
         assert sat._proc.wait(timeout=30) == 0  # a graceful stop, well within TimeoutStopSec
+        assert not any(Path(f"/proc/{child}").exists() for child in children)
     finally:
         sat.stop()
+
+
+def _children(pid: int | None) -> list[int]:
+    assert pid is not None
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(child) for child in text.split()]
 
 
 def test_a_wedged_event_loop_misses_its_watchdog_pings(listener: NotifyListener) -> None:
@@ -181,6 +200,33 @@ def test_status_fields_are_updated_and_removed(listener: NotifyListener) -> None
     notifier.set_status(outbox_depth=None, state_version=13)
     assert listener.wait_for("STATUS")["STATUS"] == "serving on 0.0.0.0:8585; state_version=13"
     notifier.close()
+
+
+def test_a_workers_status_fields_reach_systemd_through_its_supervisor(
+    listener: NotifyListener, tmp_path: Path
+) -> None:
+    """With several serving processes the fleet agent's STATUS= fields are set in worker
+    0, which has no NOTIFY_SOCKET: they go over the supervisor's pipe and out on its line."""
+    read_fd, write_fd = os.pipe()
+    worker = _WorkerNotifier(write_fd, 0, heartbeat=1.0)
+    supervisor = Supervisor(Config(data_dir=tmp_path), 2)
+    supervisor.notifier = Notifier(listener.address)
+    try:
+        worker.ready("serving on 127.0.0.1:1")
+        worker.set_status(state_version=12, outbox_depth=3)
+        worker.set_status(outbox_depth=None, state_version=13)
+        messages = os.read(read_fd, 4096).decode().splitlines()
+        assert messages == ["R0", "S0 state_version=12 outbox_depth=3", "S0 state_version=13"]
+        for message in messages:
+            supervisor.handle(message)
+        assert supervisor.ready == {0}
+        first = listener.wait_for("STATUS")["STATUS"]
+        assert first == "starting; state_version=12 outbox_depth=3"
+        assert listener.wait_for("STATUS")["STATUS"] == "starting; state_version=13"
+    finally:
+        supervisor.notifier.close()
+        for fd in (read_fd, write_fd):
+            os.close(fd)
 
 
 def test_abstract_socket_and_environment() -> None:

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -13,7 +14,9 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
+from tests.conftest import SatelliteFactory
 from tests.support.images import sha256_bytes
 from tests.support.satellite import SatelliteProcess
 
@@ -106,6 +109,14 @@ async def _load_then_kill(sat: SatelliteProcess, delay: float) -> None:
     assert any(isinstance(r, BaseException) for r in results)
 
 
+@pytest.fixture(params=[1, 2], ids=["1-worker", "2-workers"])
+def satellite(
+    request: pytest.FixtureRequest, satellite_factory: SatelliteFactory
+) -> SatelliteProcess:
+    """The satellite with one serving process, and with two sharing the store."""
+    return satellite_factory(workers=request.param)
+
+
 def test_kill9_during_uploads_leaves_only_verified_content(
     satellite: SatelliteProcess,
 ) -> None:
@@ -165,3 +176,109 @@ def test_sigterm_drains_and_exits_cleanly(satellite: SatelliteProcess) -> None:
     code = satellite.stop()
     assert code == 0, satellite.log_tail()
     assert time.monotonic() - started < 15
+
+
+def test_chunked_upload_survives_a_worker_killed_between_chunks(
+    satellite_factory: SatelliteFactory,
+) -> None:
+    """Two serving processes share the store: each chunk of an upload comes on a
+    connection of its own (so either process may take it), and a worker killed -9
+    between chunks is started again by the supervisor; the upload goes on to the end."""
+    sat = satellite_factory(workers=2)
+    assert sat.pid is not None
+    data = _blob(11, 6 * MIB)
+    digest = sha256_bytes(data)
+    location = httpx.post(f"{sat.url}/v2/up/load/blobs/uploads/", timeout=30).headers["location"]
+    piece = MIB
+    for start in range(0, len(data), piece):
+        if start == 3 * MIB:
+            workers = _children(sat.pid)
+            assert len(workers) == 2
+            os.kill(workers[0], signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while len(set(_children(sat.pid)) - set(workers)) < 1:
+                assert time.monotonic() < deadline, "the killed worker was not started again"
+                time.sleep(0.05)
+        with httpx.Client(base_url=sat.url, timeout=30) as client:  # a fresh connection
+            status = client.get(location)
+            assert status.status_code == 204
+            assert status.headers["range"] == f"0-{max(start - 1, 0)}"  # the bytes on disk
+            r = client.patch(
+                location,
+                content=data[start : start + piece],
+                headers={"content-range": f"{start}-{start + piece - 1}"},
+            )
+            assert r.status_code == 202, r.text
+    r = httpx.put(f"{sat.url}{location}?digest={digest}", timeout=30)
+    assert r.status_code == 201, r.text
+    assert httpx.get(f"{sat.url}/v2/up/load/blobs/{digest}", timeout=30).content == data
+    assert "killed by SIGKILL" in sat.log_path.read_text()  # the supervisor logged it
+    _assert_store_consistent(sat.data_dir)
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_a_wedged_worker_is_killed_and_started_again(
+    satellite_factory: SatelliteFactory,
+) -> None:
+    """A worker whose event loop stops (SIGSTOP) gives no sign of life: the supervisor
+    kills it and starts another, and the satellite goes on serving on both."""
+    sat = satellite_factory(workers=2)
+    assert sat.pid is not None
+    workers = _children(sat.pid)
+    os.kill(workers[1], signal.SIGSTOP)
+    deadline = time.monotonic() + 60
+    while workers[1] in _children(sat.pid) or len(_children(sat.pid)) < 2:
+        assert time.monotonic() < deadline, "the wedged worker was not replaced"
+        time.sleep(0.2)
+    assert "no sign of life" in sat.log_path.read_text()
+    for _ in range(20):  # fresh connections, spread over both workers
+        assert httpx.get(f"{sat.url}/v2/", timeout=30).status_code == 200
+    assert sat.stop() == 0
+
+
+def test_a_tag_moved_through_one_worker_is_seen_by_every_worker(
+    satellite_factory: SatelliteFactory,
+) -> None:
+    """Each worker caches tag lookups; a tag pushed again through one worker is at once
+    the answer of the others too (they share a generation counter with the store)."""
+    sat = satellite_factory(workers=2)
+    config = b'{"architecture":"amd64","os":"linux"}'
+    config_digest = sha256_bytes(config)
+    r = httpx.post(f"{sat.url}/v2/moving/blobs/uploads/?digest={config_digest}", content=config)
+    assert r.status_code == 201
+
+    def push(n: int) -> str:
+        body = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {
+                    "mediaType": "application/vnd.oci.image.config.v1+json",
+                    "digest": config_digest,
+                    "size": len(config),
+                },
+                "layers": [],
+                "annotations": {"n": str(n)},
+            }
+        ).encode()
+        r = httpx.put(
+            f"{sat.url}/v2/moving/manifests/latest",
+            content=body,
+            headers={"content-type": "application/vnd.oci.image.manifest.v1+json"},
+        )
+        assert r.status_code == 201, r.text
+        return sha256_bytes(body)
+
+    def answers() -> set[str]:
+        # fresh connections: the kernel spreads them over both workers
+        return {
+            httpx.get(f"{sat.url}/v2/moving/manifests/latest").headers["docker-content-digest"]
+            for _ in range(30)
+        }
+
+    for n in range(5):
+        digest = push(n)
+        assert answers() == {digest}

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.support.fleet import Fleet, run_satellite_cli, status, wait_until
 from tests.support.images import GeneratedLayout
 from tests.support.skopeo import Skopeo, SkopeoError
@@ -20,9 +22,12 @@ def pulls(skopeo: Skopeo, ref: str) -> bool:
     return True
 
 
+@pytest.mark.parametrize("workers", [1, 2], ids=["1-worker", "2-workers"])
 def test_signed_upstream_and_rotated_credentials(
-    fleet: Fleet, tmp_path: Path, image_layout: GeneratedLayout, skopeo: Skopeo
+    fleet: Fleet, tmp_path: Path, image_layout: GeneratedLayout, skopeo: Skopeo, workers: int
 ) -> None:
+    """With two serving processes the agent runs in one; the other applies the signed
+    upstream and the credentials it stored, so that pulls through either work."""
     central = UpstreamRegistry(tmp_path / "central", auth=("robot", "first")).start()
     try:
         skopeo.copy(
@@ -42,15 +47,21 @@ def test_signed_upstream_and_rotated_credentials(
         )
         upstreams = [{"name": central.host, "url": central.url, "default": True}]
         token = fleet.create_satellite("shop-c", "shops", {"upstreams": upstreams})
-        sat = fleet.satellite("shop-c", push=False)
+        sat = fleet.satellite("shop-c", push=False, workers=workers)
         fleet.register(sat, token)
         with sat:
             current = wait_until(lambda: status(sat), what="status")
             names = [u["name"] for u in current["config"]["upstreams"]["value"]]
             assert names == [central.host]
             assert current["config"]["upstreams"]["value"][0]["source"] == "signed"
-            # served through the signed upstream with Ground Control's credential
-            assert pulls(skopeo, f"docker://{sat.host}/library/app:v1")
+            # served through the signed upstream with Ground Control's credential, by
+            # every process (each skopeo run comes on connections of its own)
+            wait_until(
+                lambda: all(pulls(skopeo, f"docker://{sat.host}/library/app:v1") for _ in range(6)),
+                timeout=30,
+                interval=0.5,
+                what="pulls through the signed upstream",
+            )
             # the registry's password is rotated, and Ground Control's with it
             central.stop()
             central.auth = ("robot", "second")

@@ -40,8 +40,17 @@ class Rig:
         return f"{self.satellite.url}/v2/library/big/blobs/{self.digest}"
 
 
+# the satellite's serving processes: a test parametrized with ``WORKERS`` runs once with
+# one process and once with two, which share the store (appliance/workers.py)
+WORKERS = pytest.mark.parametrize("rig", [1, 2], indirect=True, ids=["1-worker", "2-workers"])
+
+
 @pytest.fixture
-def rig(upstream_registry: UpstreamRegistry, satellite_factory: SatelliteFactory) -> Iterator[Rig]:
+def rig(
+    request: pytest.FixtureRequest,
+    upstream_registry: UpstreamRegistry,
+    satellite_factory: SatelliteFactory,
+) -> Iterator[Rig]:
     data = hashlib.shake_256(b"big blob").digest(SIZE)
     with httpx.Client(base_url=upstream_registry.url, timeout=60) as c:
         digest = push_blob(c, "library/big", data)
@@ -50,6 +59,7 @@ def rig(upstream_registry: UpstreamRegistry, satellite_factory: SatelliteFactory
             push=False,
             registry={"tag_timeout": 1},
             upstreams=[UpstreamTable(UP, relay.url, default=True)],
+            workers=getattr(request, "param", 1),
         )
         yield Rig(upstream_registry, relay, sat, data, digest)
 
@@ -68,23 +78,64 @@ def _get_all(url: str, clients: int) -> list[bytes]:
     return asyncio.run(run())
 
 
+@WORKERS
 def test_twenty_clients_one_upstream_transfer(rig: Rig) -> None:
     bodies = _get_all(rig.blob_url(), 20)
     assert all(hashlib.sha256(b).hexdigest() == rig.digest.split(":")[1] for b in bodies)
     assert rig.relay.count(rig.digest, method="GET") == 1
     assert rig.relay.bytes_relayed_for(rig.digest) == SIZE
     assert rig.satellite.metric("satellite_upstream_bytes_total") == SIZE
-    # one request missed and started the fill; each of the other 19 either joined it or,
+    # in each process one request missed (one of them started the fill, the others
+    # followed it); each of the other requests either joined its process's fill or,
     # arriving after it committed, was a cache hit: none of them asked upstream
-    assert rig.satellite.metric("satellite_cache_misses_total") == 1
+    misses = rig.satellite.metric("satellite_cache_misses_total")
+    assert 1 <= misses <= rig.satellite.workers
     joined = rig.satellite.metric("satellite_coalesced_waiters_total")
     hits = rig.satellite.metric("satellite_cache_hits_total")
-    assert joined + hits == 19
+    assert misses + joined + hits == 20
     # cached now: more clients cost the upstream nothing
     _get_all(rig.blob_url(), 3)
     assert rig.relay.count(rig.digest, method="GET") == 1
 
 
+@pytest.mark.parametrize("rig", [2], indirect=True, ids=["2-workers"])
+def test_clients_spread_over_processes_cause_one_upstream_fetch(rig: Rig) -> None:
+    """20 clients, each on its own connection, reach both serving processes; the
+    upstream (a real docker-registry behind a counting relay) sees one transfer."""
+    rig.relay.add_fault(Fault(rig.digest, stall(1.0, after_bytes=5 * MIB), method="GET", times=1))
+
+    async def one() -> bytes:
+        async with httpx.AsyncClient(timeout=120) as client:  # a connection of its own
+            r = await client.get(rig.blob_url())
+            assert r.status_code == 200, r.text
+            return r.content
+
+    async def run() -> list[bytes]:
+        return await asyncio.gather(*(one() for _ in range(20)))
+
+    bodies = asyncio.run(run())
+    assert all(body == rig.data for body in bodies)
+    assert rig.relay.count(rig.digest, method="GET") == 1
+    assert rig.relay.bytes_relayed_for(rig.digest) == SIZE
+    # both processes answered blob requests (the kernel spreads connections by address)
+    answered = {
+        pid
+        for name in (
+            "satellite_cache_misses",
+            "satellite_coalesced_waiters",
+            "satellite_cache_hits",
+        )
+        for pid, count in rig.satellite.counter_by_pid(name).items()
+        if count > 0
+    }
+    assert len(answered) == 2, answered
+    # one of them fetched, the other followed the same staging file
+    fetched = rig.satellite.counter_by_pid("satellite_upstream_bytes")
+    assert sorted(fetched.values()) == [0.0, SIZE] or list(fetched.values()) == [SIZE]
+    assert rig.satellite.metric("satellite_upstream_bytes_total") == SIZE
+
+
+@WORKERS
 def test_cut_transfer_resumes_with_range(rig: Rig) -> None:
     rule = rig.relay.add_fault(Fault(rig.digest, cut_after(7 * MIB), method="GET", times=1))
     r = httpx.get(rig.blob_url(), timeout=120)
@@ -97,6 +148,7 @@ def test_cut_transfer_resumes_with_range(rig: Rig) -> None:
     assert rig.satellite.metric("satellite_upstream_resumes_total") == 1
 
 
+@WORKERS
 def test_corrupt_blob_is_never_committed_nor_completed(rig: Rig) -> None:
     rig.relay.add_fault(Fault(rig.digest, corrupt(SIZE // 2), method="GET", times=1))
     with pytest.raises(httpx.HTTPError):
@@ -113,6 +165,7 @@ def test_corrupt_blob_is_never_committed_nor_completed(rig: Rig) -> None:
     assert rig.relay.count(rig.digest, method="GET") == 2
 
 
+@WORKERS
 def test_client_disconnect_does_not_abort_the_fill(rig: Rig) -> None:
     rig.relay.add_fault(Fault(rig.digest, stall(1.0, after_bytes=10 * MIB), method="GET", times=1))
     with httpx.stream("GET", rig.blob_url(), timeout=60) as r:
@@ -200,6 +253,7 @@ def test_concurrent_tag_lookups_share_one_upstream_exchange(
     assert rig.relay.count("/manifests/", method="GET") == 1
 
 
+@WORKERS
 def test_a_fill_cut_by_kill9_resumes_from_its_bytes_after_restart(rig: Rig) -> None:
     """Killed -9 three times mid-transfer, each time further on: every restart continues
     from the bytes on disk (Range), so the upstream sends each byte once in all."""

@@ -15,6 +15,7 @@ import pytest
 from oras.client import OrasClient
 from oras.oci import NewLayer, Subject
 
+from tests.conftest import SatelliteFactory
 from tests.support.images import (
     MEDIA_OCI_EMPTY,
     MEDIA_OCI_INDEX,
@@ -40,12 +41,16 @@ TITLE = "org.opencontainers.image.title"
 # --------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture(params=["satellite", "docker-registry"])
+@pytest.fixture(params=["satellite", "satellite-2-workers", "docker-registry"])
 def registry_host(request: pytest.FixtureRequest) -> str:
-    """host:port of the registry under test: the satellite, or docker-registry as reference."""
+    """host:port of the registry under test: the satellite (one serving process, or two
+    sharing the store), or docker-registry as reference."""
     if request.param == "satellite":
         sat: SatelliteProcess = request.getfixturevalue("satellite")
         return sat.host
+    if request.param == "satellite-2-workers":
+        factory: SatelliteFactory = request.getfixturevalue("satellite_factory")
+        return factory(workers=2).host
     upstream: UpstreamRegistry = request.getfixturevalue("upstream_registry")
     return upstream.host
 

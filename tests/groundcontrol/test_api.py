@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -545,3 +546,40 @@ async def test_operator_tokens_are_hashed_and_revocable(
     assert {t["id"]: t["revoked_at"] is not None for t in listing}[token_id]
     r = await client.delete("/api/v1/tokens/nope", headers=op)
     assert r.status_code == 404 and error(r) == "token_not_found"
+
+
+async def test_a_bug_is_a_500_whose_request_id_finds_its_traceback_in_the_log(
+    services: Services,
+    op: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import groundcontrol.api.groups
+    from groundcontrol.app import build_app
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(groundcontrol.api.groups, "ok", broken)
+    # the server's view: Starlette answers the 500, then lets the server see the exception
+    transport = httpx.ASGITransport(app=build_app(services), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        with caplog.at_level(logging.ERROR, logger="groundcontrol"):
+            r = await client.get("/api/v1/groups", headers=op)
+            again = await client.get("/api/v1/groups", headers=op)
+        assert r.status_code == 500
+        request_id = r.headers["x-request-id"]
+        assert r.json() == {
+            "error": {
+                "code": "internal_error",
+                "message": f"internal error; see the server log for request {request_id}",
+                "request_id": request_id,
+            }
+        }
+        assert again.headers["x-request-id"] != request_id  # one id per failure
+        logged = [rec for rec in caplog.records if request_id in rec.getMessage()]
+        assert len(logged) == 1 and logged[0].exc_info is not None
+        assert "a bug" in str(logged[0].exc_info[1])
+        assert "/api/v1/groups" in logged[0].getMessage()
+        monkeypatch.undo()
+        assert (await client.get("/api/v1/groups", headers=op)).status_code == 200

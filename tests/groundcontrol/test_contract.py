@@ -560,6 +560,55 @@ def test_root_fields_are_required_on_the_wire(field: str) -> None:
         Root.from_dict(wire)
 
 
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda w: w.update(seq=0), r"CheckIn\.seq: must be >= 1"),
+        (lambda w: w.update(seq=True), r"CheckIn\.seq: expected an integer, got boolean"),
+        (lambda w: w.update(satellite=" x"), r"CheckIn\.satellite: expected a printable"),
+        (lambda w: w.update(sent_at="2030-06-01"), r"checkin\.sent_at: expected YYYY"),
+        (lambda w: w.update(images={}), r"checkin\.images: expected a list, got object"),
+        (lambda w: w["images"][0].update(digest="x"), r"images\[0\]: ImageStatus\.digest"),
+        (lambda w: w["images"][0].pop("status"), r"checkin\.images\[0\]: image\.status: required"),
+        (lambda w: w["images"][0].update(error=1), r"ImageStatus\.error: expected a string"),
+        (lambda w: w["images"][0].update(status="gone"), r"ImageStatus\.status: expected one of"),
+        (lambda w: w.update(errors="boom"), r"checkin\.errors: expected a list, got string"),
+        (lambda w: w.update(errors=[1]), r"CheckIn\.errors\[0\]: expected a string"),
+        (lambda w: w.update(offline_seconds=-1), r"CheckIn\.offline_seconds: must be"),
+        (lambda w: w.update(state_expired=0), r"CheckIn\.state_expired: expected a boolean"),
+        (lambda w: w.update(events={}), r"checkin\.events: expected a list, got object"),
+        (lambda w: w.update(events=[{"at": 1}]), r"CheckIn\.events\[0\]\.type: expected a string"),
+        (lambda w: w.update(events=["x"]), r"CheckIn\.events\[0\]: expected an object"),
+        (lambda w: w.update(outbox_depth=-1), r"CheckIn\.outbox_depth: must be >= 0"),
+        (lambda w: w.update(dropped=2**63), r"CheckIn\.dropped: must be <="),
+        (lambda w: w.update(cache_bytes_max=1.5), r"CheckIn\.cache_bytes_max: expected an integer"),
+    ],
+)  # fmt: skip
+def test_checkin_from_the_wire_is_checked_like_one_built_in_python(
+    change: Callable[[dict[str, Any]], object], match: str
+) -> None:
+    wire = json.loads(canonical_json(make_checkin().to_dict()))
+    change(wire)
+    with pytest.raises(MalformedDocument, match=match):
+        CheckIn.from_dict(wire)
+
+
+def test_checkin_from_the_wire_shares_nothing_with_the_wire() -> None:
+    wire = make_checkin(events=({"type": "link_restored", "down": [1]},)).to_dict()
+    wire["extra"] = {"k": [1]}
+    wire["images"][0]["extra"] = {"k": [2]}
+    checkin = CheckIn.from_dict(wire)
+    wire["extra"]["k"].append(9)
+    wire["images"][0]["extra"]["k"].append(9)
+    wire["events"][0]["down"].append(9)
+    wire["errors"].append("later")
+    assert checkin.unrecognized == {"extra": {"k": [1]}}
+    assert checkin.images[0].unrecognized == {"extra": {"k": [2]}}
+    assert checkin.events == ({"type": "link_restored", "down": [1]},)
+    assert checkin.errors == make_checkin().errors
+    assert checkin == CheckIn.from_dict(checkin.to_dict())
+
+
 def test_from_dict_refuses_non_objects() -> None:
     for cls in (Root, StateDocument, CheckIn, ImageDescriptor, ImageStatus):
         with pytest.raises(MalformedDocument, match="expected an object, got list"):
@@ -746,6 +795,30 @@ def test_truncated_signature_refused(root: Root) -> None:
     env = sign_state(make_state(), Keys.state[:1])
     sig = Signature(env.signatures[0].keyid, base64.b64encode(b"short").decode())
     with pytest.raises(SignatureError):
+        verify_state(replace(env, signatures=(sig,)).to_json(), root, SAT, NOW, None)
+
+
+ED25519_L = 2**252 + 27742317777372353535851937790883648493
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        # the same signature with S + L: a second valid-looking encoding (malleability)
+        lambda raw: raw[:32] + (int.from_bytes(raw[32:], "little") + ED25519_L).to_bytes(32, "little"),  # noqa: E501
+        lambda raw: raw + b"\x00",  # 65 bytes
+        lambda raw: raw[:63],  # 63 bytes
+        lambda raw: bytes(64),  # all zeros: R is a point of small order
+    ],
+    ids=["S+L", "65 bytes", "63 bytes", "zeros"],
+)  # fmt: skip
+def test_signature_encodings_other_than_the_signers_are_refused(
+    root: Root, change: Callable[[bytes], bytes]
+) -> None:
+    env = sign_state(make_state(), Keys.state[:1])
+    raw = base64.b64decode(env.signatures[0].sig)
+    sig = Signature(env.signatures[0].keyid, base64.b64encode(change(raw)).decode())
+    with pytest.raises(SignatureError, match="1 invalid"):
         verify_state(replace(env, signatures=(sig,)).to_json(), root, SAT, NOW, None)
 
 

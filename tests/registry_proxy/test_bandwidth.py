@@ -15,7 +15,7 @@ import pytest
 from registry_proxy.bandwidth import PIECE, Bandwidth
 from registry_proxy.digest import Digest
 from registry_proxy.metrics import Metrics
-from registry_proxy.proxy import Proxy, Upstream
+from registry_proxy.proxy import Proxy, UpstreamLink
 from registry_proxy.routing import Target
 from registry_proxy.store import ContentStore
 from registry_proxy.upstream import UpstreamClient
@@ -47,6 +47,7 @@ async def test_the_bucket_holds_the_rate() -> None:
     # an empty bucket at the start: 10 s, less the burst the bucket may hold
     assert 10.0 - PIECE / (100 * KIB) <= clock.now <= 10.0
     assert bucket.taken == 1000 * KIB
+    assert bucket.paid_rate() == pytest.approx(100 * KIB, rel=0.07)
     clock.now += 60  # idle: the bucket refills only up to its burst
     await bucket.take(200 * KIB)
     assert clock.slept[-1] == pytest.approx((200 * KIB - PIECE) / (100 * KIB))
@@ -58,6 +59,7 @@ async def test_no_cap_never_waits_and_a_new_rate_applies() -> None:
     await bucket.take(10**9)
     await bucket.take(10**9, background=lambda: True)
     assert clock.slept == [] and bucket.taken == 0
+    assert bucket.paid_rate() is None  # nothing went through a cap
     bucket.set_rate(1000 * KIB)
     await bucket.take(2000 * KIB)  # a new cap starts from an empty bucket: no burst
     assert clock.now == pytest.approx(2.0)
@@ -89,7 +91,7 @@ async def test_fills_from_upstream_are_capped_and_a_client_raises_a_background_f
     store = ContentStore(tmp_path / "data")
     await store.open()
     client = UpstreamClient("up", upstream_registry.url, backoff=0.01, max_backoff=0.05)
-    proxy = Proxy(store, {"up": Upstream(client, default=True)}, Metrics())
+    proxy = Proxy(store, {"up": UpstreamLink(client, default=True)}, Metrics())
     try:
         proxy.bandwidth.set_rate(rate)
         started = time.monotonic()

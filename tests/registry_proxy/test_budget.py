@@ -31,7 +31,7 @@ async def test_lru_eviction_respects_pins_and_readers(tmp_path: Path) -> None:
         for i in (1, 0, 2):
             (await store.open_blob("r", blobs[i])).close()
             await store.meta.flush_access()
-        await store.pin(blobs[1], "state")
+        await store.pin([blobs[1]], "state")
         reading = await store.open_blob("r", blobs[0])
         newest = await _put(store, "r", b"n" * 3000)  # 12000 > 10000: adopt evicts
         evicted = await store.enforce_budget()
@@ -45,7 +45,7 @@ async def test_lru_eviction_respects_pins_and_readers(tmp_path: Path) -> None:
         # the open reader still has all its bytes
         assert len(os.pread(reading.fd, 5000, 0)) == 3000
         reading.close()
-        await store.unpin(blobs[1], "state")
+        await store.unpin([blobs[1]], "state")
         await _put(store, "r", b"m" * 3000)
         await store.enforce_budget()
         assert await store.used_bytes() <= 9_000

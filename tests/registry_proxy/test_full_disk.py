@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -64,7 +63,7 @@ async def test_upload_on_a_full_disk(disk_client: tuple[httpx.AsyncClient, Conte
     # and once there is room again, the same push works
     medium = b"\x02" * (512 * 1024)
     r = await client.post(
-        f"/v2/r/blobs/uploads/?digest=sha256:{hashlib.sha256(medium).hexdigest()}",
+        f"/v2/r/blobs/uploads/?digest={sha256_bytes(medium)}",
         content=medium,
     )
     assert r.status_code == 201

@@ -13,10 +13,12 @@ from typing import Any
 
 import pytest
 
+from registry_proxy.content import CacheStatus, Content, FillSource
 from registry_proxy.digest import Digest
 from registry_proxy.errors import RegistryError
+from registry_proxy.manifest import parse_manifest
 from registry_proxy.metrics import Metrics
-from registry_proxy.proxy import FillSource, Proxy, Upstream
+from registry_proxy.proxy import Proxy, UpstreamLink
 from registry_proxy.routing import Target
 from registry_proxy.store import ContentStore
 from registry_proxy.upstream import UpstreamClient
@@ -39,7 +41,7 @@ async def rig(
     store = ContentStore(tmp_path / "data", max_bytes=getattr(request, "param", None))
     await store.open()
     client = UpstreamClient("up", upstream_registry.url, backoff=0.01, max_backoff=0.05)
-    proxy = Proxy(store, {"up": Upstream(client, default=True)}, Metrics(), tag_timeout=2.0)
+    proxy = Proxy(store, {"up": UpstreamLink(client, default=True)}, Metrics(), tag_timeout=2.0)
     try:
         yield proxy, store
     finally:
@@ -119,6 +121,41 @@ async def test_close_finishes_the_writes_already_answered(
     row = await proxy.manifest(TARGET, "v1")
     await proxy.close()  # a shutdown right after the answer
     assert await store.resolve(TARGET.repo, "v1") == row
+
+
+async def test_one_content_interface_answers_local_repositories_from_the_store(
+    rig: tuple[Proxy, ContentStore],
+) -> None:
+    proxy, store = rig
+    content: Content = proxy
+    row, cache = await content.manifest_answer(TARGET, "v1")
+    assert cache is CacheStatus.MISS
+    assert await content.manifest_answer(TARGET, "v1") == (row, CacheStatus.HIT)  # stored now
+    manifest = parse_manifest(await content.manifest_bytes(row), row.media_type)
+    layer = manifest.blob_references()[0].digest
+    source, blob_cache = await content.blob_answer(TARGET, layer)
+    assert blob_cache is CacheStatus.MISS
+    source.close()  # a client gone: the fill goes on
+    await proxy.ensure_blob(TARGET, layer)  # joins it until published
+    source, blob_cache = await content.blob_answer(TARGET, layer)
+    source.close()
+    assert blob_cache is CacheStatus.HIT
+    assert await content.tag_list(TARGET, None, None) == ["v1"]
+    # the same stored repository named without an upstream: the store's, nothing forwarded
+    local = Target(name=TARGET.repo, repo=TARGET.repo)
+    assert await content.manifest_answer(local, "v1") == (row, None)
+    assert await content.manifest_bytes(row) == await store.manifest_bytes(row)
+    # a local repository the upstream has and the store has not: never fetched
+    with pytest.raises(RegistryError) as refused:
+        await content.manifest_answer(Target(name="team/app", repo="team/app"), "v1")
+    assert refused.value.code == "MANIFEST_UNKNOWN"
+    with pytest.raises(RegistryError) as refused:
+        await content.blob_answer(Target(name="team/app", repo="team/app"), layer)
+    assert refused.value.code == "BLOB_UNKNOWN"
+    assert await content.referrer_list(local, row.digest, None) == []
+    opened, local_cache = await content.blob_answer(local, layer)  # filled: the store has it
+    opened.close()
+    assert local_cache is None
 
 
 async def fill(proxy: Proxy, digest: Digest) -> None:

@@ -176,6 +176,46 @@ async def test_upload_data_counts_in_the_budget(tmp_path: Path) -> None:
         await store.close()
 
 
+async def test_fill_staging_counts_in_the_budget(tmp_path: Path) -> None:
+    """The bytes a fill from upstream has received so far (its staging file under
+    partial/, kept across a restart for the resume) take room in the budget too."""
+    store = ContentStore(tmp_path / "d", max_bytes=10_000)
+    await store.open()
+    try:
+
+        async def body(data: bytes):  # type: ignore[no-untyped-def]
+            yield data
+
+        cached = Digest.parse(sha256(b"c" * 4000))
+        await store.finish_upload("r", await store.start_upload("r"), cached, body(b"c" * 4000))
+        staging = store.layout.partial_fill(Digest.parse(sha256(b"big")))
+        staging.write_bytes(b"s" * 7000)
+        assert await store.used_bytes() == 11_000
+        assert await store.enforce_budget() == [cached]  # room for the fill in progress
+        assert await store.used_bytes() == 7000
+        staging.unlink()  # the fill was published or abandoned
+        assert await store.used_bytes() == 0
+    finally:
+        await store.close()
+
+
+async def test_pins_are_set_and_dropped_together(tmp_path: Path) -> None:
+    store = ContentStore(tmp_path / "d")
+    await store.open()
+    try:
+        digests = [Digest.parse(sha256(bytes([i]))) for i in range(3)]
+        await store.pin(digests, "state")
+        await store.pin(digests[:1], "other")
+        assert sorted(map(str, await store.meta.pinned("state"))) == sorted(map(str, digests))
+        await store.unpin(digests[:2], "state")
+        assert await store.meta.pinned("state") == [digests[2]]
+        assert await store.meta.pinned("other") == [digests[0]]
+        await store.pin([], "state")  # nothing to pin: no transaction, no error
+        await store.unpin([], "state")
+    finally:
+        await store.close()
+
+
 def test_a_crash_during_a_monolithic_upload_leaves_nothing(
     satellite_factory: SatelliteFactory,
 ) -> None:

@@ -91,3 +91,32 @@ def test_depth_is_a_parameter() -> None:
     assert loads(b"[[[]]]", max_depth=3) == [[[]]]
     with pytest.raises(StrictJSONError):
         loads(b"[[[[]]]]", max_depth=3)
+
+
+@pytest.mark.parametrize(
+    ("data", "max_depth"),
+    [
+        (b"[[]]", 2),  # as many brackets as the limit: nothing to walk
+        (b"[" + b"[]," * 100 + b"[]]", 2),  # many brackets, shallow: walked, accepted
+        (b'["[[[[", {"k": "{{"}]', 2),  # brackets in strings count for nothing
+    ],
+)
+def test_depth_limit_accepts_shallow_documents_with_many_brackets(
+    data: bytes, max_depth: int
+) -> None:
+    assert loads(data, max_depth=max_depth) == json.loads(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"[[[]]]", b'[{"a": [1]}]', b'["x", [["y"]]]', b"[[[", b'{"a": {"b": {}}, "c": 1}'],
+)
+def test_depth_limit_refuses_one_level_too_many(data: bytes) -> None:
+    with pytest.raises(StrictJSONError, match="nested deeper than 2 levels"):
+        loads(data, max_depth=2)
+
+
+def test_duplicate_key_named_among_many() -> None:
+    data = b'{"a": 1, "b": 2, "c": {"x": 1, "y": 2, "x": 3}, "d": 4}'
+    with pytest.raises(StrictJSONError, match="duplicate key 'x'"):
+        loads(data)

@@ -10,6 +10,7 @@ The process's stdout and stderr go to `root/satellite.log` (appended across rest
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -103,6 +104,7 @@ class SatelliteProcess(ServerProcess):
         env: Mapping[str, str] | None = None,
         port: int | None = None,
         startup_timeout: float = 20.0,
+        workers: int = 1,
     ) -> None:
         super().__init__(root / "satellite.log", startup_timeout)
         self.root = root
@@ -114,6 +116,7 @@ class SatelliteProcess(ServerProcess):
         )
         self.extra_args = tuple(extra_args)
         self.extra_env = dict(env or {})
+        self.workers = workers  # serving processes (server.workers; 0: one per core)
 
     @property
     def host(self) -> str:
@@ -132,6 +135,19 @@ class SatelliteProcess(ServerProcess):
             if match and all(f'{k}="{v}"' in (match[1] or "") for k, v in labels.items()):
                 total += float(match[2])
         return total
+
+    def counter_by_pid(self, name: str) -> dict[int, float]:
+        """With several workers: each worker's own count of the counter `name` (all its
+        labels summed), from the multiprocess metrics files in the runtime directory."""
+        from prometheus_client.mmap_dict import MmapedDict
+
+        counts: dict[int, float] = {}
+        for path in (self.data_dir / "run" / "metrics").glob("counter_*.db"):
+            pid = int(path.stem.split("_")[1])
+            for key, value, *_ in MmapedDict.read_all_values_from_file(str(path)):
+                if json.loads(key)[0] == name:
+                    counts[pid] = counts.get(pid, 0.0) + value
+        return counts
 
     def command(self) -> list[str]:
         return [
@@ -154,6 +170,7 @@ class SatelliteProcess(ServerProcess):
         )
         env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost,::1"
         env["PYTHONUNBUFFERED"] = "1"
+        env["SATELLITE_SERVER_WORKERS"] = str(self.workers)
         env.update(self.extra_env)
         return env
 

@@ -9,7 +9,6 @@ It lacks the referrers API and sha512 (see TESTBED.md).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.support.images import sha256_bytes
 from tests.support.net import LOOPBACK, free_port
 from tests.support.process import ServerProcess
 
@@ -170,7 +170,7 @@ class UpstreamRegistry(ServerProcess):
 
 def push_blob(client: httpx.Client, repo: str, data: bytes) -> str:
     """Pushes ``data`` as a blob of ``repo`` (one POST, one PUT); returns its digest."""
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    digest = sha256_bytes(data)
     location = client.post(f"/v2/{repo}/blobs/uploads/").headers["location"]
     sep = "&" if "?" in location else "?"
     r = client.put(f"{location}{sep}digest={digest}", content=data)
