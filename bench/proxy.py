@@ -172,6 +172,7 @@ def open_target(
                 push=False,
                 registry={"tag_timeout": TAG_TIMEOUT} if registry is None else registry,
                 upstreams=[UpstreamTable("up", upstream_url, default=True)],
+                workers=0,  # the default: one serving process per core
             )
         elif kind == DOCKER_REGISTRY:
             proc = UpstreamRegistry(root, proxy_remote=upstream_url)

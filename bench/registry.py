@@ -6,10 +6,11 @@
     .venv/bin/python -m bench.registry --markdown out.md --json out.json
 
 Every server runs as its users run it: nginx with `worker_processes auto` (one worker per
-core), docker-registry free to use every core, the satellite with its default config; the
-scheduler places servers and load generators. `--pin` is the constrained variant: each
-server pinned to CPU 0 (every thread; nginx with one worker) and each load generator to
-CPU 1, so every server gets exactly one core and never competes with its client.
+core), docker-registry free to use every core, the satellite with its default config (one
+serving process per core); the scheduler places servers and load generators. `--pin` is
+the constrained variant: each server pinned to CPU 0 (every thread; nginx with one worker,
+the satellite with one process) and each load generator to CPU 1, so every server gets
+exactly one core and never competes with its client.
 
 What runs (all on 127.0.0.1, all servers started by this script in a temp dir):
 
@@ -329,7 +330,9 @@ def servers(work: Path, params: Params, pinned: bool) -> Iterator[tuple[list[Tar
         registry = QuietRegistry(work / "docker-registry")
         stack.callback(registry.stop)
         registry.start()
-        satellite = SatelliteProcess(work / "satellite", push=True)
+        # its default config (one serving process per core); pinned, one process (it
+        # gets one core anyway), as nginx gets one worker
+        satellite = SatelliteProcess(work / "satellite", push=True, workers=1 if pinned else 0)
         stack.callback(satellite.stop)
         satellite.start()
         # pinned: one worker (it gets one core anyway); otherwise nginx's `auto`
