@@ -24,6 +24,7 @@ ingested from an earlier stick.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import os
@@ -37,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from appliance.fleetdb import FleetDB
 from appliance.identity import IdentityError, load_identity
-from groundcontrol.contract import ContractError, StateDocument, TrustedState
+from groundcontrol.contract import ContractError, ImageDescriptor, StateDocument, TrustedState
 from groundcontrol.contract.bundle import (
     ACKS_FILE,
     CHECKINS_FILE,
@@ -53,6 +54,8 @@ from registry_proxy.durable import atomic_write
 from registry_proxy.errors import RegistryError
 from registry_proxy.manifest import MAX_MANIFEST_BYTES
 from registry_proxy.ocilayout import Node, blob_path, walk
+from registry_proxy.platforms import PlatformMissing
+from registry_proxy.progress import TransferProgress
 from registry_proxy.routing import Router
 from registry_proxy.store import ContentStore
 
@@ -66,8 +69,10 @@ MAX_ROOTS = 1000
 
 # (roots newer than the trusted chain, the state envelope) -> outcome, message
 HandOver = Callable[[list[bytes], bytes], Awaitable[tuple[str, str]]]
-Progress = Callable[[str, int, int], None]
 RouterFor = Callable[[StateDocument], Router]
+
+
+BUNDLE_PIN = "bundle"  # pins of the blobs an incomplete import brought, until applied
 
 
 class BundleError(Exception):
@@ -164,7 +169,7 @@ def _copy_verified(src: Path, dst: Path, digest: Digest, size: int) -> tuple[Dig
 class _Importer:
     root: Path
     store: ContentStore
-    progress: Progress | None
+    progress: TransferProgress | None
     result: ImportResult
     manifests: dict[Digest, tuple[str, bytes, str]] = field(default_factory=dict)
     done: set[Digest] = field(default_factory=set)
@@ -185,14 +190,20 @@ class _Importer:
             raise _Missing(digest)
         return body_or_none
 
-    async def image(self, repository: str, digest: Digest, media_type: str, size: int) -> bool:
-        """Every blob of one image into the store; True when nothing is missing."""
+    async def image(self, repository: str, image: ImageDescriptor) -> bool:
+        """Every blob of one image (of the platforms it keeps) into the store; True when
+        nothing is missing."""
         complete = True
+        digest = Digest.parse(image.digest)
         try:
-            async for node in walk(repository, digest, media_type, size, self.fetch):
+            async for node in walk(
+                repository, digest, image.media_type, image.size, self.fetch, image.platforms
+            ):
                 if node.is_manifest:
                     body = await self.fetch(repository, node.digest)
                     self.manifests[node.digest] = (repository, body, node.media_type)
+                    if self.progress is not None:
+                        self.progress.advance(len(body))
                 elif not await self.blob(node):
                     complete = False
         except _Missing as exc:
@@ -200,6 +211,8 @@ class _Importer:
             return False
         except RegistryError as exc:
             raise BundleError(f"{repository}@{digest}: {exc.message}") from None
+        except PlatformMissing as exc:
+            raise BundleError(f"{repository}@{digest}: {exc}") from None
         return complete
 
     async def blob(self, node: Node) -> bool:
@@ -211,6 +224,8 @@ class _Importer:
             await store.meta.link_blob(node.repository, digest, node.size)
             self.result.blobs_present += 1
             self.done.add(digest)
+            if self.progress is not None:
+                self.progress.advance(node.size, str(digest))
             return True
         src = blob_path(self.root, digest)
         if not src.exists():  # a file, or anything that reads like one (a pipe)
@@ -232,8 +247,10 @@ class _Importer:
         self.result.bytes_imported += node.size
         self.done.add(digest)
         if self.progress is not None:
-            self.progress(str(digest), self.result.bytes_imported, node.size)
-        log.info("imported %s (%d bytes) into %s", digest, node.size, node.repository)
+            self.progress.advance(node.size, str(digest))
+        # with a progress line on the terminal, one log line a blob would break it up
+        level = logging.DEBUG if self.progress is not None else logging.INFO
+        log.log(level, "imported %s (%d bytes) into %s", digest, node.size, node.repository)
         return True
 
 
@@ -251,7 +268,7 @@ async def import_bundle(
     router_for: RouterFor,
     *,
     now: datetime | None = None,
-    progress: Progress | None = None,
+    progress: TransferProgress | None = None,
 ) -> ImportResult:
     """Verify, copy, then hand the state over; see the module docstring. ``root`` is a
     bundle directory, a tar, or the first of its split parts. ``BundleError`` for a
@@ -259,6 +276,9 @@ async def import_bundle(
     moment = now or datetime.now(UTC)
     counts = ImportResult("applied", 0)
     directory = await asyncio.to_thread(_read_directory, root)
+    if progress is not None:  # the bytes to read: the blob files, or the tar's parts
+        sizes = _blob_files_bytes if directory is not None else _parts_bytes
+        progress.expect(await asyncio.to_thread(sizes, root))
     if directory is not None:
         roots, envelope, acks = directory
         doc, newer, current = check_state(trust, roots, envelope, moment)
@@ -269,12 +289,13 @@ async def import_bundle(
         blobs_root = root.with_name(f".{root.name}.no-such-dir")  # all is in the store now
     result = ImportResult("current" if current else "applied", doc.version)
     result.blobs_imported, result.bytes_imported = counts.blobs_imported, counts.bytes_imported
-    importer = _Importer(blobs_root, store, progress, result)
+    # a tar's bytes were counted as they streamed; a directory's are counted by the walk
+    importer = _Importer(blobs_root, store, progress if directory is not None else None, result)
     router = router_for(doc)
     complete = []
     for image in doc.images:
         repo = router.route(image.repository).repo  # where serving looks for it
-        if await importer.image(repo, Digest.parse(image.digest), image.media_type, image.size):
+        if await importer.image(repo, image):
             complete.append((repo, image))
     if counts.blobs_imported:  # counted once: found in the store by the walk
         result.blobs_present -= counts.blobs_imported
@@ -283,7 +304,11 @@ async def import_bundle(
         result.message = (
             f"state version {doc.version} not applied: {len(result.missing)} blob(s) missing"
         )
+        # what this stick brought waits for the next one: the cache budget keeps it
+        await store.pin(importer.done, BUNDLE_PIN)
     else:
+        # the state's own pins (replication's) take over once it is applied
+        await store.unpin(await store.meta.pinned(BUNDLE_PIN), BUNDLE_PIN)
         # children were walked before their parents, so each manifest's content is here
         for digest, (repository, body, media_type) in importer.manifests.items():
             await store.put_manifest(repository, digest, body, media_type, cached=True)
@@ -296,6 +321,8 @@ async def import_bundle(
             if outcome not in ("accepted", "current"):
                 raise BundleError(f"state version {doc.version} {outcome}: {message}")
     result.acked = await apply_acks(acks, db, trust.satellite)
+    if progress is not None and not result.missing:
+        progress.complete()
     return result
 
 
@@ -312,6 +339,19 @@ def _read_directory(root: Path) -> tuple[list[tuple[int, bytes]], bytes, bytes |
 
 
 _SIGNED_CAPS = {STATE_FILE: 8 * 1024 * 1024, ACKS_FILE: MAX_ACKS}
+
+
+def _blob_files_bytes(root: Path) -> int:
+    """The bytes of a bundle directory's blob files (manifests included)."""
+    total = 0
+    for path in (root / "blobs").glob("*/*"):
+        with contextlib.suppress(OSError):
+            total += path.stat().st_size
+    return total
+
+
+def _parts_bytes(path: Path) -> int:
+    return sum(part.stat().st_size for part in part_files(path))
 
 
 def part_files(path: Path) -> list[Path]:
@@ -377,7 +417,7 @@ async def _stream_tar(
     trust: TrustedState,
     now: datetime,
     counts: ImportResult,
-    progress: Progress | None,
+    progress: TransferProgress | None,
 ) -> tuple[StateDocument, list[bytes], bool, bytes, bytes | None]:
     """Read a tar bundle once, in order: the signed files (which come first) are checked
     before any blob is read, then each blob streams into the store, verified."""
@@ -414,9 +454,12 @@ async def _stream_tar(
                     continue
                 if checked is None:
                     checked = check()
-                if store.blobs.size(digest) == member.size:
-                    continue
-                await _tar_blob(stream, member, digest, store, counts, progress)
+                if store.blobs.size(digest) != member.size:
+                    await _tar_blob(
+                        stream, member, digest, store, counts, quiet=progress is not None
+                    )
+                if progress is not None:
+                    progress.advance(member.size, str(digest))
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise BundleError(f"{path}: truncated or damaged tar ({exc})") from None
     if checked is None:
@@ -430,7 +473,8 @@ async def _tar_blob(
     digest: Digest,
     store: ContentStore,
     counts: ImportResult,
-    progress: Progress | None,
+    *,
+    quiet: bool,
 ) -> None:
     reader = stream.extractfile(member)
     assert reader is not None
@@ -449,9 +493,7 @@ async def _tar_blob(
         tmp.unlink(missing_ok=True)
     counts.blobs_imported += 1
     counts.bytes_imported += member.size
-    if progress is not None:
-        progress(str(digest), counts.bytes_imported, member.size)
-    log.info("imported %s (%d bytes)", digest, member.size)
+    log.log(logging.DEBUG if quiet else logging.INFO, "imported %s (%d bytes)", digest, member.size)
 
 
 def _copy_stream(reader: Any, dst: Path, digest: Digest) -> tuple[Digest, int]:
@@ -497,7 +539,10 @@ def stored_hand_over(trust: TrustedState, db: FleetDB, now: datetime) -> HandOve
         accepted = trust.root_chain[len(trust.root_chain) - len(newer) :] if newer else []
         versions = range(before + 1, before + 1 + len(accepted))
         await db.save_trust(
-            list(zip(versions, accepted, strict=True)), (doc.version, envelope), now.timestamp()
+            list(zip(versions, accepted, strict=True)),
+            (doc.version, envelope),
+            now.timestamp(),
+            unreported=True,  # the daemon queues the state_accepted event when it starts
         )
         return "accepted", ""
 
@@ -522,7 +567,7 @@ async def import_for_agent(
 
 
 async def import_offline(
-    data_dir: Path, path: Path, router_for: RouterFor, progress: Progress | None = None
+    data_dir: Path, path: Path, router_for: RouterFor, progress: TransferProgress | None = None
 ) -> dict[str, Any]:
     """A stopped data dir's import: the state is verified and persisted; the daemon
     applies it when it starts."""

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from appliance.config import Config, load, parse_listen, parse_upstream_flag
+from registry_proxy.progress import on_terminal
 from registry_proxy.store import ContentStore
 from registry_proxy.units import ConfigError
 
@@ -285,7 +286,12 @@ def _bundle_import(config: Config, args: argparse.Namespace) -> int:
         def router_for(doc: StateDocument) -> Router:
             return storage_router(config, doc)
 
-        result = asyncio.run(import_offline(config.data_dir, path, router_for, _progress()))
+        progress = on_terminal("import")
+        try:
+            result = asyncio.run(import_offline(config.data_dir, path, router_for, progress))
+        finally:
+            if progress is not None:
+                progress.close()
     outcome = result.get("outcome")
     if outcome in ("applied", "current"):
         print(
@@ -301,16 +307,6 @@ def _bundle_import(config: Config, args: argparse.Namespace) -> int:
         return 3
     print(f"satellite: bundle refused: {result.get('message')}", file=sys.stderr)
     return 1
-
-
-def _progress() -> Callable[[str, int, int], None] | None:
-    if not sys.stderr.isatty():
-        return None
-
-    def show(what: str, done: int, total: int) -> None:
-        print(f"\r{what[:30]} {done} bytes imported", end="", file=sys.stderr)
-
-    return show
 
 
 def _reports_export(config: Config, args: argparse.Namespace) -> int:

@@ -151,10 +151,21 @@ class FleetAgent:
         self.metrics.last_contact = self.link
         self._report_status()
         self._expiry_reported = self.trust.state_expired(self._now())
+        await self._report_offline_acceptance()
         loop = asyncio.get_running_loop()
         for loop_fn in (self._state_loop, self._heartbeat_loop, self._sender_loop):
             self._tasks.append(loop.create_task(self._guard(loop_fn)))
         self._tasks.append(loop.create_task(self._guard(self._credentials_loop)))
+
+    async def _report_offline_acceptance(self) -> None:
+        """A state accepted from a bundle while the daemon was stopped is reported as
+        if accepted now: the same ``state_accepted`` event, source ``bundle``."""
+        version = await self.db.unreported_state()
+        if not version:
+            return
+        if version == self.trust.version:
+            await self.event({"type": "state_accepted", "version": version, "source": "bundle"})
+        await self.db.reported_state(version)
 
     async def close(self) -> None:
         for task in self._tasks:

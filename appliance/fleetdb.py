@@ -184,10 +184,14 @@ class FleetDB:
         roots: Sequence[tuple[int, bytes]],
         state: tuple[int, bytes] | None,
         now: float,
+        *,
+        unreported: bool = False,
     ) -> None:
         """Store new roots and (optionally) a newly accepted state in one transaction.
 
         The highest accepted version only ever grows, whatever the caller passes.
+        ``unreported``: accepted where no agent ran (a bundle imported into a stopped
+        data dir); the agent queues its ``state_accepted`` event when it starts.
         """
         async with self._transaction() as conn:
             await conn.executemany(
@@ -200,6 +204,23 @@ class FleetDB:
                     " highest_version = MAX(highest_version, ?), accepted_at = ?",
                     (envelope, version, version, now),
                 )
+                if unreported:
+                    await conn.execute(
+                        "INSERT INTO counters (name, value) VALUES ('unreported_state', ?)"
+                        " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                        (version,),
+                    )
+
+    async def unreported_state(self) -> int:
+        """The version of a state accepted with no agent running, not yet reported (0)."""
+        async with self._transaction() as conn:
+            return await self._counter(conn, "unreported_state")
+
+    async def reported_state(self, version: int) -> None:
+        async with self._transaction() as conn:
+            await conn.execute(
+                "DELETE FROM counters WHERE name = 'unreported_state' AND value <= ?", (version,)
+            )
 
     # -- outbox -----------------------------------------------------------------------
 

@@ -19,8 +19,8 @@ tag pins), whatever the upstream's tag now says.
 
 One image failing (not found upstream, a digest mismatch, credentials refused, a platform
 missing) is recorded as ``failed`` with its reason and tried again with exponential
-backoff and jitter; the other images converge regardless. ``plan_children`` and
-``platform_matches`` are pure.
+backoff and jitter; the other images converge regardless. Which children of an index
+to keep is ``registry_proxy.platforms.plan_children`` (shared with USB bundles).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +38,7 @@ from registry_proxy.digest import Digest
 from registry_proxy.errors import RegistryError
 from registry_proxy.manifest import OCI_INDEX, Descriptor, Manifest, parse_manifest
 from registry_proxy.metrics import Metrics
+from registry_proxy.platforms import plan_children
 from registry_proxy.proxy import Proxy
 from registry_proxy.routing import Router, Target
 from registry_proxy.store import ContentStore
@@ -47,51 +48,11 @@ from registry_proxy.waits import wait_event
 log = logging.getLogger("satellite.replicate")
 
 PIN_OWNER = "state"
-ATTESTATION = "attestation-manifest"
 RETRY_MIN = 5.0
 RETRY_MAX = 600.0
 # an image held already asks its upstream for new referrers (a signature added later)
 # at most this often, not on every pass (a pass runs whenever any image is retried)
 REFERRERS_REFRESH = 900.0
-
-
-class ReplicationError(Exception):
-    """Why one image could not be replicated (reported as its ``failed`` reason)."""
-
-
-def platform_matches(spec: str, platform: dict[str, Any] | None) -> bool:
-    """``os/arch[/variant]`` against an index entry's platform; a spec without a variant
-    matches every variant of its architecture."""
-    if not platform:
-        return False
-    parts = spec.split("/")
-    if platform.get("os") != parts[0] or platform.get("architecture") != parts[1]:
-        return False
-    return len(parts) < 3 or platform.get("variant") == parts[2]
-
-
-def plan_children(index: Manifest, platforms: Iterable[str]) -> tuple[Descriptor, ...]:
-    """The children of an index to keep, in the index's order: the manifests of the listed
-    platforms (all when none are listed) and the attestation manifests that refer to a
-    kept one. Raises ReplicationError for a listed platform the index does not have."""
-    wanted = tuple(platforms)
-    if not wanted:
-        return index.manifests
-    missing = [
-        p for p in wanted if not any(platform_matches(p, d.platform) for d in index.manifests)
-    ]
-    if missing:
-        raise ReplicationError(f"platform {', '.join(missing)} is not in the index")
-    kept = {
-        d.digest for d in index.manifests if any(platform_matches(p, d.platform) for p in wanted)
-    }
-    attests = {
-        d.digest
-        for d in index.manifests
-        if (d.annotations or {}).get("vnd.docker.reference.type") == ATTESTATION
-        and (d.annotations or {}).get("vnd.docker.reference.digest") in {str(k) for k in kept}
-    }
-    return tuple(d for d in index.manifests if d.digest in kept | attests)
 
 
 @dataclass

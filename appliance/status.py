@@ -12,6 +12,7 @@ from appliance.fleet import offline_status
 from appliance.fleetdb import FleetDB
 from appliance.identity import IdentityError, load_identity
 from groundcontrol.contract import ContractError, TrustedState
+from registry_proxy.progress import bar, eta
 
 
 async def read_status(data_dir: Path) -> dict[str, Any]:
@@ -137,13 +138,11 @@ def progress_line(data: dict[str, Any], rate: float) -> str:
     failed = sum(1 for i in images if i.get("status") == "failed")
     rep = data.get("replication") or {}
     done, needed = rep.get("pass_bytes_done") or 0, rep.get("pass_bytes_needed") or 0
-    width = 24
-    filled = int(width * done / needed) if needed else (width if _settled(data) else 0)
-    eta = f"{(needed - done) / rate:.0f}s" if rate > 0 and needed > done else "-"
+    drawn = bar(done, needed) if needed or _settled(data) else bar(0, 1)
     return (
-        f"[{'#' * filled}{'.' * (width - filled)}] {present}/{len(images)} images"
+        f"{drawn} {present}/{len(images)} images"
         f"{f', {failed} failed' if failed else ''}, {done / 1e6:.1f}/{needed / 1e6:.1f} MB,"
-        f" {rate / 1e6:.1f} MB/s, ETA {eta}"
+        f" {rate / 1e6:.1f} MB/s, ETA {eta(needed - done, rate)}"
     )
 
 

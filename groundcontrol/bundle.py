@@ -22,7 +22,7 @@ import logging
 import os
 import secrets
 import tarfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -48,17 +48,19 @@ from registry_proxy.ocilayout import (
     INDEX_FILE,
     LAYOUT_FILE,
     LAYOUT_VERSION,
+    Node,
     blob_path,
     index_document,
     ref_name,
     walk,
 )
+from registry_proxy.platforms import PlatformMissing
+from registry_proxy.progress import TransferProgress
 from registry_proxy.upstream import UpstreamClient
 from registry_proxy.upstream import UpstreamError as RegistryClientError
 
 log = logging.getLogger("groundcontrol.bundle")
 
-Progress = Callable[[str, int, int], None]  # (what, bytes done, bytes in all)
 
 MAX_REPORTS_BYTES = 256 * 1024 * 1024
 
@@ -91,7 +93,7 @@ async def export_bundle(
     *,
     held: frozenset[str] = frozenset(),
     tar: int | None = None,
-    progress: Progress | None = None,
+    progress: TransferProgress | None = None,
 ) -> ExportResult:
     """``tar``: write one tar at ``output`` (0) or parts of at most that many bytes."""
     async with services.store.transaction() as q:
@@ -140,9 +142,12 @@ async def export_bundle(
 
     try:
         entries = []
+        to_copy: list[Node] = []  # walked first: the progress line knows the total
         for image in doc.images:
             digest = Digest.parse(image.digest)
-            async for node in walk(image.repository, digest, image.media_type, image.size, fetch):
+            async for node in walk(
+                image.repository, digest, image.media_type, image.size, fetch, image.platforms
+            ):
                 if node.digest in written or node.is_manifest:  # manifests: written by fetch
                     continue
                 written.add(node.digest)
@@ -152,11 +157,7 @@ async def export_bundle(
                 if sink.has(node.digest, node.size):
                     result.blobs_present += 1
                     continue
-                async with client.open_blob(node.repository, node.digest) as blob:
-                    result.bytes_written += await sink.put_blob(
-                        node.digest, node.size, blob.chunks(), progress
-                    )
-                result.blobs_written += 1
+                to_copy.append(node)
             entries.append(
                 (
                     ref_name(image.repository, image.tag, image.digest),
@@ -166,13 +167,26 @@ async def export_bundle(
                 )
             )
             result.images += 1
+        if progress is not None:
+            progress.expect(sum(node.size for node in to_copy))
+        for node in to_copy:
+            async with client.open_blob(node.repository, node.digest) as blob:
+                result.bytes_written += await sink.put_blob(
+                    node.digest, node.size, blob.chunks(), progress
+                )
+            result.blobs_written += 1
         sink.finish(index_document(entries), signed)
+        if progress is not None:
+            progress.complete()
     except RegistryClientError as exc:
         sink.abort()
         raise UpstreamError(f"central registry: {exc}") from None
     except RegistryError as exc:
         sink.abort()
         raise UpstreamError(f"central registry: {exc.message}", code="digest_mismatch") from None
+    except PlatformMissing as exc:
+        sink.abort()
+        raise BadRequest(f"state of {satellite}: {exc}", code="state_invalid") from None
     except BaseException:
         sink.abort()
         raise
@@ -200,7 +214,11 @@ class _Sink:
         return False
 
     async def put_blob(
-        self, digest: Digest, size: int, chunks: AsyncIterator[bytes], progress: Progress | None
+        self,
+        digest: Digest,
+        size: int,
+        chunks: AsyncIterator[bytes],
+        progress: TransferProgress | None,
     ) -> int:
         raise NotImplementedError
 
@@ -235,7 +253,11 @@ class _DirSink(_Sink):
         return path.exists() and path.stat().st_size == size
 
     async def put_blob(
-        self, digest: Digest, size: int, chunks: AsyncIterator[bytes], progress: Progress | None
+        self,
+        digest: Digest,
+        size: int,
+        chunks: AsyncIterator[bytes],
+        progress: TransferProgress | None,
     ) -> int:
         path = blob_path(self.root, digest)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -249,7 +271,7 @@ class _DirSink(_Sink):
                     f.write(chunk)
                     done += len(chunk)
                     if progress is not None:
-                        progress(str(digest), done, size)
+                        progress.advance(len(chunk), str(digest))
                 f.flush()
                 os.fsync(f.fileno())
             actual = Digest(digest.algorithm, hasher.hexdigest())
@@ -352,7 +374,11 @@ class _TarSink(_Sink):
         self._file(f"blobs/{digest.algorithm}/{digest.encoded}", body)
 
     async def put_blob(
-        self, digest: Digest, size: int, chunks: AsyncIterator[bytes], progress: Progress | None
+        self,
+        digest: Digest,
+        size: int,
+        chunks: AsyncIterator[bytes],
+        progress: TransferProgress | None,
     ) -> int:
         self._header(f"blobs/{digest.algorithm}/{digest.encoded}", size)
         hasher = digest.hasher()
@@ -364,7 +390,7 @@ class _TarSink(_Sink):
             self.out.write(chunk)
             done += len(chunk)
             if progress is not None:
-                progress(str(digest), done, size)
+                progress.advance(len(chunk), str(digest))
         actual = Digest(digest.algorithm, hasher.hexdigest())
         if actual != digest or done != size:
             raise _mismatch(digest, actual, done)

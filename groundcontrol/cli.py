@@ -24,6 +24,7 @@ import httpx
 
 from groundcontrol.config import Config, load_config, parse_database_url, parse_int
 from groundcontrol.status import SUMMARIES
+from registry_proxy.progress import on_terminal
 from registry_proxy.units import ConfigError, parse_listen, parse_size
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -457,16 +458,22 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     if inventory is not None:
         held = held_blobs(inventory.read_bytes(), args.satellite, str(inventory))
 
+    progress = on_terminal("export")
+
     async def run() -> Any:
         async with _services(config, init_keys=False) as services:
-            result = await export_bundle(
-                services,
-                args.satellite,
-                Path(args.output),
-                held=held,
-                tar=tar,
-                progress=_progress(),
-            )
+            try:
+                result = await export_bundle(
+                    services,
+                    args.satellite,
+                    Path(args.output),
+                    held=held,
+                    tar=tar,
+                    progress=progress,
+                )
+            finally:
+                if progress is not None:
+                    progress.close()
             return result.to_dict()
 
     result = asyncio.run(run())
@@ -480,18 +487,6 @@ def cmd_bundle(args: argparse.Namespace) -> int:
             f" {result['blobs_skipped']} held by the satellite; in {args.output}"
         )
     return 0
-
-
-def _progress() -> Any:
-    """A one-line progress display on a terminal's stderr; nothing otherwise."""
-    if not sys.stderr.isatty():
-        return None
-
-    def show(what: str, done: int, total: int) -> None:
-        share = f"{100 * done // total:3d}%" if total else "    "
-        print(f"\r{share} {what[:30]} {done}/{total} bytes", end="", file=sys.stderr)
-
-    return show
 
 
 def cmd_reports(args: argparse.Namespace) -> int:

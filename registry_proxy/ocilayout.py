@@ -20,6 +20,7 @@ from typing import Any, Final
 
 from registry_proxy.digest import Digest
 from registry_proxy.manifest import parse_manifest
+from registry_proxy.platforms import plan_children
 
 LAYOUT_FILE: Final = "oci-layout"
 INDEX_FILE: Final = "index.json"
@@ -72,17 +73,24 @@ FetchManifest = Callable[[str, Digest], Awaitable[bytes]]
 
 
 async def walk(
-    repository: str, digest: Digest, media_type: str, size: int, fetch: FetchManifest
+    repository: str,
+    digest: Digest,
+    media_type: str,
+    size: int,
+    fetch: FetchManifest,
+    platforms: tuple[str, ...] = (),
 ) -> AsyncIterator[Node]:
     """Every node of one image, children before their parents (blobs, then the
     manifests that name them, the index last), so that a reader importing in this order
     never holds a manifest whose content is missing. ``fetch`` returns the manifest's
-    bytes verified against the digest. An index's every child is kept: a superset of
-    any platform filter, so nothing a later replication looks for is left out."""
+    bytes verified against the digest. Of an index, the children ``plan_children`` keeps
+    for ``platforms`` (all when none are listed), as replication keeps them; an index
+    within an index is kept whole."""
     body = await fetch(repository, digest)
     manifest = parse_manifest(body, media_type)
     seen: set[Digest] = set()
-    for child in manifest.manifests:
+    children = plan_children(manifest, platforms) if manifest.is_index else manifest.manifests
+    for child in children:
         if child.digest in seen:
             continue
         seen.add(child.digest)

@@ -8,14 +8,17 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from groundcontrol.contract import Envelope, StateDocument, generate_key, sign_state
@@ -45,11 +48,20 @@ class Site:
         result: dict[str, Any] = json.loads(out)
         return result
 
-    def bundle_import(self, bundle: Path) -> tuple[int, str]:
-        """Exit code, and stdout with the error lines of stderr (not its log lines)."""
+    def bundle_import(self, bundle: Path, *, terminal: bool = False) -> tuple[int, str]:
+        """Exit code, and stdout with the error lines of stderr (not its log lines); with
+        ``terminal``, stderr is a terminal and all of it follows (the progress line)."""
         done = run_satellite_cli(
-            "bundle", "import", str(bundle), "--data-dir", str(self.sat.data_dir), check=False
+            "bundle",
+            "import",
+            str(bundle),
+            "--data-dir",
+            str(self.sat.data_dir),
+            check=False,
+            terminal=terminal,
         )
+        if terminal:
+            return done.returncode, done.stdout + done.stderr
         errors = [
             line for line in done.stderr.splitlines() if line.startswith(("satellite:", "  "))
         ]
@@ -125,19 +137,43 @@ def test_export_then_import_into_a_stopped_and_a_running_satellite(
     assert code == 0 and out.startswith(f"current: state version {version}"), out
     assert "0 blob(s) imported" in out
 
-    # a group change, and its bundle, before the central registry goes away
+    # a group change, and its bundle, before the central registry goes away: of the
+    # index, only the platform the group keeps travels (the index's bytes intact)
     site.fleet.api(
         "PUT",
         "/api/v1/groups/shops",
-        {"images": [{"reference": "library/app:v1"}, {"reference": "library/multi:v1"}]},
+        {
+            "images": [
+                {"reference": "library/app:v1"},
+                {"reference": "library/multi:v1", "platforms": ["linux/amd64"]},
+            ]
+        },
     )
     second = tmp_path / "stick2"
     exported = site.export("site-a", second)
     assert exported["state_version"] > version
+    children = {c.platform: c for c in image_layout.multi.manifests}
+    in_bundle = {p.name for p in (second / "blobs" / "sha256").iterdir()}
+    assert image_layout.multi.digest.split(":")[1] in in_bundle
+    assert {d.split(":")[1] for d in children[("linux", "amd64")].all_digests} <= in_bundle
+    arm64 = children[("linux", "arm64")]
+    left_out = set(arm64.all_digests) - set(children[("linux", "amd64")].all_digests)
+    assert left_out and not {d.split(":")[1] for d in left_out} & in_bundle
     site.central.stop()
     with site.sat:
         wait_until(lambda: status(site.sat)["running"], what="daemon")
         assert state_version(site.sat) == version
+        # the state the stopped data dir accepted is reported as a connected one would be
+        wait_until(
+            lambda: [
+                e
+                for e in _outbox_events(site)
+                if e.get("type") == "state_accepted"
+                and e.get("version") == version
+                and e.get("source") == "bundle"
+            ],
+            what="a state_accepted event for the bundle's state",
+        )
         # replication finds everything present: with the registry gone, a fetch would fail
         wait_until(
             lambda: status(site.sat)["images"]["by_status"] == {"present": 1},
@@ -171,9 +207,14 @@ def test_export_then_import_into_a_stopped_and_a_running_satellite(
             lambda: status(site.sat)["images"]["by_status"] == {"present": 2},
             what="both images present",
         )
-        assert pull(skopeo, site.sat, "library/multi:v1", tmp_path / "pulled-multi") == (
-            image_layout.multi.digest
-        )
+        raw = skopeo.inspect_raw(f"docker://{site.sat.host}/library/multi:v1")
+        assert raw == image_layout.multi.manifest_bytes()  # the index, digest intact
+        out = tmp_path / "pulled-multi"
+        skopeo.copy(f"docker://{site.sat.host}/library/multi:v1", f"oci:{out}:x")
+        assert skopeo.inspect(f"oci:{out}:x")["Digest"] == children[("linux", "amd64")].digest
+        # the platform left out is not here, and says so (404, never 5xx)
+        answer = httpx.get(f"{site.sat.url}/v2/library/multi/manifests/{arm64.digest}", timeout=10)
+        assert answer.status_code == 404, answer.text
 
 
 def flip_byte(path: Path) -> None:
@@ -233,10 +274,14 @@ def test_a_bad_bundle_is_refused_with_one_reason_and_nothing_applied(
     code, out = site.bundle_import(missing)
     assert code == 3 and f"sha256:{gone.name}" in out, out
     assert state_version(site.sat) == 1
+    # what the stick did bring is pinned until the state applies: no budget evicts it
+    brought = _pins(site, "bundle")
+    assert brought and f"sha256:{gone.name}" not in brought
 
     # the good bundle applies (blobs imported from the damaged tries are not copied again)
     code, out = site.bundle_import(good)
     assert code == 0 and out.startswith("applied:"), out
+    assert _pins(site, "bundle") == set()  # the state's own pins take over
     applied = state_version(site.sat)
     assert applied > 1
     # an older state after a newer one: a rollback
@@ -273,8 +318,12 @@ def test_a_tar_and_a_split_bundle(site: Site, tmp_path: Path, skopeo: Skopeo) ->
     assert code == 1 and f"part {middle.name} of the bundle is missing" in out, out
     assert state_version(site.sat) == 1
     middle.write_bytes(kept)
-    code, out = site.bundle_import(parts[0])
+    code, out = site.bundle_import(parts[0], terminal=True)
     assert code == 0 and out.startswith("applied: state version 2"), out
+    # on a terminal, a progress line drawn in place ends full, at the parts' total
+    total = sum(p.stat().st_size for p in parts) / 1e6
+    last = out.split("\r")[-1]
+    assert re.search(rf"import \[#{{24}}\] [\d.]+/{total:.1f} MB", last), repr(out[-400:])
     # the blobs the truncated tar brought in were not copied again
     assert "already present" in out
     code, out = site.bundle_import(tar)
@@ -427,11 +476,27 @@ def test_reports_carried_back_and_acknowledged_by_the_next_bundle(
         assert left == []
 
 
-def _outbox_seqs(site: Site) -> list[int]:
+def _pins(site: Site, owner: str) -> set[str]:
+    db = site.sat.data_dir / "metadata.db"
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        return {r[0] for r in conn.execute("SELECT digest FROM pins WHERE owner = ?", (owner,))}
+
+
+def _outbox(site: Site) -> list[dict[str, Any]]:
+    """The payloads of the check-ins queued in the satellite's outbox."""
     stick = site.root / "reports-again"
+    shutil.rmtree(stick, ignore_errors=True)
     run_satellite_cli("reports", "export", str(stick), "--data-dir", str(site.sat.data_dir))
     path = stick / "site-a" / "checkins.json"
     if not path.exists():
         return []
     envelopes = json.loads(path.read_bytes())["checkins"]
-    return [json.loads(base64.b64decode(e["payload"]))["seq"] for e in envelopes]
+    return [json.loads(base64.b64decode(e["payload"])) for e in envelopes]
+
+
+def _outbox_seqs(site: Site) -> list[int]:
+    return [checkin["seq"] for checkin in _outbox(site)]
+
+
+def _outbox_events(site: Site) -> list[dict[str, Any]]:
+    return [event for checkin in _outbox(site) for event in checkin.get("events", [])]

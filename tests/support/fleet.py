@@ -27,6 +27,7 @@ import httpx
 from groundcontrol.contract import private_key_from_pem
 from tests.support.groundcontrol import GroundControlProcess, groundcontrol_env
 from tests.support.satellite import SatelliteProcess, satellite_command
+from tests.support.terminal import run_with_terminal_stderr
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,15 +51,16 @@ def wait_until(
     raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}: {last!r}")
 
 
-def run_satellite_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [*satellite_command(), *args],
-        cwd=ROOT,
-        env={**groundcontrol_env(), "NO_PROXY": "127.0.0.1,localhost,::1"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def run_satellite_cli(
+    *args: str, check: bool = True, terminal: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """``satellite ARGS``; with ``terminal``, its stderr is a terminal (progress drawn)."""
+    cmd = [*satellite_command(), *args]
+    env = {**groundcontrol_env(), "NO_PROXY": "127.0.0.1,localhost,::1"}
+    if terminal:
+        done = run_with_terminal_stderr(cmd, cwd=ROOT, env=env, timeout=120)
+    else:
+        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     if check:
         assert done.returncode == 0, done.stdout + done.stderr
     return done
