@@ -632,7 +632,8 @@ def _load_line(results: JSON, key: str) -> str:
         f"Machine before: load {b['load_after']:.2f}, foreign {b['foreign_cores']:.2f} cores, "
         f"steal {b['steal_cores']:.2f}; after: load {a['load_after']:.2f}, foreign "
         f"{a['foreign_cores']:.2f} cores, steal {a['steal_cores']:.2f} (2 s quiet windows). "
-        "† marks a figure from a run beside more than 0.1 core of foreign CPU use."
+        "† marks a figure from a run beside more than 0.1 core of foreign CPU use "
+        "or 0.05 core of hypervisor steal."
     )
 
 
