@@ -20,6 +20,7 @@ import os
 import resource
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,20 +108,23 @@ http {{
 # --------------------------------------------------------------------------- processes
 
 
-def _children(pid: int | None) -> list[int]:
-    """Direct children of `pid`, from the ppid field of /proc/*/stat."""
-    if pid is None:
-        return []
-    out: list[int] = []
+def _all_stats() -> Iterator[tuple[int, list[str]]]:
+    """(pid, the fields of /proc/PID/stat after the command name) of every process."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             text = stat.read_text()
         except OSError:
             continue
         fields = text[text.rfind(")") + 2 :].split()
-        if fields and int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
+        if len(fields) > 12:
+            yield int(stat.parent.name), fields
+
+
+def _children(pid: int | None) -> list[int]:
+    """Direct children of `pid`, from the ppid field of /proc/*/stat."""
+    if pid is None:
+        return []
+    return [child for child, fields in _all_stats() if int(fields[1]) == pid]
 
 
 def process_tree(pid: int) -> list[int]:
@@ -236,16 +240,12 @@ def tree_cpu_s(pid: int) -> float:
 
 def kernel_threads_cpu_s() -> float:
     """CPU seconds of the kernel's threads (the children of kthreadd), one pass over /proc."""
-    total = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        fields = text[text.rfind(")") + 2 :].split()
-        if len(fields) > 12 and int(fields[1]) == KTHREADD:
-            total += int(fields[11]) + int(fields[12])
-    return total / _TICK
+    ticks = sum(
+        int(fields[11]) + int(fields[12])
+        for _, fields in _all_stats()
+        if int(fields[1]) == KTHREADD
+    )
+    return ticks / _TICK
 
 
 def own_cpu_s() -> float:
