@@ -13,8 +13,9 @@ copying client sees).
 
 One thread per connection (blocking sockets; os.splice releases the GIL), keep-alive, no
 pipelining. Bytes of a download cut short by the end of the duration are counted (as
-wrk's Transfer/sec does); completed downloads are reported separately. Output: one JSON
-object on stdout.
+wrk's Transfer/sec does); completed downloads are reported separately, with the time each
+took (request sent → last byte) and their p50/p99: under concurrency, whether every
+download gets its share. Output: one JSON object on stdout.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ import threading
 import time
 from urllib.parse import urlsplit
 
+from bench.httpload import percentile
+
 PIPE_SIZE = 1 << 20
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
@@ -44,6 +47,7 @@ class _Worker(threading.Thread):
         self.bytes = 0
         self.completed = 0
         self.speeds: list[float] = []  # MB/s of each completed download
+        self.times: list[float] = []  # seconds of each completed download
         self.error: str | None = None
 
     def run(self) -> None:
@@ -115,6 +119,7 @@ class _Worker(threading.Thread):
         elapsed = time.perf_counter() - started
         self.completed += 1
         self.speeds.append(length / elapsed / 1e6)
+        self.times.append(elapsed)
         return True
 
 
@@ -137,6 +142,7 @@ def run(url: str, *, connections: int, duration: float, count: int) -> dict[str,
     elapsed = time.monotonic() - started
     total = sum(w.bytes for w in workers)
     speeds = [s for w in workers for s in w.speeds]
+    times = sorted(t for w in workers for t in w.times)
     return {
         "url": url,
         "connections": connections,
@@ -146,6 +152,12 @@ def run(url: str, *, connections: int, duration: float, count: int) -> dict[str,
         "aggregate_mb_s": total / elapsed / 1e6 if elapsed > 0 else 0.0,
         "per_download_mb_s": speeds,
         "median_download_mb_s": statistics.median(speeds) if speeds else None,
+        "per_download_s": [round(t, 4) for t in times],
+        "download_s": {
+            "p50": percentile(times, 50),
+            "p99": percentile(times, 99),
+            "max": times[-1] if times else float("nan"),
+        },
         "errors": [w.error for w in workers if w.error],
     }
 

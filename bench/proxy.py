@@ -58,6 +58,7 @@ from typing import Any
 import httpx
 
 from bench.registry import log, median
+from bench.servers import CpuMeter
 from tests.support.faultrelay import Fault, FaultRelay, blackhole
 from tests.support.images import MEDIA_OCI_MANIFEST, ImageRef, build_image, sha256_bytes
 from tests.support.net import LOOPBACK
@@ -171,6 +172,7 @@ def open_target(
                 push=False,
                 registry={"tag_timeout": TAG_TIMEOUT} if registry is None else registry,
                 upstreams=[UpstreamTable("up", upstream_url, default=True)],
+                workers=0,  # the default: one serving process per core
             )
         elif kind == DOCKER_REGISTRY:
             proc = UpstreamRegistry(root, proxy_remote=upstream_url)
@@ -256,16 +258,19 @@ def cold_pull(kind: str, tool: str, root: Path, upstream: UpstreamRegistry, skop
         shutil.rmtree(dest, ignore_errors=True)
         served_before = upstream.blobs_served()
         load = loadavg()
-        if tool == "skopeo":
-            t0 = time.perf_counter()
-            skopeo.copy(f"docker://{target.host}/{REPO}:{TAG}", f"dir:{dest}", timeout=600)
-            elapsed = time.perf_counter() - t0
-        else:
-            pulled = _crowd_subprocess(target.host, 1)
-            if pulled["ok_clients"] != 1:  # a failed pull is no time to compare
-                raise RuntimeError(f"httpx cold pull from {kind} failed: {pulled['errors']}")
-            elapsed = pulled["seconds"]
-        out: JSON = {"seconds": elapsed, "load1": load}
+        proxy_pid = target.proc.pid if target.proc is not None else None
+        upstream_pids = (upstream.pid,) if upstream.pid is not None else ()
+        with CpuMeter(proxy_pid, upstream_pids) as meter:
+            if tool == "skopeo":
+                t0 = time.perf_counter()
+                skopeo.copy(f"docker://{target.host}/{REPO}:{TAG}", f"dir:{dest}", timeout=600)
+                elapsed = time.perf_counter() - t0
+            else:
+                pulled = _crowd_subprocess(target.host, 1)
+                if pulled["ok_clients"] != 1:  # a failed pull is no time to compare
+                    raise RuntimeError(f"httpx cold pull from {kind} failed: {pulled['errors']}")
+                elapsed = pulled["seconds"]
+        out: JSON = {"seconds": elapsed, "load1": load, "cpu": meter.use.as_json()}
         if target.proc is not None:
             settle(lambda: upstream.blobs_served()[0])
             served = upstream.blobs_served()
@@ -528,8 +533,11 @@ def render(results: JSON) -> str:
     add("")
     add(f"### 1. Cold pull of the whole image ({p['pull_runs']} runs per row, interleaved)")
     add("")
-    add("| client | source | median s | runs (s) | × direct | upstream blob bytes / image |")
-    add("|---|---|---:|---|---:|---:|")
+    add(
+        "| client | source | median s | runs (s) | × direct | proxy CPU s (median) | "
+        "upstream blob bytes / image |"
+    )
+    add("|---|---|---:|---|---:|---:|---:|")
     for tool, label in (
         ("skopeo", "skopeo copy → dir:"),
         ("httpx", "httpx, blobs in parallel, hashed"),
@@ -544,10 +552,16 @@ def render(results: JSON) -> str:
                 if kind == DIRECT
                 else ", ".join(f"{u / img['blob_bytes']:.2f}" for u in ups if u is not None)
             )
-            add(
-                f"| {label} | {kind} | {fmt_s(m)} | {', '.join(fmt_s(r['seconds']) for r in runs)} "
-                f"| {m / d:.2f} | {upx} |"
+            cpu = "–" if kind == DIRECT else f"{median([r['cpu']['server_s'] for r in runs]):.2f}"
+            times = ", ".join(
+                fmt_s(r["seconds"]) + ("†" if r["cpu"]["disturbed"] else "") for r in runs
             )
+            add(f"| {label} | {kind} | {fmt_s(m)} | {times} | {m / d:.2f} | {cpu} | {upx} |")
+    add("")
+    add(
+        "† a run beside more than 0.1 core of foreign CPU use (neither the benchmark, its "
+        "clients, the upstream nor the proxy under test); the JSON has every run's split."
+    )
     add("")
     add(f"### 2. {p['clients']} clients pulling the same cold image at once")
     add("")

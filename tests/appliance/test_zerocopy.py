@@ -5,10 +5,12 @@ so that a server that silently fell back to copying fails here."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import os
 import socket
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -201,3 +203,109 @@ def test_without_the_extension_blobs_are_still_served(
     assert sat.metric("satellite_zero_copy") == 0
     assert sat.metric("satellite_sendfile_bytes_total") == 0
     assert "zero-copy blob sends: off" in sat.log_tail()
+
+
+@contextlib.contextmanager
+def _serving(app: Any, keep_alive_timeout: float) -> Iterator[tuple[int, Callable[[], None]]]:
+    """hypercorn with the zero-copy classes in a thread: yields (port, stop)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    config = hypercorn_config("127.0.0.1", port)
+    config.bind = [f"fd://{listener.detach()}"]
+    config.keep_alive_timeout = keep_alive_timeout
+    config.graceful_timeout = 30
+    assert zerocopy.install() is True
+    running: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+    started = threading.Event()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        running.append((asyncio.get_running_loop(), stop))
+        started.set()
+        await serve(app, config, shutdown_trigger=stop.wait)
+
+    def stop() -> None:  # once: the loop is closed after the server stopped
+        while running:
+            loop, event = running.pop()
+            loop.call_soon_threadsafe(event.set)
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    thread.start()
+    try:
+        assert started.wait(timeout=15)
+        yield port, stop
+    finally:
+        stop()
+        thread.join(timeout=40)
+        zerocopy.uninstall()
+    assert not thread.is_alive()
+
+
+async def _slow_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answers after `?s` seconds (0 by default), with the body b"ok"."""
+    if scope["type"] != "http":
+        return
+    query = scope["query_string"].decode()
+    await asyncio.sleep(float(query) if query else 0.0)
+    headers = [(b"content-length", b"2")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def _response(conn: socket.socket) -> bytes:
+    """One whole response of _slow_app (its head, then the body b"ok")."""
+    data = b""
+    for _ in range(100):
+        if data.endswith(b"\r\n\r\nok"):
+            return data
+        chunk = conn.recv(4096)
+        assert chunk, f"connection closed after {data!r}"
+        data += chunk
+    raise AssertionError(f"no whole response: {data!r}")
+
+
+def _closed_by_server(conn: socket.socket) -> bool:
+    """Whether the server closed `conn` (EOF) before the socket's own timeout."""
+    try:
+        return conn.recv(1) == b""
+    except TimeoutError:
+        return False
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_the_timeout_and_a_slow_request_is_not() -> (
+    None
+):
+    request = b"GET /?%s HTTP/1.1\r\nHost: x\r\n\r\n"
+    with (
+        _serving(_slow_app, keep_alive_timeout=0.3) as (port, _),
+        socket.create_connection(("127.0.0.1", port), timeout=20) as conn,
+    ):
+        # a request in flight three times as long as the idle timeout: answered
+        conn.sendall(request % b"0.9")
+        assert _response(conn).startswith(b"HTTP/1.1 200")
+        # and again on the same connection (the timer was stopped, then re-armed)
+        conn.sendall(request % b"0")
+        assert _response(conn).startswith(b"HTTP/1.1 200")
+        # idle now: the server ends the connection (long before the 20 s timeout)
+        assert _closed_by_server(conn)
+
+
+def test_stopping_the_server_closes_idle_keep_alive_connections_at_once() -> None:
+    # an idle timeout far longer than the socket's: only the stop can close the
+    # connection before the recv below times out
+    with (
+        _serving(_slow_app, keep_alive_timeout=600) as (port, stop),
+        socket.create_connection(("127.0.0.1", port), timeout=20) as idle,
+    ):
+        idle.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _response(idle).startswith(b"HTTP/1.1 200")
+        # a connection that goes idle only after the stop began is closed as well
+        late = socket.create_connection(("127.0.0.1", port), timeout=20)
+        with late:
+            late.sendall(b"GET /?0.5 HTTP/1.1\r\nHost: x\r\n\r\n")
+            stop()
+            assert _closed_by_server(idle)
+            assert _response(late).startswith(b"HTTP/1.1 200")
+            assert _closed_by_server(late)
