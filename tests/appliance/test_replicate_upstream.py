@@ -16,7 +16,9 @@ recovers once it is pushed back and its backoff has passed."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -51,20 +53,29 @@ def state(*images: ImageRef) -> StateDocument:
     )
 
 
+@contextlib.asynccontextmanager
+async def replicating(
+    data: Path, url: str, clock: Callable[[], float] = time.monotonic
+) -> AsyncIterator[tuple[Replicator, ContentStore]]:
+    """A store, a proxy to the registry at ``url`` and a replicator over them."""
+    store = ContentStore(data)
+    await store.open()
+    client = UpstreamClient("up", url, backoff=0.01, max_backoff=0.05, retries=1)
+    proxy = Proxy(store, {"up": UpstreamLink(client, default=True)}, Metrics(), tag_timeout=2.0)
+    router = Router([UpstreamName("up", url, default=True)])
+    try:
+        yield Replicator(store, proxy, lambda: router, clock=clock), store
+    finally:
+        await proxy.close()
+        await store.close()
+
+
 @pytest.fixture
 async def rig(
     tmp_path: Path, upstream_registry: UpstreamRegistry
 ) -> AsyncIterator[tuple[Replicator, ContentStore]]:
-    store = ContentStore(tmp_path / "data")
-    await store.open()
-    client = UpstreamClient("up", upstream_registry.url, backoff=0.01, max_backoff=0.05, retries=1)
-    proxy = Proxy(store, {"up": UpstreamLink(client, default=True)}, Metrics(), tag_timeout=2.0)
-    router = Router([UpstreamName("up", upstream_registry.url, default=True)])
-    try:
-        yield Replicator(store, proxy, lambda: router), store
-    finally:
-        await proxy.close()
-        await store.close()
+    async with replicating(tmp_path / "data", upstream_registry.url) as made:
+        yield made
 
 
 async def test_signatures_and_sboms_are_replicated_and_answer_offline(
@@ -136,14 +147,9 @@ async def test_referrers_api_upstream_and_a_referrer_added_later(
         first = sbom_by_digest(c, "team/app", app, b'{"spdxVersion": "SPDX-2.3", "name": "first"}')
 
     now = [1000.0]
-    store = ContentStore(tmp_path / "data")
-    await store.open()
-    client = UpstreamClient("up", upstream.url, backoff=0.01, max_backoff=0.05, retries=1)
-    proxy = Proxy(store, {"up": UpstreamLink(client, default=True)}, Metrics(), tag_timeout=2.0)
-    router = Router([UpstreamName("up", upstream.url, default=True)])
-    replicator = Replicator(store, proxy, lambda: router, clock=lambda: now[0])
     repo, subject, doc = "up/team/app", Digest.parse(app.digest), state(app)
-    try:
+    async with replicating(tmp_path / "data", upstream.url, lambda: now[0]) as made:
+        replicator, store = made
         result = await replicator.reconcile(doc)
         assert result.present == 1 and result.failed == 0, replicator.statuses(doc)
         listed = [str(d.digest) for d in await store.referrers(repo, subject, None)]
@@ -169,9 +175,6 @@ async def test_referrers_api_upstream_and_a_referrer_added_later(
         assert sorted(listed) == sorted([first["manifest"], second["manifest"]])
         pins = {str(d) for d in await store.meta.pinned(PIN_OWNER)}
         assert {second["manifest"], second["layer"]} <= pins
-    finally:
-        await proxy.close()
-        await store.close()
 
 
 async def test_a_manifest_deleted_upstream_fails_alone_and_recovers_when_pushed_back(
@@ -191,14 +194,9 @@ async def test_a_manifest_deleted_upstream_fails_alone_and_recovers_when_pushed_
         assert (await c.head(f"/v2/team/app/manifests/{gone.digest}")).status_code == 404
 
     now = [1000.0]
-    store = ContentStore(tmp_path / "data")
-    await store.open()
-    client = UpstreamClient("up", upstream_registry.url, backoff=0.01, max_backoff=0.05, retries=1)
-    proxy = Proxy(store, {"up": UpstreamLink(client, default=True)}, Metrics(), tag_timeout=2.0)
-    router = Router([UpstreamName("up", upstream_registry.url, default=True)])
-    replicator = Replicator(store, proxy, lambda: router, clock=lambda: now[0])
     doc = state(kept, gone)
-    try:
+    async with replicating(tmp_path / "data", upstream_registry.url, lambda: now[0]) as made:
+        replicator, store = made
         result = await replicator.reconcile(doc)
         by_digest = {s.digest: s for s in replicator.statuses(doc)}
         assert result.present == 1 and result.failed == 1
@@ -222,6 +220,3 @@ async def test_a_manifest_deleted_upstream_fails_alone_and_recovers_when_pushed_
         assert set(gone.all_digests) | set(kept.all_digests) <= pins
         row = await store.resolve("up/team/app", Digest.parse(gone.digest))
         assert await store.manifest_bytes(row) == gone.manifest_bytes()
-    finally:
-        await proxy.close()
-        await store.close()
