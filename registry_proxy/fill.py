@@ -111,17 +111,13 @@ class BlobFill:
                     await self._lead()
             else:
                 await self._follow(lock)
-            # published: whoever comes next finds the blob, and needs no lock file (a
-            # failed fill keeps it, or the next two could each lock a file of their own)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(lock.path)
         except BaseException as exc:  # every failure ends the fill, and is recorded
             failure = exc
             self.error = as_registry_error(exc, "BLOB_UNKNOWN", str(self.digest))
             if isinstance(exc, asyncio.CancelledError):
                 raise
         finally:
-            lock.release()
+            lock.release(remove=True)  # whoever comes next locks a file of its own
             if not self.background:
                 self.bandwidth.client_finished()
             self.started.set()

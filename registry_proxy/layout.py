@@ -52,6 +52,10 @@ class Layout:
         """Held by the process fetching ``digest`` from upstream (registry_proxy/fill.py)."""
         return self.locks / f"{digest.algorithm}-{digest.encoded}.fill"
 
+    def digest_lock(self, digest: Digest) -> Path:
+        """Held by the process publishing or removing ``digest`` (registry_proxy/store.py)."""
+        return self.locks / f"{digest.algorithm}-{digest.encoded}.publish"
+
     def fill_size(self, digest: Digest) -> Path:
         """The size the fetching process learnt from upstream, for the others to follow."""
         return self.partial / f"{digest.algorithm}-{digest.encoded}.size"

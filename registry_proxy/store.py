@@ -350,14 +350,15 @@ class ContentStore:
     async def mount_blob(self, repo: str, digest: Digest, from_repo: str | None) -> bool:
         """Links an existing blob into `repo`. Without `from_repo`, any repository's copy
         will do (content addressing makes that safe)."""
-        size = (
-            await self.meta.blob_size(from_repo, digest)
-            if from_repo is not None
-            else await self.meta.any_blob_size(digest)
-        )
-        if size is None or self.blobs.size(digest) != size:
-            return False
-        await self.meta.link_blob(repo, digest, size)
+        async with self._digest_lock(digest):  # not evicted between the check and the link
+            size = (
+                await self.meta.blob_size(from_repo, digest)
+                if from_repo is not None
+                else await self.meta.any_blob_size(digest)
+            )
+            if size is None or self.blobs.size(digest) != size:
+                return False
+            await self.meta.link_blob(repo, digest, size)
         return True
 
     # -- blobs ---------------------------------------------------------------------
@@ -460,8 +461,10 @@ class ContentStore:
         for digest, size in candidates:
             if to_free is not None and freed >= to_free:
                 break
-            async with self._digest_lock(digest):  # not while it is being published
-                if self._in_use.get(digest) or not await self.meta.evict(digest):
+            # not while it is being published; and a blob another process is committing
+            # or removing right now is in use there: this pass leaves it
+            async with self._digest_lock(digest, wait=False) as held:
+                if not held or self._in_use.get(digest) or not await self.meta.evict(digest):
                     continue
                 self._manifest_bytes.pop(digest, None)
                 await asyncio.to_thread(self.blobs.delete, digest)
@@ -553,13 +556,23 @@ class ContentStore:
         return digest, manifest
 
     @contextlib.asynccontextmanager
-    async def _digest_lock(self, digest: Digest) -> AsyncIterator[None]:
+    async def _digest_lock(self, digest: Digest, *, wait: bool = True) -> AsyncIterator[bool]:
+        """Excludes every other publish or removal of ``digest``: in this process (a lock
+        per digest) and in the others serving the store (an flock on the digest's lock
+        file, e.g. a budget pass in one against a fill's commit in another). Yields True
+        once held; without ``wait``, False at once when another process holds it."""
         entry = self._digest_locks.setdefault(digest, (asyncio.Lock(), [0]))
         lock, users = entry
         users[0] += 1
         try:
             async with lock:
-                yield
+                across = filelock.FileLock(self.layout.digest_lock(digest))
+                try:
+                    if wait:
+                        await across.acquire()
+                    yield across.try_acquire()  # held already after acquire()
+                finally:
+                    across.release(remove=True)
         finally:
             users[0] -= 1
             if users[0] == 0:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
+import sys
 from pathlib import Path
 
 from registry_proxy.digest import Digest
 from registry_proxy.store import ContentStore
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 async def _put(store: ContentStore, repo: str, data: bytes) -> Digest:
@@ -71,4 +75,82 @@ async def test_eviction_of_a_manifest_drops_its_tags(tmp_path: Path) -> None:
         assert await store.meta.manifest_by_tag("r", "t") is None
         assert not store.blobs.path(digest).exists()
     finally:
+        await store.close()
+
+
+# A second serving process that publishes a blob (as a cache fill does) and stops after
+# the file is in place, before its metadata row is written, until the test says go on.
+PUBLISHER = """
+import asyncio, sys
+from pathlib import Path
+from registry_proxy.digest import Digest
+from registry_proxy.store import ContentStore
+
+async def main(root: Path, digest: Digest, data: bytes) -> None:
+    store = ContentStore(root, shared=True)
+    await store.open()
+    commit = store.blobs.commit
+
+    def paused_commit(*args):
+        size = commit(*args)
+        print("committed", flush=True)
+        sys.stdin.readline()
+        return size
+
+    store.blobs.commit = paused_commit
+    staged = root / "partial" / "staged"
+    staged.write_bytes(data)
+    await store.adopt_blob(["other"], staged, digest, (digest, len(data)))
+    await store.close()
+    print("published", flush=True)
+
+asyncio.run(main(Path(sys.argv[1]), Digest.parse(sys.argv[2]), bytes.fromhex(sys.argv[3])))
+"""
+
+
+async def test_a_budget_pass_leaves_a_blob_another_process_is_publishing(tmp_path: Path) -> None:
+    """The budget pass of one serving process and the commit of the same blob in another
+    exclude each other: evicted in between, the other's row would name a removed file."""
+    root = tmp_path / "d"
+    store = ContentStore(root, max_bytes=5_000, shared=True)
+    await store.open()
+    publisher: asyncio.subprocess.Process | None = None
+
+    async def said() -> str:
+        assert publisher is not None and publisher.stdout is not None
+        return (await asyncio.wait_for(publisher.stdout.readline(), timeout=30)).decode().strip()
+
+    try:
+        data = b"p" * 3000
+        publishing = await _put(store, "r", data)  # the least recently used
+        other = await _put(store, "r", b"o" * 3000)  # 6000 bytes: one must go
+        publisher = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            PUBLISHER,
+            str(root),
+            str(publishing),
+            data.hex(),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            cwd=REPO,
+        )
+        assert publisher.stdin is not None
+        assert await said() == "committed"
+        # the pass skips the blob being published and frees the space with the next one
+        assert await store.enforce_budget() == [other]
+        publisher.stdin.write(b"go on\n")
+        assert await said() == "published"
+        assert await asyncio.wait_for(publisher.wait(), timeout=30) == 0
+        # the publish and the earlier copy both stand: the rows name a file with the bytes
+        assert await store.blob_size("r", publishing) == len(data)
+        assert await store.blob_size("other", publishing) == len(data)
+        assert store.blobs.path(publishing).read_bytes() == data
+        assert not store.blobs.path(other).exists()
+        # no lock file is left behind once nobody holds it
+        assert list((root / "locks").glob("*.publish")) == []
+    finally:
+        if publisher is not None and publisher.returncode is None:
+            publisher.kill()
+            await publisher.wait()
         await store.close()

@@ -112,3 +112,25 @@ def test_the_generation_counter_is_shared_between_processes(tmp_path: Path) -> N
         assert counter.value == 2  # and this process sees its bump at once
     finally:
         counter.close()
+
+
+def test_a_lock_file_its_holder_removed_is_never_held_twice(tmp_path: Path) -> None:
+    """A holder may remove the lock file as it lets go: whoever waited on that file must
+    then lock the file the path names now, not the removed one beside its new holder."""
+    path = tmp_path / "digest.publish"
+    first, waiting, newcomer = FileLock(path), FileLock(path), FileLock(path)
+    try:
+        assert first.try_acquire()
+        assert not waiting.try_acquire()  # it has the first file open now
+        first.release(remove=True)
+        assert not path.exists()
+        assert newcomer.try_acquire()  # a new file under the same name
+        assert not waiting.try_acquire()
+        newcomer.release(remove=True)
+        assert waiting.try_acquire()
+        assert not FileLock(path).try_acquire()
+        first.release(remove=True)  # not held: removes nothing
+        assert path.exists()
+    finally:
+        waiting.release(remove=True)
+    assert not path.exists()
