@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,9 +36,11 @@ from appliance.gcclient import GroundControlClient
 from appliance.identity import Identity, UpstreamCredential, load_identity, sweep_staged
 from appliance.replicate import ReplicationLoop, Replicator, collect_garbage
 from appliance.statereg import StateRegistryFallback
+from appliance.workers import runtime_dir
 from groundcontrol.contract import ImageStatus, StateDocument, TrustedState
 from registry_proxy.app import RegistrySettings, create_app
 from registry_proxy.deadline import BodyLimits
+from registry_proxy.generation import SharedCounter
 from registry_proxy.metrics import Metrics
 from registry_proxy.proxy import UpstreamLink
 from registry_proxy.routing import Router, UpstreamName
@@ -302,9 +304,13 @@ async def build(config: Config, *, primary: bool = True, shared: bool = False) -
     if shared:
         consumer.workers = config.worker_count
         consumer._record_sources(None)
+    # a 401/403 that a worker sees wakes the primary's agent (it alone asks Ground Control)
+    refusals = SharedCounter(refusals_path(config)) if shared else None
     if not primary:
         if identity is not None:
             consumer.credentials = identity.upstream_credentials()
+            if refusals is not None:
+                app.state.registry.proxy.on_auth_error = _tell_primary(refusals)
         app.state.registry.set_upstreams(consumer.upstreams())
         _follow_lifespan(app, identity, consumer)
         return Daemon(config, app, [])
@@ -323,7 +329,7 @@ async def build(config: Config, *, primary: bool = True, shared: bool = False) -
         app.state.registry.proxy.on_auth_error = agent.credentials_refused
         consumer._record_sources(trust.state.config if trust.state else None)
     app.state.registry.set_upstreams(consumer.upstreams())
-    _wrap_lifespan(app, agent, db, consumer)
+    _wrap_lifespan(app, agent, db, consumer, refusals)
     side: list[tuple[Starlette, HypercornConfig]] = []
     sock = bind_socket(socket_path(config.data_dir))
 
@@ -404,25 +410,32 @@ def _agent(
 
 
 def _wrap_lifespan(
-    app: Starlette, agent: FleetAgent | None, db: FleetDB | None, consumer: RegistryConsumer
+    app: Starlette,
+    agent: FleetAgent | None,
+    db: FleetDB | None,
+    consumer: RegistryConsumer,
+    refusals: SharedCounter | None,
 ) -> None:
     inner = app.router.lifespan_context
 
     @asynccontextmanager
     async def lifespan(a: Starlette) -> AsyncIterator[None]:
         async with inner(a):
-            refresh: asyncio.Task[None] | None = None
+            tasks: list[asyncio.Task[None]] = []
             if agent is not None:
                 await agent.start()
                 consumer.replication.start()
+                loop = asyncio.get_running_loop()
                 if agent.metrics.multiprocess:
-                    refresh = asyncio.get_running_loop().create_task(_refresh(agent.metrics))
+                    tasks.append(loop.create_task(_refresh(agent.metrics)))
+                if refusals is not None:
+                    tasks.append(loop.create_task(_watch_refusals(refusals, agent)))
             try:
                 yield
             finally:
-                if refresh is not None:
-                    refresh.cancel()
-                    await asyncio.gather(refresh, return_exceptions=True)
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
                 if agent is not None:
                     await consumer.replication.close()
                     await agent.close()
@@ -440,6 +453,33 @@ async def _refresh(metrics: FleetMetrics) -> None:
     while True:
         metrics.refresh()
         await asyncio.sleep(1.0)
+
+
+def refusals_path(config: Config) -> Path:
+    """Bumped by a worker whose upstream refused the credentials (a SharedCounter)."""
+    return runtime_dir(config) / "credentials-refused"
+
+
+def _tell_primary(refusals: SharedCounter) -> Callable[[str], None]:
+    def refused(upstream: str) -> None:
+        log.info("upstream %s refused our credentials; the agent's process asks again", upstream)
+        refusals.bump()
+
+    return refused
+
+
+REFUSALS_INTERVAL = 1.0
+
+
+async def _watch_refusals(refusals: SharedCounter, agent: FleetAgent) -> None:
+    """The primary's side of ``_tell_primary``: a bump wakes the agent's credentials loop
+    (which keeps its own minimum interval, so a burst of 401s is one refresh)."""
+    seen = refusals.value
+    while True:
+        await asyncio.sleep(REFUSALS_INTERVAL)
+        if refusals.value != seen:
+            seen = refusals.value
+            agent.credentials_refused("of another serving process")
 
 
 def _follow_lifespan(app: Starlette, identity: Identity | None, consumer: RegistryConsumer) -> None:

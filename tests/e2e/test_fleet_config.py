@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.support.fleet import Fleet, run_satellite_cli, status, wait_until
 from tests.support.images import GeneratedLayout
+from tests.support.satellite import SatelliteProcess
 from tests.support.skopeo import Skopeo, SkopeoError
 from tests.support.upstream import UpstreamRegistry
 
@@ -103,3 +105,96 @@ def test_a_local_budget_wins_over_the_signed_one(fleet: Fleet) -> None:
         assert status(sat)["groundcontrol"]["long_poll"] is False
     out = run_satellite_cli("status", "--data-dir", str(sat.data_dir)).stdout
     assert "state:          version 1" in out
+
+
+MANIFESTS = {
+    "Accept": ", ".join(
+        [
+            "application/vnd.oci.image.manifest.v1+json",
+            "application/vnd.oci.image.index.v1+json",
+            "application/vnd.docker.distribution.manifest.v2+json",
+            "application/vnd.docker.distribution.manifest.list.v2+json",
+        ]
+    )
+}
+
+
+def _served_by(sat: SatelliteProcess, client: httpx.Client, path: str) -> list[int]:
+    """The pids of the serving processes whose cache answered this GET of `path`."""
+    before = sat.counter_by_pid("satellite_cache_hits")
+    assert client.get(path).status_code == 200
+    after = sat.counter_by_pid("satellite_cache_hits")
+    return [pid for pid, count in after.items() if count != before.get(pid, 0.0)]
+
+
+def test_a_refusal_seen_by_a_worker_without_the_agent_refreshes_the_credentials(
+    fleet: Fleet, tmp_path: Path, image_layout: GeneratedLayout, skopeo: Skopeo
+) -> None:
+    """Only the primary process runs the fleet agent: an upstream's 401 that another
+    serving process sees must still make the agent fetch the rotated credentials."""
+    central = UpstreamRegistry(tmp_path / "central", auth=("robot", "first")).start()
+    try:
+        for tag in ("v1", "v2"):
+            skopeo.copy(
+                image_layout.oci("app:v1"),
+                f"docker://{central.host}/library/app:{tag}",
+                dest_creds=("robot", "first"),
+            )
+        fleet.api(
+            "PUT",
+            f"/api/v1/upstream-credentials/{central.host}",
+            {"username": "robot", "password": "first"},
+        )
+        upstreams = [{"name": central.host, "url": central.url, "default": True}]
+        token = fleet.create_satellite("shop-e", "shops", {"upstreams": upstreams})
+        sat = fleet.satellite("shop-e", push=False, workers=2)
+        fleet.register(sat, token)
+        with sat:
+            # the agent's process is the only one with the check-in counters
+            agent_pid = wait_until(
+                lambda: list(sat.counter_by_pid("satellite_checkins_sent")), what="the agent"
+            )
+            assert len(agent_pid) == 1
+            digest = wait_until(
+                lambda: httpx.get(
+                    f"{sat.url}/v2/library/app/manifests/v1", headers=MANIFESTS, timeout=30
+                ).headers.get("docker-content-digest"),
+                timeout=30,
+                what="the first pull through the signed upstream",
+            )
+            # a keep-alive connection that the other process serves
+            worker: httpx.Client | None = None
+            for _ in range(40):
+                client = httpx.Client(base_url=sat.url, headers=MANIFESTS, timeout=30)
+                served = _served_by(sat, client, f"/v2/library/app/manifests/{digest}")
+                assert len(served) == 1
+                if served != agent_pid:
+                    worker = client
+                    break
+                client.close()
+            assert worker is not None, "every connection went to the agent's process"
+            try:
+                central.stop()
+                central.auth = ("robot", "second")
+                central.start()
+                fleet.api(
+                    "PUT",
+                    f"/api/v1/upstream-credentials/{central.host}",
+                    {"username": "robot", "password": "second"},
+                )
+                assert worker.get("/v2/library/app/manifests/v2").status_code != 200
+                wait_until(
+                    lambda: worker.get("/v2/library/app/manifests/v2").status_code == 200,
+                    timeout=60,
+                    interval=1.0,
+                    what="a pull with the rotated credential through the other process",
+                )
+                # the refusals were the other process's alone: its signal woke the agent
+                errors = sat.counter_by_pid("satellite_upstream_errors")
+                assert errors.get(agent_pid[0], 0.0) == 0.0
+                assert sum(errors.values()) >= 1
+            finally:
+                worker.close()
+        assert "the agent's process asks again" in sat.log_path.read_text()
+    finally:
+        central.stop()
