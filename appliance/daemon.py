@@ -284,7 +284,7 @@ async def build(config: Config, *, primary: bool = True, shared: bool = False) -
     config.data_dir.mkdir(parents=True, exist_ok=True)
     store = ContentStore(config.data_dir, max_bytes=config.max_bytes, shared=shared)
     metrics = Metrics()
-    zerocopy.register_metrics(metrics.process)
+    zerocopy.register_metrics(metrics.registry)
     identity = load_identity(config.data_dir)
     app = create_app(
         store,

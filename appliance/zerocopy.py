@@ -29,8 +29,8 @@ back, for tests). It checks the hypercorn version it was written against and doe
 on any other, so an upgrade degrades to ordinary (copying) sends instead of breaking;
 pyproject.toml pins hypercorn and h11 to the versions it was tested with, the server logs
 at start whether it is on, and ``/metrics`` shows it (``satellite_zero_copy``) with the
-bytes it sent (``satellite_sendfile_bytes_total``). docs/satellite.md says what replacing
-the patch would take.
+bytes it sent (``satellite_sendfile_bytes_total``), summed over the serving processes like
+the registry's other counters. docs/satellite.md says what replacing the patch would take.
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
 from hypercorn.typing import AppWrapper
 from hypercorn.utils import suppress_body
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client import Counter, Gauge
+from prometheus_client.registry import CollectorRegistry
 
 log = logging.getLogger("satellite.zerocopy")
 
@@ -71,6 +71,19 @@ class _State:
     installed: bool = False
     sent_bytes: int = 0  # by sendfile, since the process started
     replaced: dict[tuple[Any, str], Any] | None = None  # what install() put aside
+    # the metrics of each registry that shows this module's (register_metrics)
+    metrics: weakref.WeakKeyDictionary[CollectorRegistry, tuple[Gauge, Counter]] = field(
+        default_factory=weakref.WeakKeyDictionary
+    )
+
+    def count(self, sent: int) -> None:
+        self.sent_bytes += sent
+        for _, counter in self.metrics.values():
+            counter.inc(sent)
+
+    def show(self) -> None:
+        for gauge, _ in self.metrics.values():
+            gauge.set(1 if self.installed else 0)
 
 
 _state = _State()
@@ -239,7 +252,7 @@ class ZeroCopyTCPServer(TCPServer):
                     sent = await self.loop.sendfile(
                         self.writer.transport, event.file, offset, count
                     )
-                    _state.sent_bytes += sent
+                    _state.count(sent)
                     offset += count
                     if offset < end:
                         await asyncio.sleep(0)  # the other connections' turn
@@ -266,6 +279,7 @@ def install() -> bool:
         for module, name, ours in _PLACES:
             setattr(module, name, ours)
     _state.installed = True
+    _state.show()
     return True
 
 
@@ -276,6 +290,7 @@ def uninstall() -> None:
     for (module, name), original in (replaced or {}).items():
         setattr(module, name, original)
     _state.installed = False
+    _state.show()
 
 
 def installed() -> bool:
@@ -287,21 +302,21 @@ def sent_bytes() -> int:
     return _state.sent_bytes
 
 
-class _ZeroCopyCollector(Collector):
-    def collect(self) -> list[Metric]:
-        on = GaugeMetricFamily(
-            "satellite_zero_copy",
-            "1 while blob bodies go out with sendfile (the ASGI zero-copy extension is installed)",
-            value=1 if _state.installed else 0,
-        )
-        sent = CounterMetricFamily(
-            "satellite_sendfile_bytes",
-            "Body bytes sent with sendfile instead of through Python",
-            value=_state.sent_bytes,
-        )
-        return [on, sent]
-
-
 def register_metrics(registry: CollectorRegistry) -> None:
-    """Shows this module's state in `registry` (read at each scrape)."""
-    registry.register(_ZeroCopyCollector())
+    """Shows this module's state in `registry`: plain metrics, so that with several
+    serving processes (prometheus-client's multiprocess mode) they are summed as well."""
+    if registry in _state.metrics:
+        return
+    on = Gauge(
+        "satellite_zero_copy",
+        "1 while blob bodies go out with sendfile (the ASGI zero-copy extension is installed)",
+        multiprocess_mode="livemin",
+        registry=registry,
+    )
+    sent = Counter(
+        "satellite_sendfile_bytes",
+        "Body bytes sent with sendfile instead of through Python",
+        registry=registry,
+    )
+    _state.metrics[registry] = (on, sent)
+    _state.show()

@@ -6,8 +6,6 @@ never collide on the global one.
 Served by several processes (appliance/workers.py, PROMETHEUS_MULTIPROC_DIR set before
 the metrics are made), the counters and histograms are summed over every process, live
 or gone, and each gauge says how its processes' values combine (``multiprocess_mode``).
-``process`` holds collectors that read one process's own state at each scrape; with
-several processes the scraped one answers for itself there.
 """
 
 from __future__ import annotations
@@ -24,7 +22,6 @@ __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.process = CollectorRegistry()
         r = self.registry
         self.cache_hits = Counter(
             "satellite_cache_hits", "Requests answered from the local store", ["kind"], registry=r
@@ -123,5 +120,5 @@ class Metrics:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             every = CollectorRegistry()
             MultiProcessCollector(every)  # type: ignore[no-untyped-call]
-            return generate_latest(every) + generate_latest(self.process)
-        return generate_latest(self.registry) + generate_latest(self.process)
+            return generate_latest(every)
+        return generate_latest(self.registry)

@@ -82,6 +82,32 @@ def test_keep_alive_connection_serves_many_zero_copy_responses(
     assert satellite.metric("satellite_sendfile_bytes_total") == 3 * len(data) + ranges
 
 
+def test_with_several_workers_the_sendfile_bytes_of_all_are_shown(
+    satellite_factory: SatelliteFactory,
+) -> None:
+    """Each worker counts what it sent; /metrics (whichever worker answers it) shows the
+    sum over all of them, like the registry's other counters."""
+    sat = satellite_factory(workers=2)
+    data = os.urandom(3 * MIB + 17)
+    digest = sha256_bytes(data)
+    r = httpx.post(f"{sat.url}/v2/zc/blobs/uploads/?digest={digest}", content=data, timeout=60)
+    assert r.status_code == 201
+
+    def senders() -> list[float]:
+        return [n for n in sat.counter_by_pid("satellite_sendfile_bytes").values() if n]
+
+    downloads = 0
+    # each download on a new connection, until both workers have sent the blob
+    while len(senders()) < 2 and downloads < 40:
+        assert httpx.get(f"{sat.url}/v2/zc/blobs/{digest}", timeout=30).content == data
+        downloads += 1
+    assert len(senders()) == 2, "every connection went to the same worker"
+    assert sum(senders()) == downloads * len(data)
+    for _ in range(4):  # the scrapes, too, reach either worker
+        assert sat.metric("satellite_sendfile_bytes_total") == downloads * len(data)
+        assert sat.metric("satellite_zero_copy") == 1
+
+
 def test_clients_leaving_mid_transfer_do_not_hurt_the_server(
     satellite: SatelliteProcess, blob: tuple[bytes, str]
 ) -> None:
