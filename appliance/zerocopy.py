@@ -10,13 +10,12 @@ exactly this; hypercorn does not implement it, so this module adds it:
 - ``ZeroCopyH11Protocol`` lets h11 frame the body (Content-Length accounting, chunk
   headers) around a placeholder of the right length, and forwards the file part as a
   ``RawFile`` event;
-- ``ZeroCopyTCPServer`` writes a ``RawFile`` with ``loop.sendfile`` (os.sendfile on a
-  plain socket; asyncio falls back to reads for TLS), at most ``SENDFILE_MAX_CHUNK`` bytes
-  per call with a turn of the event loop in between. Against a fast reader one call can
-  otherwise move a whole GiB in one system call, holding every other connection up for
-  its duration (nginx bounds its calls for the same reason: ``sendfile_max_chunk``, 2 MiB).
-  On this machine 16 MiB pieces were as fast as unbounded calls or faster, and 2 MiB
-  pieces a little slower (docs/benchmarks.md).
+- ``ZeroCopyTCPServer`` writes a ``RawFile`` with ``os.sendfile`` on a plain socket
+  (``_FileSender``; anything else, such as TLS, goes through ``loop.sendfile``, which
+  falls back to reads), at most ``SENDFILE_MAX_CHUNK`` bytes per call and one call per
+  turn of the event loop. Against a fast reader one call can otherwise move a whole GiB
+  in one system call, holding every other connection up for its duration (nginx bounds
+  its calls for the same reason: ``sendfile_max_chunk``, 2 MiB).
 
 ``ZeroCopyTCPServer`` also keeps hypercorn's keep-alive idle timeout (a connection with no
 request in flight is closed after ``keep_alive_timeout`` s, and at once when the server
@@ -36,6 +35,7 @@ the registry's other counters. docs/satellite.md says what replacing the patch w
 from __future__ import annotations
 
 import asyncio
+import asyncio.selector_events
 import logging
 import os
 import weakref
@@ -234,6 +234,61 @@ class _IdleTimer(AsyncioSingleTask):
             self.closing = self.task_group._task_group.create_task(close)
 
 
+# asyncio's transport of a plain socket (the one whose fd a writer may take over)
+_PLAIN_TRANSPORT: Any = getattr(asyncio.selector_events, "_SelectorSocketTransport", ())
+
+
+class _FileSender:
+    """Sends a file's range on a non-blocking socket: one ``sendfile`` call each time the
+    socket is writable, made by the writer callback itself, which stays registered until
+    the range is sent (``loop.sendfile`` removes and adds its writer and resumes a
+    coroutine around every call: CPU per call, and a slow reader means many calls)."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, sock: int, file: int, offset: int, count: int
+    ) -> None:
+        self.loop: Any = loop  # a selector loop: its _add_writer skips the transport check
+        self.sock = sock
+        self.file = file
+        self.offset = offset
+        self.end = offset + count
+        self.done: asyncio.Future[None] = loop.create_future()
+
+    async def run(self) -> None:
+        start = self.offset
+        self.loop._add_writer(self.sock, self._write)
+        try:
+            await self.done
+        finally:
+            if not self.done.done():  # cancelled
+                self.loop._remove_writer(self.sock)
+            _state.count(self.offset - start)  # once: a metric's update costs system calls
+
+    def _write(self) -> None:
+        try:
+            count = min(SENDFILE_MAX_CHUNK, self.end - self.offset)
+            sent = os.sendfile(self.sock, self.file, self.offset, count)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._finish(exc)
+            return
+        if sent == 0:
+            self._finish(ConnectionError("the file ended before the response did"))
+            return
+        self.offset += sent
+        if self.offset >= self.end:
+            self._finish(None)
+
+    def _finish(self, error: OSError | None) -> None:
+        # at once, in this callback: the socket may be closed before the sender resumes
+        self.loop._remove_writer(self.sock)
+        if error is None:
+            self.done.set_result(None)
+        else:
+            self.done.set_exception(error)
+
+
 class ZeroCopyTCPServer(TCPServer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -246,18 +301,38 @@ class ZeroCopyTCPServer(TCPServer):
         async with self.send_lock:
             try:
                 await self.writer.drain()
-                offset, end = event.offset, event.offset + event.count
-                while offset < end:
-                    count = min(SENDFILE_MAX_CHUNK, end - offset)
-                    sent = await self.loop.sendfile(
-                        self.writer.transport, event.file, offset, count
-                    )
-                    _state.count(sent)
-                    offset += count
-                    if offset < end:
-                        await asyncio.sleep(0)  # the other connections' turn
+                transport = self.writer.transport
+                if (
+                    isinstance(transport, _PLAIN_TRANSPORT)
+                    and hasattr(self.loop, "_add_writer")
+                    and transport.get_write_buffer_size() == 0
+                ):
+                    await self._send_file(transport, event)
+                else:  # TLS, another loop, or headers still queued: asyncio's way
+                    await self._send_file_by_loop(event)
             except (ConnectionError, RuntimeError):
                 await self.protocol.handle(Closed())
+
+    async def _send_file(self, transport: asyncio.Transport, event: RawFile) -> None:
+        # reading paused: the transport must not close the socket under the writer
+        reading = transport.is_reading()
+        transport.pause_reading()
+        try:
+            sock = transport.get_extra_info("socket").fileno()
+            await _FileSender(self.loop, sock, event.file.fileno(), event.offset, event.count).run()
+        finally:
+            if reading and not transport.is_closing():
+                transport.resume_reading()
+
+    async def _send_file_by_loop(self, event: RawFile) -> None:
+        offset, end = event.offset, event.offset + event.count
+        while offset < end:
+            count = min(SENDFILE_MAX_CHUNK, end - offset)
+            sent = await self.loop.sendfile(self.writer.transport, event.file, offset, count)
+            _state.count(sent)
+            offset += count
+            if offset < end:
+                await asyncio.sleep(0)  # the other connections' turn
 
 
 # the names hypercorn looks its classes up by when it accepts a connection

@@ -108,6 +108,44 @@ def test_with_several_workers_the_sendfile_bytes_of_all_are_shown(
         assert sat.metric("satellite_zero_copy") == 1
 
 
+def test_slow_readers_at_once_each_get_their_exact_bytes(
+    satellite: SatelliteProcess, blob: tuple[bytes, str]
+) -> None:
+    """Clients with small receive buffers that read a little at a time: each sendfile
+    call moves only what a socket took since the last, many calls per response."""
+    data, digest = blob
+    request = f"GET /v2/zc/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    bodies: list[bytes] = []
+
+    def download() -> None:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            s.settimeout(30)
+            s.connect(("127.0.0.1", satellite.port))
+            s.sendall(request)
+            received = bytearray()
+            while b"\r\n\r\n" not in received:
+                received += s.recv(16 * 1024)
+            head, _, body = bytes(received).partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200")
+            got = bytearray(body)
+            while len(got) < len(data):
+                chunk = s.recv(16 * 1024)
+                assert chunk, "the connection ended early"
+                got += chunk
+            bodies.append(bytes(got))
+
+    threads = [threading.Thread(target=download) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads)
+    assert len(bodies) == 4
+    assert all(body == data for body in bodies)
+    assert satellite.metric("satellite_sendfile_bytes_total") == 4 * len(data)
+
+
 def test_clients_leaving_mid_transfer_do_not_hurt_the_server(
     satellite: SatelliteProcess, blob: tuple[bytes, str]
 ) -> None:
