@@ -162,9 +162,11 @@ class BlobFill:
         fd = -1
         size_path = self.store.layout.fill_size(self.digest)
         try:
-            fd = await asyncio.to_thread(os.open, self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            # on the loop: creating a file is quick, and a cold blob's first byte waits
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             hasher = self.digest.hasher()
-            self.written = await asyncio.to_thread(_rehash, fd, hasher)
+            if os.fstat(fd).st_size:  # what a cut transfer left, to resume from
+                self.written = await asyncio.to_thread(_rehash, fd, hasher)
             if self.written:
                 self.metrics.resumes.labels(self.client.name).inc()
                 log.info(

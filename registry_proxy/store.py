@@ -350,6 +350,8 @@ class ContentStore:
     async def mount_blob(self, repo: str, digest: Digest, from_repo: str | None) -> bool:
         """Links an existing blob into `repo`. Without `from_repo`, any repository's copy
         will do (content addressing makes that safe)."""
+        if self.blobs.size(digest) is None:
+            return False  # no file, nothing to link (and no database round trip)
         async with self._digest_lock(digest):  # not evicted between the check and the link
             size = (
                 await self.meta.blob_size(from_repo, digest)
@@ -374,10 +376,16 @@ class ContentStore:
         return await self.open_blob(target.repo, digest), None
 
     async def open_blob(self, repo: str, digest: Digest) -> OpenBlob:
-        size = await self.blob_size(repo, digest)
+        # the file first: a blob that is not here at all (a pull-through miss) costs no
+        # database round trip
         fd = self.blobs.open(digest)
         if fd is None:
             raise RegistryError("BLOB_UNKNOWN", f"blob {digest} is not in {repo}")
+        try:
+            size = await self.blob_size(repo, digest)
+        except BaseException:
+            os.close(fd)
+            raise
         self.meta.touch(digest)
         self._in_use[digest] += 1
         return OpenBlob(fd, size, digest, self)
