@@ -4,6 +4,8 @@ fetched again after the upstream refuses the old ones, without a restart."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -24,29 +26,49 @@ def pulls(skopeo: Skopeo, ref: str) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def central_registry(
+    fleet: Fleet, tmp_path: Path, image_layout: GeneratedLayout, skopeo: Skopeo
+) -> Iterator[UpstreamRegistry]:
+    """A registry behind a password holding library/app:v1 and :v2, whose credential
+    Ground Control hands out."""
+    central = UpstreamRegistry(tmp_path / "central", auth=("robot", "first")).start()
+    try:
+        for tag in ("v1", "v2"):
+            skopeo.copy(
+                image_layout.oci("app:v1"),
+                f"docker://{central.host}/library/app:{tag}",
+                dest_creds=("robot", "first"),
+            )
+        set_credential(fleet, central, "first")
+        yield central
+    finally:
+        central.stop()
+
+
+def set_credential(fleet: Fleet, central: UpstreamRegistry, password: str) -> None:
+    fleet.api(
+        "PUT",
+        f"/api/v1/upstream-credentials/{central.host}",
+        {"username": "robot", "password": password},
+    )
+
+
+def rotate_password(fleet: Fleet, central: UpstreamRegistry) -> None:
+    """The registry's password changes, and Ground Control's credential with it."""
+    central.stop()
+    central.auth = ("robot", "second")
+    central.start()
+    set_credential(fleet, central, "second")
+
+
 @pytest.mark.parametrize("workers", [1, 2], ids=["1-worker", "2-workers"])
 def test_signed_upstream_and_rotated_credentials(
     fleet: Fleet, tmp_path: Path, image_layout: GeneratedLayout, skopeo: Skopeo, workers: int
 ) -> None:
     """With two serving processes the agent runs in one; the other applies the signed
     upstream and the credentials it stored, so that pulls through either work."""
-    central = UpstreamRegistry(tmp_path / "central", auth=("robot", "first")).start()
-    try:
-        skopeo.copy(
-            image_layout.oci("app:v1"),
-            f"docker://{central.host}/library/app:v1",
-            dest_creds=("robot", "first"),
-        )
-        skopeo.copy(
-            image_layout.oci("app:v1"),
-            f"docker://{central.host}/library/app:v2",
-            dest_creds=("robot", "first"),
-        )
-        fleet.api(
-            "PUT",
-            f"/api/v1/upstream-credentials/{central.host}",
-            {"username": "robot", "password": "first"},
-        )
+    with central_registry(fleet, tmp_path, image_layout, skopeo) as central:
         upstreams = [{"name": central.host, "url": central.url, "default": True}]
         token = fleet.create_satellite("shop-c", "shops", {"upstreams": upstreams})
         sat = fleet.satellite("shop-c", push=False, workers=workers)
@@ -64,15 +86,7 @@ def test_signed_upstream_and_rotated_credentials(
                 interval=0.5,
                 what="pulls through the signed upstream",
             )
-            # the registry's password is rotated, and Ground Control's with it
-            central.stop()
-            central.auth = ("robot", "second")
-            central.start()
-            fleet.api(
-                "PUT",
-                f"/api/v1/upstream-credentials/{central.host}",
-                {"username": "robot", "password": "second"},
-            )
+            rotate_password(fleet, central)
             # the first pull after the rotation is refused upstream (401), which makes the
             # satellite fetch its credentials again; a later pull goes through
             wait_until(
@@ -88,8 +102,6 @@ def test_signed_upstream_and_rotated_credentials(
             )
         log = sat.log_path.read_text()
         assert "refused our credentials" in log
-    finally:
-        central.stop()
 
 
 def test_a_local_budget_wins_over_the_signed_one(fleet: Fleet) -> None:
@@ -132,19 +144,7 @@ def test_a_refusal_seen_by_a_worker_without_the_agent_refreshes_the_credentials(
 ) -> None:
     """Only the primary process runs the fleet agent: an upstream's 401 that another
     serving process sees must still make the agent fetch the rotated credentials."""
-    central = UpstreamRegistry(tmp_path / "central", auth=("robot", "first")).start()
-    try:
-        for tag in ("v1", "v2"):
-            skopeo.copy(
-                image_layout.oci("app:v1"),
-                f"docker://{central.host}/library/app:{tag}",
-                dest_creds=("robot", "first"),
-            )
-        fleet.api(
-            "PUT",
-            f"/api/v1/upstream-credentials/{central.host}",
-            {"username": "robot", "password": "first"},
-        )
+    with central_registry(fleet, tmp_path, image_layout, skopeo) as central:
         upstreams = [{"name": central.host, "url": central.url, "default": True}]
         token = fleet.create_satellite("shop-e", "shops", {"upstreams": upstreams})
         sat = fleet.satellite("shop-e", push=False, workers=2)
@@ -174,14 +174,7 @@ def test_a_refusal_seen_by_a_worker_without_the_agent_refreshes_the_credentials(
                 client.close()
             assert worker is not None, "every connection went to the agent's process"
             try:
-                central.stop()
-                central.auth = ("robot", "second")
-                central.start()
-                fleet.api(
-                    "PUT",
-                    f"/api/v1/upstream-credentials/{central.host}",
-                    {"username": "robot", "password": "second"},
-                )
+                rotate_password(fleet, central)
                 assert worker.get("/v2/library/app/manifests/v2").status_code != 200
                 wait_until(
                     lambda: worker.get("/v2/library/app/manifests/v2").status_code == 200,
@@ -196,5 +189,3 @@ def test_a_refusal_seen_by_a_worker_without_the_agent_refreshes_the_credentials(
             finally:
                 worker.close()
         assert "the agent's process asks again" in sat.log_path.read_text()
-    finally:
-        central.stop()
