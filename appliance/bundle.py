@@ -52,10 +52,11 @@ from groundcontrol.contract.bundle import (
 from registry_proxy.digest import Digest
 from registry_proxy.durable import atomic_write
 from registry_proxy.errors import RegistryError
-from registry_proxy.manifest import MAX_MANIFEST_BYTES
-from registry_proxy.ocilayout import Node, blob_path, walk
+from registry_proxy.manifest import MAX_MANIFEST_BYTES, Descriptor, parse_manifest
+from registry_proxy.ocilayout import INDEX_FILE, Node, blob_path, read_index, ref_name, walk
 from registry_proxy.platforms import PlatformMissing
 from registry_proxy.progress import TransferProgress
+from registry_proxy.referrers import is_referrer_tag
 from registry_proxy.routing import Router
 from registry_proxy.store import ContentStore
 
@@ -87,6 +88,7 @@ class ImportResult:
     blobs_present: int = 0
     bytes_imported: int = 0
     manifests: int = 0
+    referrers: int = 0
     missing: list[str] = field(default_factory=list)
     acked: int = 0
     message: str = ""
@@ -193,12 +195,38 @@ class _Importer:
     async def image(self, repository: str, image: ImageDescriptor) -> bool:
         """Every blob of one image (of the platforms it keeps) into the store; True when
         nothing is missing."""
-        complete = True
         digest = Digest.parse(image.digest)
+        return await self.content(repository, digest, image.media_type, image.size, image.platforms)
+
+    async def referrer(
+        self, repository: str, entry: Descriptor, tag: str | None, subjects: frozenset[Digest]
+    ) -> bool:
+        """A manifest the bundle's index names beside the images, taken when it refers to
+        one of ``subjects`` (this repository's imported manifests): by its tag (the
+        referrers tag schema's, cosign's) or by its ``subject``. False: not taken."""
+        if tag is not None:
+            if not is_referrer_tag(tag, subjects):
+                return False
+        else:
+            try:
+                manifest = parse_manifest(await self.fetch(repository, entry.digest), None)
+            except (_Missing, RegistryError):
+                return False
+            if manifest.subject is None or manifest.subject.digest not in subjects:
+                return False
+        return await self.content(repository, entry.digest, entry.media_type, entry.size, ())
+
+    async def content(
+        self,
+        repository: str,
+        digest: Digest,
+        media_type: str,
+        size: int,
+        platforms: tuple[str, ...],
+    ) -> bool:
+        complete = True
         try:
-            async for node in walk(
-                repository, digest, image.media_type, image.size, self.fetch, image.platforms
-            ):
+            async for node in walk(repository, digest, media_type, size, self.fetch, platforms):
                 if node.is_manifest:
                     body = await self.fetch(repository, node.digest)
                     self.manifests[node.digest] = (repository, body, node.media_type)
@@ -280,12 +308,12 @@ async def import_bundle(
         sizes = _blob_files_bytes if directory is not None else _parts_bytes
         progress.expect(await asyncio.to_thread(sizes, root))
     if directory is not None:
-        roots, envelope, acks = directory
+        roots, envelope, acks, index = directory
         doc, newer, current = check_state(trust, roots, envelope, moment)
         blobs_root = root
     else:
         signed = await _stream_tar(root, store, trust, moment, counts, progress)
-        doc, newer, current, envelope, acks = signed
+        doc, newer, current, envelope, acks, index = signed
         blobs_root = root.with_name(f".{root.name}.no-such-dir")  # all is in the store now
     result = ImportResult("current" if current else "applied", doc.version)
     result.blobs_imported, result.bytes_imported = counts.blobs_imported, counts.bytes_imported
@@ -297,6 +325,18 @@ async def import_bundle(
         repo = router.route(image.repository).repo  # where serving looks for it
         if await importer.image(repo, image):
             complete.append((repo, image))
+    # what refers to those images (signatures, SBOMs, attestations), named beside them in
+    # the bundle's index, with the tags that name it
+    subjects: dict[str, set[Digest]] = {}
+    for digest, (repo, _, _) in importer.manifests.items():
+        subjects.setdefault(repo, set()).add(digest)
+    tags: list[tuple[str, str, Digest]] = []
+    for repository, entry, tag in referrer_entries(index, doc.images):
+        repo = router.route(repository).repo
+        if await importer.referrer(repo, entry, tag, frozenset(subjects.get(repo, ()))):
+            result.referrers += 1
+            if tag is not None:
+                tags.append((repo, tag, entry.digest))
     if counts.blobs_imported:  # counted once: found in the store by the walk
         result.blobs_present -= counts.blobs_imported
     if result.missing:
@@ -316,6 +356,8 @@ async def import_bundle(
         for repo, image in complete:
             if image.tag:
                 await store.set_tag(repo, image.tag, Digest.parse(image.digest))
+        for repo, tag, digest in tags:
+            await store.set_tag(repo, tag, digest)
         if not current:
             outcome, message = await hand_over(newer, envelope)
             if outcome not in ("accepted", "current"):
@@ -329,13 +371,53 @@ async def import_bundle(
 MAX_ACKS = 16 * 1024 * 1024
 
 
-def _read_directory(root: Path) -> tuple[list[tuple[int, bytes]], bytes, bytes | None] | None:
-    """A bundle directory's signed files and ack list; None when ``root`` is a file."""
+def _read_directory(
+    root: Path,
+) -> tuple[list[tuple[int, bytes]], bytes, bytes | None, bytes | None] | None:
+    """A bundle directory's signed files, ack list and index; None when ``root`` is a
+    file."""
     if not root.is_dir():
         return None
     roots, envelope = read_signed(root)
-    acks = root / ACKS_FILE
-    return roots, envelope, _read_small(acks, MAX_ACKS) if acks.is_file() else None
+    acks, index = root / ACKS_FILE, root / INDEX_FILE
+    return (
+        roots,
+        envelope,
+        _read_small(acks, MAX_ACKS) if acks.is_file() else None,
+        _read_small(index, MAX_MANIFEST_BYTES) if index.is_file() else None,
+    )
+
+
+def referrer_entries(
+    index: bytes | None, images: tuple[ImageDescriptor, ...]
+) -> list[tuple[str, Descriptor, str | None]]:
+    """Pure: the entries of a bundle's ``index.json`` beside the state's images, as
+    (the state's repository, descriptor, tag or None): ``repository:tag`` or
+    ``repository@digest`` of a repository the state names. Whether each refers to an
+    image is for the import to check; a damaged index carries none (the images do not
+    depend on it)."""
+    if index is None:
+        return []
+    try:
+        named = read_index(index)
+    except RegistryError:
+        log.warning("the bundle's %s is damaged: no referrers imported", INDEX_FILE)
+        return []
+    own = {ref_name(i.repository, i.tag, i.digest) for i in images}
+    repositories = sorted({i.repository for i in images}, key=len, reverse=True)
+    out: list[tuple[str, Descriptor, str | None]] = []
+    for name, entry in named:
+        if name in own:
+            continue
+        for repository in repositories:
+            rest = name[len(repository) :] if name.startswith(repository) else ""
+            if rest.startswith(":") and len(rest) > 1:
+                out.append((repository, entry, rest[1:]))
+                break
+            if rest == f"@{entry.digest}":
+                out.append((repository, entry, None))
+                break
+    return out
 
 
 _SIGNED_CAPS = {STATE_FILE: 8 * 1024 * 1024, ACKS_FILE: MAX_ACKS}
@@ -418,11 +500,12 @@ async def _stream_tar(
     now: datetime,
     counts: ImportResult,
     progress: TransferProgress | None,
-) -> tuple[StateDocument, list[bytes], bool, bytes, bytes | None]:
+) -> tuple[StateDocument, list[bytes], bool, bytes, bytes | None, bytes | None]:
     """Read a tar bundle once, in order: the signed files (which come first) are checked
     before any blob is read, then each blob streams into the store, verified."""
     stream = tarfile.open(fileobj=_Parts(part_files(path)), mode="r|")  # noqa: SIM115
     signed: dict[str, bytes] = {}
+    index: bytes | None = None
     checked: tuple[StateDocument, list[bytes], bool] | None = None
 
     def check() -> tuple[StateDocument, list[bytes], bool]:
@@ -449,6 +532,11 @@ async def _stream_tar(
                     assert reader is not None
                     signed[member.name] = await asyncio.to_thread(reader.read)
                     continue
+                if member.name == INDEX_FILE and member.size <= MAX_MANIFEST_BYTES:
+                    reader = stream.extractfile(member)
+                    assert reader is not None
+                    index = await asyncio.to_thread(reader.read)
+                    continue
                 digest = _blob_member(member.name)
                 if digest is None:
                     continue
@@ -464,7 +552,7 @@ async def _stream_tar(
         raise BundleError(f"{path}: truncated or damaged tar ({exc})") from None
     if checked is None:
         checked = check()
-    return (*checked, signed[STATE_FILE], signed.get(ACKS_FILE))
+    return (*checked, signed[STATE_FILE], signed.get(ACKS_FILE), index)
 
 
 async def _tar_blob(

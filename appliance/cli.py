@@ -297,7 +297,8 @@ def _bundle_import(config: Config, args: argparse.Namespace) -> int:
         print(
             f"{outcome}: state version {result['state_version']}; {result['blobs_imported']}"
             f" blob(s) imported ({result['bytes_imported']} bytes), {result['blobs_present']}"
-            f" already present; {result['acked']} check-in(s) acknowledged"
+            f" already present; {result['referrers']} referrer(s);"
+            f" {result['acked']} check-in(s) acknowledged"
         )
         return 0
     if outcome == "incomplete":

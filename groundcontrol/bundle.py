@@ -17,6 +17,7 @@ next delta export.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import os
@@ -44,6 +45,7 @@ from groundcontrol.services import Services
 from registry_proxy.digest import Digest
 from registry_proxy.durable import atomic_write, fsync_dir, publish
 from registry_proxy.errors import RegistryError
+from registry_proxy.manifest import Manifest, parse_manifest
 from registry_proxy.ocilayout import (
     INDEX_FILE,
     LAYOUT_FILE,
@@ -56,6 +58,7 @@ from registry_proxy.ocilayout import (
 )
 from registry_proxy.platforms import PlatformMissing
 from registry_proxy.progress import TransferProgress
+from registry_proxy.referrers import registry_referrers
 from registry_proxy.upstream import UpstreamClient
 from registry_proxy.upstream import UpstreamError as RegistryClientError
 
@@ -70,6 +73,7 @@ class ExportResult:
     satellite: str
     state_version: int
     images: int = 0
+    referrers: int = 0  # manifests that refer to an image (signatures, SBOMs, …)
     blobs_written: int = 0
     blobs_present: int = 0
     blobs_skipped: int = 0  # held by the satellite (delta)
@@ -140,33 +144,56 @@ async def export_bundle(
             sink.put_manifest(digest, body)
         return body
 
+    async def read_manifest(repository: str, digest: Digest) -> Manifest:
+        return parse_manifest(await fetch(repository, digest), None)
+
+    entries: dict[str, tuple[str, str, str, int]] = {}
+    to_copy: list[Node] = []  # walked first: the progress line knows the total
+
+    async def carry(
+        repository: str, digest: Digest, media_type: str, size: int, platforms: tuple[str, ...]
+    ) -> list[Digest]:
+        """Walks one image (or referrer) into the bundle; returns its manifests."""
+        manifests = []
+        async for node in walk(repository, digest, media_type, size, fetch, platforms):
+            if node.is_manifest:  # written by fetch
+                manifests.append(node.digest)
+                continue
+            if node.digest in written:
+                continue
+            written.add(node.digest)
+            if str(node.digest) in held:
+                result.blobs_skipped += 1
+            elif sink.has(node.digest, node.size):
+                result.blobs_present += 1
+            else:
+                to_copy.append(node)
+        return manifests
+
+    def entry(name: str, digest: Digest, media_type: str, size: int) -> None:
+        entries.setdefault(name, (name, str(digest), media_type, size))
+
     try:
-        entries = []
-        to_copy: list[Node] = []  # walked first: the progress line knows the total
         for image in doc.images:
             digest = Digest.parse(image.digest)
-            async for node in walk(
-                image.repository, digest, image.media_type, image.size, fetch, image.platforms
-            ):
-                if node.digest in written or node.is_manifest:  # manifests: written by fetch
-                    continue
-                written.add(node.digest)
-                if str(node.digest) in held:
-                    result.blobs_skipped += 1
-                    continue
-                if sink.has(node.digest, node.size):
-                    result.blobs_present += 1
-                    continue
-                to_copy.append(node)
-            entries.append(
-                (
-                    ref_name(image.repository, image.tag, image.digest),
-                    image.digest,
-                    image.media_type,
-                    image.size,
-                )
+            subjects = await carry(
+                image.repository, digest, image.media_type, image.size, image.platforms
             )
+            name = ref_name(image.repository, image.tag, image.digest)
+            entry(name, digest, image.media_type, image.size)
             result.images += 1
+            # what refers to the image or a kept child (signatures, SBOMs, attestations),
+            # with the tags that name it, so that a check of them works offline
+            for subject in subjects:
+                reader = functools.partial(read_manifest, image.repository)
+                found = await registry_referrers(client, image.repository, subject, reader)
+                for referrer in found:
+                    body = await fetch(image.repository, referrer.digest)
+                    kind = parse_manifest(body, None).media_type
+                    await carry(image.repository, referrer.digest, kind, len(body), ())
+                    name = ref_name(image.repository, referrer.tag, str(referrer.digest))
+                    result.referrers += name not in entries
+                    entry(name, referrer.digest, kind, len(body))
         if progress is not None:
             progress.expect(sum(node.size for node in to_copy))
         for node in to_copy:
@@ -175,7 +202,7 @@ async def export_bundle(
                     node.digest, node.size, blob.chunks(), progress
                 )
             result.blobs_written += 1
-        sink.finish(index_document(entries), signed)
+        sink.finish(index_document(list(entries.values())), signed)
         if progress is not None:
             progress.complete()
     except RegistryClientError as exc:

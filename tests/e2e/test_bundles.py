@@ -22,6 +22,9 @@ import httpx
 import pytest
 
 from groundcontrol.contract import Envelope, StateDocument, generate_key, sign_state
+from registry_proxy.digest import Digest
+from registry_proxy.referrers import referrer_tags
+from tests.support.artifacts import attach, sbom_by_digest
 from tests.support.containerd import Containerd
 from tests.support.fleet import Fleet, run_satellite_cli, state_version, status, wait_until
 from tests.support.groundcontrol import groundcontrol_env
@@ -500,3 +503,80 @@ def _outbox_seqs(site: Site) -> list[int]:
 
 def _outbox_events(site: Site) -> list[dict[str, Any]]:
     return [event for checkin in _outbox(site) for event in checkin.get("events", [])]
+
+
+def test_bundles_carry_referrers_and_a_delta_carries_a_new_one(
+    site: Site, skopeo: Skopeo, tmp_path: Path, image_layout: GeneratedLayout
+) -> None:
+    """The central docker-registry has no referrers API: the tag schema's index (an SBOM),
+    cosign's ``.sig`` tag and later an ``.att`` tag name what refers to app:v1."""
+    app = image_layout.app
+    attached = attach(site.central, "library/app", app)
+    tags = referrer_tags(Digest.parse(app.digest))
+    schema_tag, sig_tag, att_tag = tags[0], tags[1], tags[2]
+    with httpx.Client(base_url=site.central.url, timeout=30) as c:
+        signature = c.get(
+            f"/v2/library/app/manifests/{attached['signature']}",
+            headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+        ).content
+    bundle = tmp_path / "b1"
+    first = site.export("site-a", bundle)
+    assert first["referrers"] == 3  # the schema's index, the SBOM it lists, the signature
+    names = {
+        m["annotations"]["org.opencontainers.image.ref.name"]
+        for m in json.loads((bundle / "index.json").read_bytes())["manifests"]
+    }
+    assert names == {
+        "library/app:v1",
+        f"library/app:{schema_tag}",
+        f"library/app:{sig_tag}",
+        f"library/app@{attached['sbom']}",
+    }
+    # standard tools read them from the layout, bytes as signed
+    assert skopeo.inspect_raw(f"oci:{bundle}:library/app:{sig_tag}") == signature
+    code, out = site.bundle_import(bundle)
+    assert code == 0 and "3 referrer(s)" in out, out
+
+    # an attestation added after the export: a delta bundle leaves out what the satellite
+    # holds (the image, the signature) and carries the attestation
+    with httpx.Client(base_url=site.central.url, timeout=30) as c:
+        added = sbom_by_digest(c, "library/app", app, b'{"predicate": "later"}', tag=att_tag)
+    stick = tmp_path / "reports"
+    run_satellite_cli("reports", "export", str(stick), "--data-dir", str(site.sat.data_dir))
+    delta = tmp_path / "b2"
+    inventory = stick / "site-a" / "inventory.json"
+    second = site.export("site-a", delta, "--since-inventory", str(inventory))
+    assert second["referrers"] == 4
+    assert second["blobs_written"] == 1  # the attestation's layer; its config is held
+    written = {p.name for p in (delta / "blobs" / "sha256").iterdir()}
+    assert Digest.parse(added["layer"]).encoded in written
+    assert Digest.parse(attached["signature_layer"]).encoded not in written
+
+    site.central.stop()
+    with site.sat:
+        wait_until(lambda: status(site.sat)["running"], what="daemon")
+        code, out = site.bundle_import(delta)
+        assert code == 0 and out.startswith("current:") and "4 referrer(s)" in out, out
+        with httpx.Client(base_url=site.sat.url, timeout=30) as c:
+            listed = c.get(f"/v2/library/app/referrers/{app.digest}")
+            assert listed.status_code == 200, listed.text
+            assert {m["digest"] for m in listed.json()["manifests"]} == {
+                attached["sbom"],
+                added["manifest"],
+            }
+            for tag, digest in ((sig_tag, attached["signature"]), (att_tag, added["manifest"])):
+                answer = c.get(
+                    f"/v2/library/app/manifests/{tag}",
+                    headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+                )
+                assert answer.status_code == 200, answer.text
+                assert answer.headers["docker-content-digest"] == digest
+            served = c.get(
+                f"/v2/library/app/manifests/{sig_tag}",
+                headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+            )
+            assert served.content == signature  # byte-identical, offline
+            blob = c.get(f"/v2/library/app/blobs/{attached['signature_layer']}")
+            assert blob.status_code == 200 and Digest.of(blob.content) == Digest.parse(
+                attached["signature_layer"]
+            )
