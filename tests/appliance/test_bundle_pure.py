@@ -8,13 +8,22 @@ import json
 
 import pytest
 
-from appliance.bundle import BundleError, check_state
-from groundcontrol.contract import MalformedDocument, TrustedState, sign_root, sign_state
+from appliance.bundle import BundleError, check_state, referrer_entries
+from groundcontrol.contract import (
+    ImageDescriptor,
+    MalformedDocument,
+    TrustedState,
+    sign_root,
+    sign_state,
+)
 from groundcontrol.contract.bundle import Acks, Inventory, checkins_body
 from registry_proxy.digest import Digest
 from registry_proxy.ocilayout import index_document, walk
+from registry_proxy.referrers import is_referrer_tag, referrer_tags
 from tests.groundcontrol.test_contract import NOW, SAT, make_root, make_state
 from tests.groundcontrol.test_contract_trusted import ROOT_KEYS, STATE_KEYS, root_bytes, state_bytes
+
+MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
 
 def test_acks_round_trip_and_cover() -> None:
@@ -142,3 +151,37 @@ def test_walk_yields_children_before_parents() -> None:
     ]
     named = json.loads(index_document([("r:v1", str(Digest.of(index)), "x", 1)]))
     assert named["manifests"][0]["annotations"] == {"org.opencontainers.image.ref.name": "r:v1"}
+
+
+def test_referrer_entries_are_the_named_entries_beside_the_images() -> None:
+    image = ImageDescriptor("library/app", "v1", str(Digest.of(b"app")), MANIFEST, 3)
+    other = ImageDescriptor("library/app2", None, str(Digest.of(b"app2")), MANIFEST, 4)
+    sig, sbom, stray = Digest.of(b"sig"), Digest.of(b"sbom"), Digest.of(b"stray")
+    tag = referrer_tags(Digest.parse(image.digest))[1]
+    index = index_document(
+        [
+            ("library/app:v1", image.digest, MANIFEST, 3),
+            (f"library/app2@{other.digest}", other.digest, MANIFEST, 4),
+            (f"library/app:{tag}", str(sig), MANIFEST, 5),
+            (f"library/app2@{sbom}", str(sbom), MANIFEST, 6),
+            (f"library/app@{sig}", str(stray), MANIFEST, 7),  # names another digest
+            (f"elsewhere/app:{tag}", str(stray), MANIFEST, 7),  # a repository not named
+            ("library/app:", str(stray), MANIFEST, 7),
+        ]
+    )
+    found = referrer_entries(index, (image, other))
+    assert [(r, str(d.digest), t) for r, d, t in found] == [
+        ("library/app", str(sig), tag),
+        ("library/app2", str(sbom), None),
+    ]
+    assert referrer_entries(None, (image,)) == []
+    assert referrer_entries(b"{not json", (image,)) == []  # the images do not depend on it
+
+
+def test_referrer_tags_are_the_schema_then_cosign() -> None:
+    digest = Digest.of(b"x")
+    base = f"sha256-{digest.encoded}"
+    assert referrer_tags(digest) == (base, f"{base}.sig", f"{base}.att", f"{base}.sbom")
+    assert is_referrer_tag(f"{base}.att", {digest})
+    assert not is_referrer_tag(f"{base}.att", {Digest.of(b"y")})
+    assert not is_referrer_tag("v1", {digest})
