@@ -18,7 +18,10 @@ verify → persist → act path as a downloaded state, source "bundle"), or, on 
 data dir, the fleet database, where the daemon finds it at start.
 
 The ack list in the bundle removes from the outbox the check-ins Ground Control has
-ingested from an earlier stick.
+ingested from an earlier stick, once it verifies: signed by the state keys of the root the
+state was checked against, for this satellite and the bundle's state version. One that
+does not verify clears nothing (a warning; the state may still apply): a forged list
+would make the satellite forget check-ins Ground Control never got.
 """
 
 from __future__ import annotations
@@ -38,7 +41,14 @@ from typing import TYPE_CHECKING, Any
 
 from appliance.fleetdb import FleetDB
 from appliance.identity import IdentityError, load_identity
-from groundcontrol.contract import ContractError, ImageDescriptor, StateDocument, TrustedState
+from groundcontrol.contract import (
+    ContractError,
+    ImageDescriptor,
+    Root,
+    StateDocument,
+    TrustedState,
+    verify_acks,
+)
 from groundcontrol.contract.bundle import (
     ACKS_FILE,
     CHECKINS_FILE,
@@ -92,6 +102,7 @@ class ImportResult:
     missing: list[str] = field(default_factory=list)
     acked: int = 0
     message: str = ""
+    warning: str = ""  # e.g. an ack list that does not verify (the state may still apply)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -128,23 +139,52 @@ def _read_small(path: Path, cap: int) -> bytes:
     return data
 
 
+@dataclass(frozen=True)
+class Checked:
+    """A bundle's state, verified: the document, the roots newer than the trusted chain,
+    whether it is the state already applied, and the root it was checked against."""
+
+    doc: StateDocument
+    newer: list[bytes]
+    current: bool
+    root: Root
+
+
 def check_state(
     trust: TrustedState, roots: list[tuple[int, bytes]], envelope: bytes, now: datetime
-) -> tuple[StateDocument, list[bytes], bool]:
+) -> Checked:
     """Pure: the state the bundle carries, verified as a state from Ground Control would
-    be, on a copy of ``trust`` (which is left unchanged). Returns the document, the roots
-    newer than the trusted chain, and whether the state is the one already applied."""
+    be, on a copy of ``trust`` (which is left unchanged)."""
     copy = TrustedState.load(trust.satellite, trust.root_chain, trust.state_bytes, trust.version)
     newer = [data for version, data in roots if version > copy.root.version]
     try:
         if copy.is_current(envelope):
             assert copy.state is not None
-            return copy.state, newer, True
+            return Checked(copy.state, newer, True, copy.root)
         if newer:
             copy.update_roots(newer, now)
-        return copy.update_state(envelope, now), newer, False
+        return Checked(copy.update_state(envelope, now), newer, False, copy.root)
     except ContractError as exc:
         raise BundleError(f"state refused: {type(exc).__name__}: {exc}") from None
+
+
+def check_acks(data: bytes | None, checked: Checked, satellite: str) -> Acks | None:
+    """Pure: the bundle's ack list, verified against the root the state was checked
+    against, for this satellite and the bundle's state version; None when there is none.
+    ``BundleError`` (the reason) for one that does not verify: it clears nothing, and the
+    state may still apply."""
+    if data is None:
+        return None
+    try:
+        acks = verify_acks(data, checked.root, satellite)
+    except ContractError as exc:
+        raise BundleError(f"{ACKS_FILE} refused: {type(exc).__name__}: {exc}") from None
+    if acks.state_version != checked.doc.version:
+        raise BundleError(
+            f"{ACKS_FILE} refused: it was sent with state version {acks.state_version},"
+            f" this bundle carries version {checked.doc.version}"
+        )
+    return acks
 
 
 # --- copying content into the store ------------------------------------------------------
@@ -309,13 +349,20 @@ async def import_bundle(
         progress.expect(await asyncio.to_thread(sizes, root))
     if directory is not None:
         roots, envelope, acks, index = directory
-        doc, newer, current = check_state(trust, roots, envelope, moment)
+        checked = check_state(trust, roots, envelope, moment)
         blobs_root = root
     else:
-        signed = await _stream_tar(root, store, trust, moment, counts, progress)
-        doc, newer, current, envelope, acks, index = signed
+        checked, envelope, acks, index = await _stream_tar(
+            root, store, trust, moment, counts, progress
+        )
         blobs_root = root.with_name(f".{root.name}.no-such-dir")  # all is in the store now
+    doc, newer, current = checked.doc, checked.newer, checked.current
     result = ImportResult("current" if current else "applied", doc.version)
+    try:
+        ack_list = check_acks(acks, checked, trust.satellite)
+    except BundleError as exc:
+        ack_list, result.warning = None, f"{exc}; no check-in cleared"
+        log.warning("bundle %s: %s", root, result.warning)
     result.blobs_imported, result.bytes_imported = counts.blobs_imported, counts.bytes_imported
     # a tar's bytes were counted as they streamed; a directory's are counted by the walk
     importer = _Importer(blobs_root, store, progress if directory is not None else None, result)
@@ -362,7 +409,7 @@ async def import_bundle(
             outcome, message = await hand_over(newer, envelope)
             if outcome not in ("accepted", "current"):
                 raise BundleError(f"state version {doc.version} {outcome}: {message}")
-    result.acked = await apply_acks(acks, db, trust.satellite)
+    result.acked = await apply_acks(ack_list, db)
     if progress is not None and not result.missing:
         progress.complete()
     return result
@@ -500,15 +547,15 @@ async def _stream_tar(
     now: datetime,
     counts: ImportResult,
     progress: TransferProgress | None,
-) -> tuple[StateDocument, list[bytes], bool, bytes, bytes | None, bytes | None]:
+) -> tuple[Checked, bytes, bytes | None, bytes | None]:
     """Read a tar bundle once, in order: the signed files (which come first) are checked
     before any blob is read, then each blob streams into the store, verified."""
     stream = tarfile.open(fileobj=_Parts(part_files(path)), mode="r|")  # noqa: SIM115
     signed: dict[str, bytes] = {}
     index: bytes | None = None
-    checked: tuple[StateDocument, list[bytes], bool] | None = None
+    checked: Checked | None = None
 
-    def check() -> tuple[StateDocument, list[bytes], bool]:
+    def check() -> Checked:
         if STATE_FILE not in signed:
             raise BundleError(f"{path}: not a complete bundle ({STATE_FILE} is missing)")
         roots = sorted(
@@ -552,7 +599,7 @@ async def _stream_tar(
         raise BundleError(f"{path}: truncated or damaged tar ({exc})") from None
     if checked is None:
         checked = check()
-    return (*checked, signed[STATE_FILE], signed.get(ACKS_FILE), index)
+    return checked, signed[STATE_FILE], signed.get(ACKS_FILE), index
 
 
 async def _tar_blob(
@@ -598,16 +645,11 @@ def _copy_stream(reader: Any, dst: Path, digest: Digest) -> tuple[Digest, int]:
     return Digest(digest.algorithm, hasher.hexdigest()), done
 
 
-async def apply_acks(data: bytes | None, db: FleetDB, satellite: str) -> int:
-    """Remove from the outbox the check-ins Ground Control says it holds."""
-    if data is None:
+async def apply_acks(acks: Acks | None, db: FleetDB) -> int:
+    """Remove from the outbox the check-ins Ground Control says it holds (``acks``
+    verified by ``check_acks``)."""
+    if acks is None:
         return 0
-    try:
-        acks = Acks.from_bytes(data)
-    except ContractError as exc:
-        raise BundleError(f"{ACKS_FILE}: {exc}") from None
-    if acks.satellite != satellite:
-        raise BundleError(f"{ACKS_FILE}: the acks of {acks.satellite}, not of {satellite}")
     queued = await db.pending(1_000_000)
     covered = [seq for seq, _ in queued if acks.covers(seq)]
     if not covered:

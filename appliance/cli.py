@@ -293,6 +293,8 @@ def _bundle_import(config: Config, args: argparse.Namespace) -> int:
             if progress is not None:
                 progress.close()
     outcome = result.get("outcome")
+    if result.get("warning"):
+        print(f"satellite: warning: {result['warning']}", file=sys.stderr)
     if outcome in ("applied", "current"):
         print(
             f"{outcome}: state version {result['state_version']}; {result['blobs_imported']}"

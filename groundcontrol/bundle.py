@@ -1,7 +1,7 @@
 """USB bundles for air-gapped satellites, and the reports they send back.
 
-``export_bundle`` writes one satellite's current signed state, its root chain, the ack
-list of the check-ins already ingested and every blob and manifest the state names into
+``export_bundle`` writes one satellite's current signed state, its root chain, the
+signed ack list of the check-ins already ingested and every blob and manifest the state names into
 a standard OCI image layout (see ``registry_proxy.ocilayout`` and
 ``groundcontrol.contract.bundle``). Blobs stream from the central registry through the
 one registry client, are hashed as they are written and become visible under their
@@ -30,7 +30,7 @@ from typing import BinaryIO
 
 from groundcontrol import checkins
 from groundcontrol.config import Config
-from groundcontrol.contract import ContractError, TrustedState
+from groundcontrol.contract import ContractError, TrustedState, sign_acks
 from groundcontrol.contract.bundle import (
     ACKS_FILE,
     CHECKINS_FILE,
@@ -107,6 +107,7 @@ async def export_bundle(
         envelope = str(row["envelope"]).encode()
         roots = [(v, await q.root(v)) for v in await q.root_versions()]
         floor, seqs = await q.checkin_seqs(satellite)
+        _root, state_keys = await services.signer.state_keys(q)
     chain = [(v, text.encode()) for v, text in roots if text is not None]
     try:
         # the same checks a satellite makes (bar expiry and version): never ship a state
@@ -120,7 +121,10 @@ async def export_bundle(
     assert doc is not None
     result = ExportResult(satellite, doc.version)
     signed = [(f"{ROOTS_DIR}/{version}.json", data) for version, data in chain]
-    signed.append((ACKS_FILE, Acks(satellite, floor, frozenset(seqs)).to_bytes()))
+    # signed, bound to this satellite and to the bundle's state: a forged list would make
+    # the satellite forget check-ins never received
+    acks = Acks(satellite, floor, frozenset(seqs), doc.version)
+    signed.append((ACKS_FILE, sign_acks(acks, state_keys).to_json()))
     signed.append((STATE_FILE, envelope))  # last: its presence marks a whole bundle
     sink: _Sink
     if tar is None:

@@ -470,9 +470,34 @@ def test_reports_carried_back_and_acknowledged_by_the_next_bundle(
         result = site.export("site-a", delta, "--since-checkins")
         assert result["blobs_skipped"] == 4  # app:v1's config and layers
         assert result["blobs_written"] > 0
+        # the ack list is signed for site-a and this state: a tampered one, or another
+        # satellite's, clears nothing (a warning), while the state still applies
+        acks_file = delta / "satellite" / "acks.json"
+        envelope = json.loads(acks_file.read_bytes())
+        payload = json.loads(base64.b64decode(envelope["payload"]))
+        assert payload["satellite"] == "site-a" and payload["seqs"] == sorted(seqs)
+        payload["through"] = 1_000_000  # would clear every check-in queued
+        envelope["payload"] = base64.b64encode(json.dumps(payload).encode()).decode()
+        tampered = tmp_path / "b2-tampered"
+        shutil.copytree(delta, tampered)
+        (tampered / "satellite" / "acks.json").write_text(json.dumps(envelope))
+        site.fleet.api("POST", "/api/v1/satellites/site-b/publish")
+        site.export("site-b", tmp_path / "b-other")
+        foreign = tmp_path / "b2-foreign"
+        shutil.copytree(delta, foreign)
+        shutil.copy(tmp_path / "b-other" / "satellite" / "acks.json", foreign / "satellite")
+        for bundle, reason in ((tampered, "SignatureError"), (foreign, "WrongSatelliteError")):
+            queued = _outbox_seqs(site)
+            code, out = site.bundle_import(bundle)
+            assert code == 0 and "0 check-in(s) acknowledged" in out, out
+            assert f"satellite: warning: satellite/acks.json refused: {reason}" in out, out
+            assert "no check-in cleared" in out
+            assert set(queued) <= set(_outbox_seqs(site))  # nothing cleared
+        assert state_version(site.sat) == result["state_version"]  # the state applied
         depth_before = status(site.sat)["outbox"]["depth"]
         code, out = site.bundle_import(delta)
-        assert code == 0 and out.startswith("applied:"), out
+        assert code == 0 and out.startswith("current:"), out
+        assert "warning" not in out
         assert f"{count} check-in(s) acknowledged" in out
         assert status(site.sat)["outbox"]["depth"] < depth_before + 2
         left = [seq for seq in _outbox_seqs(site) if seq in seqs]
