@@ -65,7 +65,7 @@ from registry_proxy.errors import RegistryError
 from registry_proxy.manifest import MAX_MANIFEST_BYTES, Descriptor, parse_manifest
 from registry_proxy.ocilayout import INDEX_FILE, Node, blob_path, read_index, ref_name, walk
 from registry_proxy.platforms import PlatformMissing
-from registry_proxy.progress import TransferProgress
+from registry_proxy.progress import Progress
 from registry_proxy.referrers import is_referrer_tag
 from registry_proxy.routing import Router
 from registry_proxy.store import ContentStore
@@ -211,7 +211,7 @@ def _copy_verified(src: Path, dst: Path, digest: Digest, size: int) -> tuple[Dig
 class _Importer:
     root: Path
     store: ContentStore
-    progress: TransferProgress | None
+    progress: Progress | None
     result: ImportResult
     manifests: dict[Digest, tuple[str, bytes, str]] = field(default_factory=dict)
     done: set[Digest] = field(default_factory=set)
@@ -336,7 +336,7 @@ async def import_bundle(
     router_for: RouterFor,
     *,
     now: datetime | None = None,
-    progress: TransferProgress | None = None,
+    progress: Progress | None = None,
 ) -> ImportResult:
     """Verify, copy, then hand the state over; see the module docstring. ``root`` is a
     bundle directory, a tar, or the first of its split parts. ``BundleError`` for a
@@ -546,7 +546,7 @@ async def _stream_tar(
     trust: TrustedState,
     now: datetime,
     counts: ImportResult,
-    progress: TransferProgress | None,
+    progress: Progress | None,
 ) -> tuple[Checked, bytes, bytes | None, bytes | None]:
     """Read a tar bundle once, in order: the signed files (which come first) are checked
     before any blob is read, then each blob streams into the store, verified."""
@@ -680,16 +680,23 @@ def stored_hand_over(trust: TrustedState, db: FleetDB, now: datetime) -> HandOve
 
 
 async def import_for_agent(
-    path: Path, store: ContentStore, agent: FleetAgent, router_for: RouterFor
+    path: Path,
+    store: ContentStore,
+    agent: FleetAgent,
+    router_for: RouterFor,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """The running daemon's import: the state goes through the agent, source "bundle"."""
+    """The running daemon's import: the state goes through the agent, source "bundle";
+    ``progress`` counts for the CLI that asked for it (over the admin socket)."""
 
     async def hand_over(newer: list[bytes], envelope: bytes) -> tuple[str, str]:
         verdict = await agent.consider_with_roots(newer, envelope, "bundle")
         return verdict.outcome, verdict.message
 
     try:
-        result = await import_bundle(path, store, agent.trust, agent.db, hand_over, router_for)
+        result = await import_bundle(
+            path, store, agent.trust, agent.db, hand_over, router_for, progress=progress
+        )
     except BundleError as exc:
         log.error("bundle %s refused: %s", path, exc)
         return {"outcome": "refused", "message": str(exc)}
@@ -697,7 +704,7 @@ async def import_for_agent(
 
 
 async def import_offline(
-    data_dir: Path, path: Path, router_for: RouterFor, progress: TransferProgress | None = None
+    data_dir: Path, path: Path, router_for: RouterFor, progress: Progress | None = None
 ) -> dict[str, Any]:
     """A stopped data dir's import: the state is verified and persisted; the daemon
     applies it when it starts."""

@@ -200,9 +200,14 @@ def test_export_then_import_into_a_stopped_and_a_running_satellite(
         assert runtime.image_digest(f"{site.central.host}/library/app:v1") == (
             image_layout.app.digest
         )
-        # the new bundle, imported by the running daemon
-        code, out = site.bundle_import(second)
+        # the new bundle, imported by the running daemon: the CLI draws the daemon's
+        # progress on its terminal, ending full at the bundle's bytes
+        code, out = site.bundle_import(second, terminal=True)
         assert code == 0 and out.startswith("applied:"), out
+        total = sum(p.stat().st_size for p in (second / "blobs" / "sha256").iterdir()) / 1e6
+        drawn = [line for line in re.split(r"[\r\n]", out) if line.startswith("import [")]
+        assert len(drawn) >= 2, repr(out[-600:])  # the bar as it moved, and the last one
+        assert re.search(rf"import \[#{{24}}\] {total:.1f}/{total:.1f} MB", drawn[-1]), drawn
         assert state_version(site.sat) == exported["state_version"]
         current = status(site.sat)
         assert current["state_source"] == "bundle"
