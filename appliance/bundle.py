@@ -487,6 +487,12 @@ def part_files(path: Path) -> list[Path]:
     """A tar, or the parts PATH.000, PATH.001 … when ``path`` is the first of them; a
     missing part is named (the tar would otherwise read as merely truncated)."""
     if not path.exists():
+        partial = path.with_name(path.name + ".partial")
+        if partial.exists():
+            raise BundleError(
+                f"{path}: the export that wrote it was cut short (only {partial.name} is"
+                " there): run the export again"
+            )
         raise BundleError(f"{path}: no such file or directory")
     if not path.name.endswith(".000"):
         return [path]

@@ -131,7 +131,7 @@ async def export_bundle(
         await asyncio.to_thread(output.mkdir, parents=True, exist_ok=True)
         sink = _DirSink(output)
     else:
-        sink = _TarSink(_PartsWriter(output, tar), signed)
+        sink = _TarSink(PartsWriter(output, tar), signed)
     config = services.config
     client = UpstreamClient(
         "central",
@@ -320,9 +320,15 @@ class _DirSink(_Sink):
             atomic_write(self.root / name, data)
 
 
-class _PartsWriter:
+PARTIAL = ".partial"
+
+
+class PartsWriter:
     """One output file, or with ``part_size`` the parts PATH.000, PATH.001, … of at most
-    that many bytes each (FAT32 holds files below 4 GiB)."""
+    that many bytes each (FAT32 holds files below 4 GiB). Each is written as
+    ``<name>.partial`` and takes its name only when the whole tar is written, so an export
+    cut short (kill -9, a full stick) never leaves what looks like a bundle; parts of an
+    earlier export beyond the new last one are removed then."""
 
     def __init__(self, path: Path, part_size: int) -> None:
         self.path = path
@@ -337,7 +343,7 @@ class _PartsWriter:
             self._close_part()
         name = self.path if self.part_size == 0 else Path(f"{self.path}.{len(self.parts):03d}")
         self.parts.append(name)
-        self._file = open(name, "wb")  # noqa: SIM115 (closed by _close_part)
+        self._file = open(_partial(name), "wb")  # noqa: SIM115 (closed by _close_part)
         self._left = self.part_size or -1
         return self._file
 
@@ -361,6 +367,13 @@ class _PartsWriter:
     def close(self) -> None:
         if self._file is not None:
             self._close_part()
+        for part in self.parts:
+            os.replace(_partial(part), part)
+        if self.part_size:
+            number = len(self.parts)
+            while (stale := Path(f"{self.path}.{number:03d}")).exists():
+                stale.unlink()
+                number += 1
         fsync_dir(self.path.parent)
 
     def remove(self) -> None:
@@ -368,7 +381,11 @@ class _PartsWriter:
             self._file.close()
             self._file = None
         for part in self.parts:
-            part.unlink(missing_ok=True)
+            _partial(part).unlink(missing_ok=True)
+
+
+def _partial(path: Path) -> Path:
+    return path.with_name(path.name + PARTIAL)
 
 
 class _TarSink(_Sink):
@@ -376,7 +393,7 @@ class _TarSink(_Sink):
     import verifies the state before it reads a blob, then every manifest and blob, the
     index last. A blob that does not hash to its digest aborts the whole tar."""
 
-    def __init__(self, out: _PartsWriter, signed: list[tuple[str, bytes]]) -> None:
+    def __init__(self, out: PartsWriter, signed: list[tuple[str, bytes]]) -> None:
         self.out = out
         self._manifests: dict[Digest, bytes] = {}
         self._file(LAYOUT_FILE, LAYOUT_VERSION + b"\n")

@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from pathlib import Path
 
 import pytest
 
-from appliance.bundle import BundleError, check_acks, check_state, referrer_entries
+from appliance.bundle import BundleError, check_acks, check_state, part_files, referrer_entries
+from groundcontrol.bundle import PartsWriter
 from groundcontrol.contract import (
     ImageDescriptor,
     MalformedDocument,
@@ -220,3 +222,21 @@ def test_referrer_tags_are_the_schema_then_cosign() -> None:
     assert is_referrer_tag(f"{base}.att", {digest})
     assert not is_referrer_tag(f"{base}.att", {Digest.of(b"y")})
     assert not is_referrer_tag("v1", {digest})
+
+
+def test_a_tar_export_takes_its_names_only_when_whole(tmp_path: Path) -> None:
+    out = PartsWriter(tmp_path / "bundle.tar", 4)
+    out.write(b"0123456789")
+    # cut here (kill -9): only .partial files, nothing an import would take for a bundle
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "bundle.tar.000.partial",
+        "bundle.tar.001.partial",
+        "bundle.tar.002.partial",
+    ]
+    out.close()
+    assert [p.read_bytes() for p in sorted(tmp_path.iterdir())] == [b"0123", b"4567", b"89"]
+    (tmp_path / "other.tar.partial").write_bytes(b"cut")
+    with pytest.raises(BundleError, match="cut short"):
+        part_files(tmp_path / "other.tar")
+    with pytest.raises(BundleError, match="no such file"):
+        part_files(tmp_path / "none.tar")

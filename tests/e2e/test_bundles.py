@@ -313,6 +313,18 @@ def test_a_tar_and_a_split_bundle(site: Site, tmp_path: Path, skopeo: Skopeo) ->
     parts = sorted(split.parent.iterdir())
     assert len(parts) >= 3 and all(p.stat().st_size <= 64 * 1024 for p in parts)
     assert b"".join(p.read_bytes() for p in parts) == tar.read_bytes()
+    # exported again in fewer parts: the parts of the earlier export are gone
+    site.export("site-a", split, "--split", "1MiB")
+    assert sorted(p.name for p in split.parent.iterdir()) == ["bundle.tar.000"]
+    assert (split.parent / "bundle.tar.000").read_bytes() == tar.read_bytes()
+    site.export("site-a", split, "--split", "64KiB")
+    assert sorted(split.parent.iterdir()) == parts
+
+    # what an export cut short leaves (kill -9, a full stick): never taken for a bundle
+    cut = tmp_path / "cut.tar"
+    (tmp_path / "cut.tar.partial").write_bytes(tar.read_bytes()[:70000])
+    code, out = site.bundle_import(cut)
+    assert code == 1 and "the export that wrote it was cut short" in out, out
 
     truncated = tmp_path / "truncated.tar"
     truncated.write_bytes(tar.read_bytes()[: tar.stat().st_size // 2])
