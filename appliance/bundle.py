@@ -84,6 +84,9 @@ RouterFor = Callable[[StateDocument], Router]
 
 
 BUNDLE_PIN = "bundle"  # pins of the blobs an incomplete import brought, until applied
+# what refers to the state's images, as the last complete bundle brought it: replication
+# pins what it finds online, and cannot ask an upstream an air-gapped site never reaches
+REFERRERS_PIN = "referrers"
 
 
 class BundleError(Exception):
@@ -215,6 +218,7 @@ class _Importer:
     result: ImportResult
     manifests: dict[Digest, tuple[str, bytes, str]] = field(default_factory=dict)
     done: set[Digest] = field(default_factory=set)
+    referred: set[Digest] = field(default_factory=set)  # the referrers' manifests and blobs
 
     async def fetch(self, repository: str, digest: Digest) -> bytes:
         """A manifest from the bundle, verified; else the store's copy."""
@@ -254,7 +258,9 @@ class _Importer:
                 return False
             if manifest.subject is None or manifest.subject.digest not in subjects:
                 return False
-        return await self.content(repository, entry.digest, entry.media_type, entry.size, ())
+        return await self.content(
+            repository, entry.digest, entry.media_type, entry.size, (), self.referred
+        )
 
     async def content(
         self,
@@ -263,10 +269,15 @@ class _Importer:
         media_type: str,
         size: int,
         platforms: tuple[str, ...],
+        into: set[Digest] | None = None,
     ) -> bool:
+        """Every blob of one manifest or index into the store (of ``platforms``); True when
+        nothing is missing. ``into`` collects the digests walked."""
         complete = True
         try:
             async for node in walk(repository, digest, media_type, size, self.fetch, platforms):
+                if into is not None:
+                    into.add(node.digest)
                 if node.is_manifest:
                     body = await self.fetch(repository, node.digest)
                     self.manifests[node.digest] = (repository, body, node.media_type)
@@ -396,6 +407,9 @@ async def import_bundle(
     else:
         # the state's own pins (replication's) take over once it is applied
         await store.unpin(await store.meta.pinned(BUNDLE_PIN), BUNDLE_PIN)
+        held = set(await store.meta.pinned(REFERRERS_PIN))
+        await store.pin(importer.referred - held, REFERRERS_PIN)
+        await store.unpin(held - importer.referred, REFERRERS_PIN)
         # children were walked before their parents, so each manifest's content is here
         for digest, (repository, body, media_type) in importer.manifests.items():
             await store.put_manifest(repository, digest, body, media_type, cached=True)

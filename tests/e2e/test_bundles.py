@@ -578,6 +578,9 @@ def test_bundles_carry_referrers_and_a_delta_carries_a_new_one(
     assert skopeo.inspect_raw(f"oci:{bundle}:library/app:{sig_tag}") == signature
     code, out = site.bundle_import(bundle)
     assert code == 0 and "3 referrer(s)" in out, out
+    # kept from eviction: an air-gapped site cannot fetch them again
+    pinned = {attached[k] for k in ("signature", "signature_layer", "sbom", "sbom_layer")}
+    assert pinned <= _pins(site, "referrers")
 
     # an attestation added after the export: a delta bundle leaves out what the satellite
     # holds (the image, the signature) and carries the attestation
@@ -599,6 +602,7 @@ def test_bundles_carry_referrers_and_a_delta_carries_a_new_one(
         wait_until(lambda: status(site.sat)["running"], what="daemon")
         code, out = site.bundle_import(delta)
         assert code == 0 and out.startswith("current:") and "4 referrer(s)" in out, out
+        assert {added["manifest"], added["layer"]} | pinned <= _pins(site, "referrers")
         with httpx.Client(base_url=site.sat.url, timeout=30) as c:
             listed = c.get(f"/v2/library/app/referrers/{app.digest}")
             assert listed.status_code == 200, listed.text
