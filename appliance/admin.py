@@ -6,24 +6,33 @@ umask, so there is no instant at which another user could connect). Routes:
     GET  /status    what `satellite status --json` prints
     POST /sync      fetch a state now and wait for the verdict (`satellite sync --now`)
     POST /gc        evict unpinned content now; ?dry_run=1 only lists it (`satellite gc`)
-    POST /bundle    import a USB bundle, {"path": DIR} (`satellite bundle import`)
+    POST /bundle    import a USB bundle, {"path": DIR} (`satellite bundle import`); with
+                    ?progress=1 the answer streams one JSON line per progress update,
+                    {"progress": {"done", "total", "what"}}, then {"result": {...}}, so
+                    the CLI draws the daemon's progress on its own terminal
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from registry_proxy.progress import REDRAW, Progress, ProgressFeed
+
+log = logging.getLogger("satellite.admin")
 
 SOCKET_NAME = "admin.sock"
 CLIENT_TIMEOUT = 120.0
@@ -31,6 +40,10 @@ CLIENT_TIMEOUT = 120.0
 
 class AdminUnavailable(Exception):
     """No daemon answers on the admin socket."""
+
+
+class AdminBrokenOff(Exception):
+    """The daemon took the request, but its answer broke off."""
 
 
 def socket_path(data_dir: Path) -> Path:
@@ -67,8 +80,10 @@ def admin_app(
     status: Callable[[], Awaitable[dict[str, Any]]],
     sync: Callable[[], Awaitable[dict[str, Any]]],
     gc: Callable[[bool], Awaitable[dict[str, Any]]],
-    bundle: Callable[[Path], Awaitable[dict[str, Any]]] | None = None,
+    bundle: Callable[[Path, Progress | None], Coroutine[Any, Any, dict[str, Any]]] | None = None,
 ) -> Starlette:
+    imports: set[asyncio.Task[dict[str, Any]]] = set()  # run on when a CLI goes away
+
     async def get_status(request: Request) -> Response:
         return JSONResponse(await status())
 
@@ -86,7 +101,13 @@ def admin_app(
             return JSONResponse({"error": 'expected {"path": DIR}'}, status_code=400)
         if bundle is None or not path.is_absolute():
             return JSONResponse({"error": "not registered, or not an absolute path"}, 400)
-        return JSONResponse(await bundle(path))
+        if request.query_params.get("progress") != "1":
+            return JSONResponse(await bundle(path, None))
+        feed = ProgressFeed()
+        task = asyncio.get_running_loop().create_task(bundle(path, feed))
+        imports.add(task)
+        task.add_done_callback(imports.discard)
+        return StreamingResponse(_progress_lines(task, feed), media_type="application/x-ndjson")
 
     return Starlette(
         routes=[
@@ -96,6 +117,28 @@ def admin_app(
             Route("/bundle", post_bundle, methods=["POST"]),
         ]
     )
+
+
+async def _progress_lines(
+    task: asyncio.Task[dict[str, Any]], feed: ProgressFeed
+) -> AsyncIterator[bytes]:
+    """The feed's counts while ``task`` runs (when they changed, at most ten times a
+    second), then its result. A client that goes away does not stop the import."""
+    last: dict[str, int | str] | None = None
+    while True:
+        await asyncio.wait({task}, timeout=REDRAW)
+        now = feed.snapshot()
+        if now != last:  # the last counts too (the import completed them)
+            last = now
+            yield json.dumps({"progress": now}).encode() + b"\n"
+        if task.done():
+            break
+    try:
+        result = task.result()
+    except Exception as exc:  # the daemon logs it; the CLI gets one line
+        log.exception("bundle import failed")
+        result = {"outcome": "error", "message": f"{type(exc).__name__}: {exc}"}
+    yield json.dumps({"result": result}).encode() + b"\n"
 
 
 def call(
@@ -122,6 +165,45 @@ def call(
         if response.status_code == 200 and isinstance(body, dict):
             return body
     raise AdminUnavailable(f"{sock}: unexpected answer {response.status_code}")
+
+
+def call_with_progress(
+    data_dir: Path,
+    path: str,
+    body: dict[str, Any],
+    on_progress: Callable[[int, int, str], None],
+) -> dict[str, Any]:
+    """A POST whose answer streams progress lines (``?progress=1``): each goes to
+    ``on_progress`` (done, total, what); returns the final result. No time limit: an
+    import takes as long as its bytes take, and the daemon reports while it runs."""
+    sock = socket_path(data_dir)
+    if not sock.exists():
+        raise AdminUnavailable(f"no satellite running on {data_dir}")
+    transport = httpx.HTTPTransport(uds=str(sock))
+    taken = False  # from here on, the daemon is importing: never import beside it
+    try:
+        with (
+            httpx.Client(transport=transport, base_url="http://satellite", timeout=None) as c,
+            c.stream("POST", path, params={"progress": "1"}, json=body) as response,
+        ):
+            if response.status_code != 200:
+                raise AdminUnavailable(f"{sock}: unexpected answer {response.status_code}")
+            taken = True
+            for line in response.iter_lines():
+                message = json.loads(line) if line.strip() else {}
+                if "progress" in message:
+                    p = message["progress"]
+                    on_progress(int(p["done"]), int(p["total"]), str(p.get("what", "")))
+                elif isinstance(message.get("result"), dict):
+                    result: dict[str, Any] = message["result"]
+                    return result
+    except httpx.TransportError as exc:
+        if taken:
+            raise AdminBrokenOff(f"{sock}: the answer broke off: {exc}") from exc
+        raise AdminUnavailable(f"no satellite answers on {sock}: {exc}") from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise AdminBrokenOff(f"{sock}: unexpected answer: {exc}") from exc
+    raise AdminBrokenOff(f"{sock}: the answer ended without a result")
 
 
 def dumps(data: Any) -> str:

@@ -18,7 +18,10 @@ verify → persist → act path as a downloaded state, source "bundle"), or, on 
 data dir, the fleet database, where the daemon finds it at start.
 
 The ack list in the bundle removes from the outbox the check-ins Ground Control has
-ingested from an earlier stick.
+ingested from an earlier stick, once it verifies: signed by the state keys of the root the
+state was checked against, for this satellite and the bundle's state version. One that
+does not verify clears nothing (a warning; the state may still apply): a forged list
+would make the satellite forget check-ins Ground Control never got.
 """
 
 from __future__ import annotations
@@ -38,7 +41,14 @@ from typing import TYPE_CHECKING, Any
 
 from appliance.fleetdb import FleetDB
 from appliance.identity import IdentityError, load_identity
-from groundcontrol.contract import ContractError, ImageDescriptor, StateDocument, TrustedState
+from groundcontrol.contract import (
+    ContractError,
+    ImageDescriptor,
+    Root,
+    StateDocument,
+    TrustedState,
+    verify_acks,
+)
 from groundcontrol.contract.bundle import (
     ACKS_FILE,
     CHECKINS_FILE,
@@ -52,10 +62,11 @@ from groundcontrol.contract.bundle import (
 from registry_proxy.digest import Digest
 from registry_proxy.durable import atomic_write
 from registry_proxy.errors import RegistryError
-from registry_proxy.manifest import MAX_MANIFEST_BYTES
-from registry_proxy.ocilayout import Node, blob_path, walk
+from registry_proxy.manifest import MAX_MANIFEST_BYTES, Descriptor, parse_manifest
+from registry_proxy.ocilayout import INDEX_FILE, Node, blob_path, read_index, ref_name, walk
 from registry_proxy.platforms import PlatformMissing
-from registry_proxy.progress import TransferProgress
+from registry_proxy.progress import Progress
+from registry_proxy.referrers import is_referrer_tag
 from registry_proxy.routing import Router
 from registry_proxy.store import ContentStore
 
@@ -73,6 +84,9 @@ RouterFor = Callable[[StateDocument], Router]
 
 
 BUNDLE_PIN = "bundle"  # pins of the blobs an incomplete import brought, until applied
+# what refers to the state's images, as the last complete bundle brought it: replication
+# pins what it finds online, and cannot ask an upstream an air-gapped site never reaches
+REFERRERS_PIN = "referrers"
 
 
 class BundleError(Exception):
@@ -87,9 +101,11 @@ class ImportResult:
     blobs_present: int = 0
     bytes_imported: int = 0
     manifests: int = 0
+    referrers: int = 0
     missing: list[str] = field(default_factory=list)
     acked: int = 0
     message: str = ""
+    warning: str = ""  # e.g. an ack list that does not verify (the state may still apply)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -126,23 +142,52 @@ def _read_small(path: Path, cap: int) -> bytes:
     return data
 
 
+@dataclass(frozen=True)
+class Checked:
+    """A bundle's state, verified: the document, the roots newer than the trusted chain,
+    whether it is the state already applied, and the root it was checked against."""
+
+    doc: StateDocument
+    newer: list[bytes]
+    current: bool
+    root: Root
+
+
 def check_state(
     trust: TrustedState, roots: list[tuple[int, bytes]], envelope: bytes, now: datetime
-) -> tuple[StateDocument, list[bytes], bool]:
+) -> Checked:
     """Pure: the state the bundle carries, verified as a state from Ground Control would
-    be, on a copy of ``trust`` (which is left unchanged). Returns the document, the roots
-    newer than the trusted chain, and whether the state is the one already applied."""
+    be, on a copy of ``trust`` (which is left unchanged)."""
     copy = TrustedState.load(trust.satellite, trust.root_chain, trust.state_bytes, trust.version)
     newer = [data for version, data in roots if version > copy.root.version]
     try:
         if copy.is_current(envelope):
             assert copy.state is not None
-            return copy.state, newer, True
+            return Checked(copy.state, newer, True, copy.root)
         if newer:
             copy.update_roots(newer, now)
-        return copy.update_state(envelope, now), newer, False
+        return Checked(copy.update_state(envelope, now), newer, False, copy.root)
     except ContractError as exc:
         raise BundleError(f"state refused: {type(exc).__name__}: {exc}") from None
+
+
+def check_acks(data: bytes | None, checked: Checked, satellite: str) -> Acks | None:
+    """Pure: the bundle's ack list, verified against the root the state was checked
+    against, for this satellite and the bundle's state version; None when there is none.
+    ``BundleError`` (the reason) for one that does not verify: it clears nothing, and the
+    state may still apply."""
+    if data is None:
+        return None
+    try:
+        acks = verify_acks(data, checked.root, satellite)
+    except ContractError as exc:
+        raise BundleError(f"{ACKS_FILE} refused: {type(exc).__name__}: {exc}") from None
+    if acks.state_version != checked.doc.version:
+        raise BundleError(
+            f"{ACKS_FILE} refused: it was sent with state version {acks.state_version},"
+            f" this bundle carries version {checked.doc.version}"
+        )
+    return acks
 
 
 # --- copying content into the store ------------------------------------------------------
@@ -169,10 +214,11 @@ def _copy_verified(src: Path, dst: Path, digest: Digest, size: int) -> tuple[Dig
 class _Importer:
     root: Path
     store: ContentStore
-    progress: TransferProgress | None
+    progress: Progress | None
     result: ImportResult
     manifests: dict[Digest, tuple[str, bytes, str]] = field(default_factory=dict)
     done: set[Digest] = field(default_factory=set)
+    referred: set[Digest] = field(default_factory=set)  # the referrers' manifests and blobs
 
     async def fetch(self, repository: str, digest: Digest) -> bytes:
         """A manifest from the bundle, verified; else the store's copy."""
@@ -193,12 +239,45 @@ class _Importer:
     async def image(self, repository: str, image: ImageDescriptor) -> bool:
         """Every blob of one image (of the platforms it keeps) into the store; True when
         nothing is missing."""
-        complete = True
         digest = Digest.parse(image.digest)
+        return await self.content(repository, digest, image.media_type, image.size, image.platforms)
+
+    async def referrer(
+        self, repository: str, entry: Descriptor, tag: str | None, subjects: frozenset[Digest]
+    ) -> bool:
+        """A manifest the bundle's index names beside the images, taken when it refers to
+        one of ``subjects`` (this repository's imported manifests): by its tag (the
+        referrers tag schema's, cosign's) or by its ``subject``. False: not taken."""
+        if tag is not None:
+            if not is_referrer_tag(tag, subjects):
+                return False
+        else:
+            try:
+                manifest = parse_manifest(await self.fetch(repository, entry.digest), None)
+            except (_Missing, RegistryError):
+                return False
+            if manifest.subject is None or manifest.subject.digest not in subjects:
+                return False
+        return await self.content(
+            repository, entry.digest, entry.media_type, entry.size, (), self.referred
+        )
+
+    async def content(
+        self,
+        repository: str,
+        digest: Digest,
+        media_type: str,
+        size: int,
+        platforms: tuple[str, ...],
+        into: set[Digest] | None = None,
+    ) -> bool:
+        """Every blob of one manifest or index into the store (of ``platforms``); True when
+        nothing is missing. ``into`` collects the digests walked."""
+        complete = True
         try:
-            async for node in walk(
-                repository, digest, image.media_type, image.size, self.fetch, image.platforms
-            ):
+            async for node in walk(repository, digest, media_type, size, self.fetch, platforms):
+                if into is not None:
+                    into.add(node.digest)
                 if node.is_manifest:
                     body = await self.fetch(repository, node.digest)
                     self.manifests[node.digest] = (repository, body, node.media_type)
@@ -268,7 +347,7 @@ async def import_bundle(
     router_for: RouterFor,
     *,
     now: datetime | None = None,
-    progress: TransferProgress | None = None,
+    progress: Progress | None = None,
 ) -> ImportResult:
     """Verify, copy, then hand the state over; see the module docstring. ``root`` is a
     bundle directory, a tar, or the first of its split parts. ``BundleError`` for a
@@ -280,14 +359,21 @@ async def import_bundle(
         sizes = _blob_files_bytes if directory is not None else _parts_bytes
         progress.expect(await asyncio.to_thread(sizes, root))
     if directory is not None:
-        roots, envelope, acks = directory
-        doc, newer, current = check_state(trust, roots, envelope, moment)
+        roots, envelope, acks, index = directory
+        checked = check_state(trust, roots, envelope, moment)
         blobs_root = root
     else:
-        signed = await _stream_tar(root, store, trust, moment, counts, progress)
-        doc, newer, current, envelope, acks = signed
+        checked, envelope, acks, index = await _stream_tar(
+            root, store, trust, moment, counts, progress
+        )
         blobs_root = root.with_name(f".{root.name}.no-such-dir")  # all is in the store now
+    doc, newer, current = checked.doc, checked.newer, checked.current
     result = ImportResult("current" if current else "applied", doc.version)
+    try:
+        ack_list = check_acks(acks, checked, trust.satellite)
+    except BundleError as exc:
+        ack_list, result.warning = None, f"{exc}; no check-in cleared"
+        log.warning("bundle %s: %s", root, result.warning)
     result.blobs_imported, result.bytes_imported = counts.blobs_imported, counts.bytes_imported
     # a tar's bytes were counted as they streamed; a directory's are counted by the walk
     importer = _Importer(blobs_root, store, progress if directory is not None else None, result)
@@ -297,6 +383,18 @@ async def import_bundle(
         repo = router.route(image.repository).repo  # where serving looks for it
         if await importer.image(repo, image):
             complete.append((repo, image))
+    # what refers to those images (signatures, SBOMs, attestations), named beside them in
+    # the bundle's index, with the tags that name it
+    subjects: dict[str, set[Digest]] = {}
+    for digest, (repo, _, _) in importer.manifests.items():
+        subjects.setdefault(repo, set()).add(digest)
+    tags: list[tuple[str, str, Digest]] = []
+    for repository, entry, tag in referrer_entries(index, doc.images):
+        repo = router.route(repository).repo
+        if await importer.referrer(repo, entry, tag, frozenset(subjects.get(repo, ()))):
+            result.referrers += 1
+            if tag is not None:
+                tags.append((repo, tag, entry.digest))
     if counts.blobs_imported:  # counted once: found in the store by the walk
         result.blobs_present -= counts.blobs_imported
     if result.missing:
@@ -309,6 +407,9 @@ async def import_bundle(
     else:
         # the state's own pins (replication's) take over once it is applied
         await store.unpin(await store.meta.pinned(BUNDLE_PIN), BUNDLE_PIN)
+        held = set(await store.meta.pinned(REFERRERS_PIN))
+        await store.pin(importer.referred - held, REFERRERS_PIN)
+        await store.unpin(held - importer.referred, REFERRERS_PIN)
         # children were walked before their parents, so each manifest's content is here
         for digest, (repository, body, media_type) in importer.manifests.items():
             await store.put_manifest(repository, digest, body, media_type, cached=True)
@@ -316,11 +417,13 @@ async def import_bundle(
         for repo, image in complete:
             if image.tag:
                 await store.set_tag(repo, image.tag, Digest.parse(image.digest))
+        for repo, tag, digest in tags:
+            await store.set_tag(repo, tag, digest)
         if not current:
             outcome, message = await hand_over(newer, envelope)
             if outcome not in ("accepted", "current"):
                 raise BundleError(f"state version {doc.version} {outcome}: {message}")
-    result.acked = await apply_acks(acks, db, trust.satellite)
+    result.acked = await apply_acks(ack_list, db)
     if progress is not None and not result.missing:
         progress.complete()
     return result
@@ -329,13 +432,53 @@ async def import_bundle(
 MAX_ACKS = 16 * 1024 * 1024
 
 
-def _read_directory(root: Path) -> tuple[list[tuple[int, bytes]], bytes, bytes | None] | None:
-    """A bundle directory's signed files and ack list; None when ``root`` is a file."""
+def _read_directory(
+    root: Path,
+) -> tuple[list[tuple[int, bytes]], bytes, bytes | None, bytes | None] | None:
+    """A bundle directory's signed files, ack list and index; None when ``root`` is a
+    file."""
     if not root.is_dir():
         return None
     roots, envelope = read_signed(root)
-    acks = root / ACKS_FILE
-    return roots, envelope, _read_small(acks, MAX_ACKS) if acks.is_file() else None
+    acks, index = root / ACKS_FILE, root / INDEX_FILE
+    return (
+        roots,
+        envelope,
+        _read_small(acks, MAX_ACKS) if acks.is_file() else None,
+        _read_small(index, MAX_MANIFEST_BYTES) if index.is_file() else None,
+    )
+
+
+def referrer_entries(
+    index: bytes | None, images: tuple[ImageDescriptor, ...]
+) -> list[tuple[str, Descriptor, str | None]]:
+    """Pure: the entries of a bundle's ``index.json`` beside the state's images, as
+    (the state's repository, descriptor, tag or None): ``repository:tag`` or
+    ``repository@digest`` of a repository the state names. Whether each refers to an
+    image is for the import to check; a damaged index carries none (the images do not
+    depend on it)."""
+    if index is None:
+        return []
+    try:
+        named = read_index(index)
+    except RegistryError:
+        log.warning("the bundle's %s is damaged: no referrers imported", INDEX_FILE)
+        return []
+    own = {ref_name(i.repository, i.tag, i.digest) for i in images}
+    repositories = sorted({i.repository for i in images}, key=len, reverse=True)
+    out: list[tuple[str, Descriptor, str | None]] = []
+    for name, entry in named:
+        if name in own:
+            continue
+        for repository in repositories:
+            rest = name[len(repository) :] if name.startswith(repository) else ""
+            if rest.startswith(":") and len(rest) > 1:
+                out.append((repository, entry, rest[1:]))
+                break
+            if rest == f"@{entry.digest}":
+                out.append((repository, entry, None))
+                break
+    return out
 
 
 _SIGNED_CAPS = {STATE_FILE: 8 * 1024 * 1024, ACKS_FILE: MAX_ACKS}
@@ -358,6 +501,12 @@ def part_files(path: Path) -> list[Path]:
     """A tar, or the parts PATH.000, PATH.001 … when ``path`` is the first of them; a
     missing part is named (the tar would otherwise read as merely truncated)."""
     if not path.exists():
+        partial = path.with_name(path.name + ".partial")
+        if partial.exists():
+            raise BundleError(
+                f"{path}: the export that wrote it was cut short (only {partial.name} is"
+                " there): run the export again"
+            )
         raise BundleError(f"{path}: no such file or directory")
     if not path.name.endswith(".000"):
         return [path]
@@ -417,15 +566,16 @@ async def _stream_tar(
     trust: TrustedState,
     now: datetime,
     counts: ImportResult,
-    progress: TransferProgress | None,
-) -> tuple[StateDocument, list[bytes], bool, bytes, bytes | None]:
+    progress: Progress | None,
+) -> tuple[Checked, bytes, bytes | None, bytes | None]:
     """Read a tar bundle once, in order: the signed files (which come first) are checked
     before any blob is read, then each blob streams into the store, verified."""
     stream = tarfile.open(fileobj=_Parts(part_files(path)), mode="r|")  # noqa: SIM115
     signed: dict[str, bytes] = {}
-    checked: tuple[StateDocument, list[bytes], bool] | None = None
+    index: bytes | None = None
+    checked: Checked | None = None
 
-    def check() -> tuple[StateDocument, list[bytes], bool]:
+    def check() -> Checked:
         if STATE_FILE not in signed:
             raise BundleError(f"{path}: not a complete bundle ({STATE_FILE} is missing)")
         roots = sorted(
@@ -449,6 +599,11 @@ async def _stream_tar(
                     assert reader is not None
                     signed[member.name] = await asyncio.to_thread(reader.read)
                     continue
+                if member.name == INDEX_FILE and member.size <= MAX_MANIFEST_BYTES:
+                    reader = stream.extractfile(member)
+                    assert reader is not None
+                    index = await asyncio.to_thread(reader.read)
+                    continue
                 digest = _blob_member(member.name)
                 if digest is None:
                     continue
@@ -464,7 +619,7 @@ async def _stream_tar(
         raise BundleError(f"{path}: truncated or damaged tar ({exc})") from None
     if checked is None:
         checked = check()
-    return (*checked, signed[STATE_FILE], signed.get(ACKS_FILE))
+    return checked, signed[STATE_FILE], signed.get(ACKS_FILE), index
 
 
 async def _tar_blob(
@@ -510,16 +665,11 @@ def _copy_stream(reader: Any, dst: Path, digest: Digest) -> tuple[Digest, int]:
     return Digest(digest.algorithm, hasher.hexdigest()), done
 
 
-async def apply_acks(data: bytes | None, db: FleetDB, satellite: str) -> int:
-    """Remove from the outbox the check-ins Ground Control says it holds."""
-    if data is None:
+async def apply_acks(acks: Acks | None, db: FleetDB) -> int:
+    """Remove from the outbox the check-ins Ground Control says it holds (``acks``
+    verified by ``check_acks``)."""
+    if acks is None:
         return 0
-    try:
-        acks = Acks.from_bytes(data)
-    except ContractError as exc:
-        raise BundleError(f"{ACKS_FILE}: {exc}") from None
-    if acks.satellite != satellite:
-        raise BundleError(f"{ACKS_FILE}: the acks of {acks.satellite}, not of {satellite}")
     queued = await db.pending(1_000_000)
     covered = [seq for seq, _ in queued if acks.covers(seq)]
     if not covered:
@@ -550,16 +700,23 @@ def stored_hand_over(trust: TrustedState, db: FleetDB, now: datetime) -> HandOve
 
 
 async def import_for_agent(
-    path: Path, store: ContentStore, agent: FleetAgent, router_for: RouterFor
+    path: Path,
+    store: ContentStore,
+    agent: FleetAgent,
+    router_for: RouterFor,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """The running daemon's import: the state goes through the agent, source "bundle"."""
+    """The running daemon's import: the state goes through the agent, source "bundle";
+    ``progress`` counts for the CLI that asked for it (over the admin socket)."""
 
     async def hand_over(newer: list[bytes], envelope: bytes) -> tuple[str, str]:
         verdict = await agent.consider_with_roots(newer, envelope, "bundle")
         return verdict.outcome, verdict.message
 
     try:
-        result = await import_bundle(path, store, agent.trust, agent.db, hand_over, router_for)
+        result = await import_bundle(
+            path, store, agent.trust, agent.db, hand_over, router_for, progress=progress
+        )
     except BundleError as exc:
         log.error("bundle %s refused: %s", path, exc)
         return {"outcome": "refused", "message": str(exc)}
@@ -567,7 +724,7 @@ async def import_for_agent(
 
 
 async def import_offline(
-    data_dir: Path, path: Path, router_for: RouterFor, progress: TransferProgress | None = None
+    data_dir: Path, path: Path, router_for: RouterFor, progress: Progress | None = None
 ) -> dict[str, Any]:
     """A stopped data dir's import: the state is verified and persisted; the daemon
     applies it when it starts."""

@@ -274,30 +274,46 @@ async def _verify(config: Config) -> int:
 
 
 def _bundle_import(config: Config, args: argparse.Namespace) -> int:
-    from appliance.admin import AdminUnavailable, call
+    from appliance.admin import AdminBrokenOff, AdminUnavailable, call, call_with_progress
     from appliance.bundle import import_offline
     from appliance.daemon import storage_router
 
     path = args.path.resolve()
+    progress = on_terminal("import")
     try:
-        result = call(config.data_dir, "POST", "/bundle", {"path": str(path)}, timeout=None)
+        if progress is None:
+            result = call(config.data_dir, "POST", "/bundle", {"path": str(path)}, timeout=None)
+        else:  # the running daemon's progress, drawn here
+            result = call_with_progress(
+                config.data_dir, "/bundle", {"path": str(path)}, progress.follow
+            )
+    except AdminBrokenOff as exc:
+        if progress is not None:
+            progress.close()
+        print(f"satellite: {exc}; the daemon's log tells how the import ended", file=sys.stderr)
+        return 1
     except AdminUnavailable:
 
         def router_for(doc: StateDocument) -> Router:
             return storage_router(config, doc)
 
-        progress = on_terminal("import")
         try:
             result = asyncio.run(import_offline(config.data_dir, path, router_for, progress))
         finally:
             if progress is not None:
                 progress.close()
+    else:
+        if progress is not None:
+            progress.close()
     outcome = result.get("outcome")
+    if result.get("warning"):
+        print(f"satellite: warning: {result['warning']}", file=sys.stderr)
     if outcome in ("applied", "current"):
         print(
             f"{outcome}: state version {result['state_version']}; {result['blobs_imported']}"
             f" blob(s) imported ({result['bytes_imported']} bytes), {result['blobs_present']}"
-            f" already present; {result['acked']} check-in(s) acknowledged"
+            f" already present; {result['referrers']} referrer(s);"
+            f" {result['acked']} check-in(s) acknowledged"
         )
         return 0
     if outcome == "incomplete":

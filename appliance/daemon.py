@@ -42,6 +42,7 @@ from registry_proxy.app import RegistrySettings, create_app
 from registry_proxy.deadline import BodyLimits
 from registry_proxy.generation import SharedCounter
 from registry_proxy.metrics import Metrics
+from registry_proxy.progress import Progress
 from registry_proxy.proxy import UpstreamLink
 from registry_proxy.routing import Router, UpstreamName
 from registry_proxy.store import ContentStore
@@ -357,10 +358,12 @@ async def build(config: Config, *, primary: bool = True, shared: bool = False) -
     async def gc(dry_run: bool) -> dict[str, Any]:
         return await collect_garbage(store, dry_run=dry_run)
 
-    async def bundle(path: Path) -> dict[str, Any]:
+    async def bundle(path: Path, progress: Progress | None) -> dict[str, Any]:
         if agent is None:
             return {"outcome": "error", "message": "not registered"}
-        return await import_for_agent(path, store, agent, lambda doc: storage_router(config, doc))
+        return await import_for_agent(
+            path, store, agent, lambda doc: storage_router(config, doc), progress
+        )
 
     admin_config = HypercornConfig()
     admin_config.bind = [f"fd://{sock.fileno()}"]

@@ -213,8 +213,7 @@ class FleetDB:
 
     async def unreported_state(self) -> int:
         """The version of a state accepted with no agent running, not yet reported (0)."""
-        async with self._transaction() as conn:
-            return await self._counter(conn, "unreported_state")
+        return await self._counter(self.conn, "unreported_state")
 
     async def reported_state(self, version: int) -> None:
         async with self._transaction() as conn:

@@ -36,10 +36,12 @@ from typing import Any
 from groundcontrol.contract import ImageDescriptor, ImageStatus, ImageStatusValue, StateDocument
 from registry_proxy.digest import Digest
 from registry_proxy.errors import RegistryError
-from registry_proxy.manifest import OCI_INDEX, Descriptor, Manifest, parse_manifest
+from registry_proxy.manifest import Descriptor, Manifest, parse_manifest
 from registry_proxy.metrics import Metrics
 from registry_proxy.platforms import plan_children
 from registry_proxy.proxy import Proxy
+from registry_proxy.referrers import find_referrers
+from registry_proxy.referrers import referrer_tags as referrer_tags  # tests import it here
 from registry_proxy.routing import Router, Target
 from registry_proxy.store import ContentStore
 from registry_proxy.upstream import UpstreamUnavailable
@@ -292,22 +294,15 @@ class Replicator:
         their blobs, so that checking them works offline: those the upstream's referrers
         API lists, or, where it has none, those its tags name by the referrers tag schema
         (``sha256-<hex>``, an index of referrers) and cosign's (``sha256-<hex>.sig``,
-        ``.att``, ``.sbom``); those tags are stored too."""
-        listed: list[Digest] = []
-        body = await self.proxy.upstream_referrers(target, digest)
-        if body is not None:
-            listed = [d.digest for d in parse_manifest(body, OCI_INDEX).manifests]
-        else:
-            for tag in referrer_tags(digest):
-                found = await self.proxy.tagged(target, tag)
-                if found is None:
-                    continue
-                manifest = await self._manifest(target, found)
-                if tag == referrer_tags(digest)[0] and manifest.is_index:
-                    listed.append(found)  # the schema's index: its entries are the referrers
-                    listed.extend(d.digest for d in manifest.manifests)
-                else:
-                    listed.append(found)
+        ``.att``, ``.sbom``); those tags are stored too. The lookup is
+        ``registry_proxy.referrers`` (shared with USB bundles)."""
+        found = await find_referrers(
+            digest,
+            lambda: self.proxy.upstream_referrers(target, digest),
+            lambda tag: self.proxy.tagged(target, tag),
+            lambda d: self._manifest(target, d),
+        )
+        listed = list(dict.fromkeys(r.digest for r in found))
         closure: set[Digest] = set()
         for part in await asyncio.gather(*(self._child(target, d, limit) for d in listed)):
             closure |= part
@@ -377,14 +372,6 @@ def _unreachable(exc: BaseException) -> bool:
     return isinstance(exc, UpstreamUnavailable) or (
         isinstance(exc, RegistryError) and exc.status == 503
     )
-
-
-def referrer_tags(digest: Digest) -> tuple[str, ...]:
-    """The tags that name artifacts referring to ``digest`` where a registry has no
-    referrers API: the OCI referrers tag schema's first, then cosign's (the schema's
-    truncation: at most 32 characters of algorithm and 64 of hex, to stay a valid tag)."""
-    base = f"{digest.algorithm[:32]}-{digest.encoded[:64]}"
-    return (base, f"{base}.sig", f"{base}.att", f"{base}.sbom")
 
 
 def _reason(exc: BaseException) -> str:

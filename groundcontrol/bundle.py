@@ -1,7 +1,7 @@
 """USB bundles for air-gapped satellites, and the reports they send back.
 
-``export_bundle`` writes one satellite's current signed state, its root chain, the ack
-list of the check-ins already ingested and every blob and manifest the state names into
+``export_bundle`` writes one satellite's current signed state, its root chain, the
+signed ack list of the check-ins already ingested and every blob and manifest the state names into
 a standard OCI image layout (see ``registry_proxy.ocilayout`` and
 ``groundcontrol.contract.bundle``). Blobs stream from the central registry through the
 one registry client, are hashed as they are written and become visible under their
@@ -17,6 +17,7 @@ next delta export.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import os
@@ -29,7 +30,7 @@ from typing import BinaryIO
 
 from groundcontrol import checkins
 from groundcontrol.config import Config
-from groundcontrol.contract import ContractError, TrustedState
+from groundcontrol.contract import ContractError, TrustedState, sign_acks
 from groundcontrol.contract.bundle import (
     ACKS_FILE,
     CHECKINS_FILE,
@@ -44,6 +45,7 @@ from groundcontrol.services import Services
 from registry_proxy.digest import Digest
 from registry_proxy.durable import atomic_write, fsync_dir, publish
 from registry_proxy.errors import RegistryError
+from registry_proxy.manifest import Manifest, parse_manifest
 from registry_proxy.ocilayout import (
     INDEX_FILE,
     LAYOUT_FILE,
@@ -56,6 +58,7 @@ from registry_proxy.ocilayout import (
 )
 from registry_proxy.platforms import PlatformMissing
 from registry_proxy.progress import TransferProgress
+from registry_proxy.referrers import registry_referrers
 from registry_proxy.upstream import UpstreamClient
 from registry_proxy.upstream import UpstreamError as RegistryClientError
 
@@ -70,6 +73,7 @@ class ExportResult:
     satellite: str
     state_version: int
     images: int = 0
+    referrers: int = 0  # manifests that refer to an image (signatures, SBOMs, …)
     blobs_written: int = 0
     blobs_present: int = 0
     blobs_skipped: int = 0  # held by the satellite (delta)
@@ -103,6 +107,7 @@ async def export_bundle(
         envelope = str(row["envelope"]).encode()
         roots = [(v, await q.root(v)) for v in await q.root_versions()]
         floor, seqs = await q.checkin_seqs(satellite)
+        _root, state_keys = await services.signer.state_keys(q)
     chain = [(v, text.encode()) for v, text in roots if text is not None]
     try:
         # the same checks a satellite makes (bar expiry and version): never ship a state
@@ -116,14 +121,17 @@ async def export_bundle(
     assert doc is not None
     result = ExportResult(satellite, doc.version)
     signed = [(f"{ROOTS_DIR}/{version}.json", data) for version, data in chain]
-    signed.append((ACKS_FILE, Acks(satellite, floor, frozenset(seqs)).to_bytes()))
+    # signed, bound to this satellite and to the bundle's state: a forged list would make
+    # the satellite forget check-ins never received
+    acks = Acks(satellite, floor, frozenset(seqs), doc.version)
+    signed.append((ACKS_FILE, sign_acks(acks, state_keys).to_json()))
     signed.append((STATE_FILE, envelope))  # last: its presence marks a whole bundle
     sink: _Sink
     if tar is None:
         await asyncio.to_thread(output.mkdir, parents=True, exist_ok=True)
         sink = _DirSink(output)
     else:
-        sink = _TarSink(_PartsWriter(output, tar), signed)
+        sink = _TarSink(PartsWriter(output, tar), signed)
     config = services.config
     client = UpstreamClient(
         "central",
@@ -140,33 +148,56 @@ async def export_bundle(
             sink.put_manifest(digest, body)
         return body
 
+    async def read_manifest(repository: str, digest: Digest) -> Manifest:
+        return parse_manifest(await fetch(repository, digest), None)
+
+    entries: dict[str, tuple[str, str, str, int]] = {}
+    to_copy: list[Node] = []  # walked first: the progress line knows the total
+
+    async def carry(
+        repository: str, digest: Digest, media_type: str, size: int, platforms: tuple[str, ...]
+    ) -> list[Digest]:
+        """Walks one image (or referrer) into the bundle; returns its manifests."""
+        manifests = []
+        async for node in walk(repository, digest, media_type, size, fetch, platforms):
+            if node.is_manifest:  # written by fetch
+                manifests.append(node.digest)
+                continue
+            if node.digest in written:
+                continue
+            written.add(node.digest)
+            if str(node.digest) in held:
+                result.blobs_skipped += 1
+            elif sink.has(node.digest, node.size):
+                result.blobs_present += 1
+            else:
+                to_copy.append(node)
+        return manifests
+
+    def entry(name: str, digest: Digest, media_type: str, size: int) -> None:
+        entries.setdefault(name, (name, str(digest), media_type, size))
+
     try:
-        entries = []
-        to_copy: list[Node] = []  # walked first: the progress line knows the total
         for image in doc.images:
             digest = Digest.parse(image.digest)
-            async for node in walk(
-                image.repository, digest, image.media_type, image.size, fetch, image.platforms
-            ):
-                if node.digest in written or node.is_manifest:  # manifests: written by fetch
-                    continue
-                written.add(node.digest)
-                if str(node.digest) in held:
-                    result.blobs_skipped += 1
-                    continue
-                if sink.has(node.digest, node.size):
-                    result.blobs_present += 1
-                    continue
-                to_copy.append(node)
-            entries.append(
-                (
-                    ref_name(image.repository, image.tag, image.digest),
-                    image.digest,
-                    image.media_type,
-                    image.size,
-                )
+            subjects = await carry(
+                image.repository, digest, image.media_type, image.size, image.platforms
             )
+            name = ref_name(image.repository, image.tag, image.digest)
+            entry(name, digest, image.media_type, image.size)
             result.images += 1
+            # what refers to the image or a kept child (signatures, SBOMs, attestations),
+            # with the tags that name it, so that a check of them works offline
+            for subject in subjects:
+                reader = functools.partial(read_manifest, image.repository)
+                found = await registry_referrers(client, image.repository, subject, reader)
+                for referrer in found:
+                    body = await fetch(image.repository, referrer.digest)
+                    kind = parse_manifest(body, None).media_type
+                    await carry(image.repository, referrer.digest, kind, len(body), ())
+                    name = ref_name(image.repository, referrer.tag, str(referrer.digest))
+                    result.referrers += name not in entries
+                    entry(name, referrer.digest, kind, len(body))
         if progress is not None:
             progress.expect(sum(node.size for node in to_copy))
         for node in to_copy:
@@ -175,7 +206,7 @@ async def export_bundle(
                     node.digest, node.size, blob.chunks(), progress
                 )
             result.blobs_written += 1
-        sink.finish(index_document(entries), signed)
+        sink.finish(index_document(list(entries.values())), signed)
         if progress is not None:
             progress.complete()
     except RegistryClientError as exc:
@@ -289,9 +320,15 @@ class _DirSink(_Sink):
             atomic_write(self.root / name, data)
 
 
-class _PartsWriter:
+PARTIAL = ".partial"
+
+
+class PartsWriter:
     """One output file, or with ``part_size`` the parts PATH.000, PATH.001, … of at most
-    that many bytes each (FAT32 holds files below 4 GiB)."""
+    that many bytes each (FAT32 holds files below 4 GiB). Each is written as
+    ``<name>.partial`` and takes its name only when the whole tar is written, so an export
+    cut short (kill -9, a full stick) never leaves what looks like a bundle; parts of an
+    earlier export beyond the new last one are removed then."""
 
     def __init__(self, path: Path, part_size: int) -> None:
         self.path = path
@@ -306,7 +343,7 @@ class _PartsWriter:
             self._close_part()
         name = self.path if self.part_size == 0 else Path(f"{self.path}.{len(self.parts):03d}")
         self.parts.append(name)
-        self._file = open(name, "wb")  # noqa: SIM115 (closed by _close_part)
+        self._file = open(_partial(name), "wb")  # noqa: SIM115 (closed by _close_part)
         self._left = self.part_size or -1
         return self._file
 
@@ -330,6 +367,13 @@ class _PartsWriter:
     def close(self) -> None:
         if self._file is not None:
             self._close_part()
+        for part in self.parts:
+            os.replace(_partial(part), part)
+        if self.part_size:
+            number = len(self.parts)
+            while (stale := Path(f"{self.path}.{number:03d}")).exists():
+                stale.unlink()
+                number += 1
         fsync_dir(self.path.parent)
 
     def remove(self) -> None:
@@ -337,7 +381,11 @@ class _PartsWriter:
             self._file.close()
             self._file = None
         for part in self.parts:
-            part.unlink(missing_ok=True)
+            _partial(part).unlink(missing_ok=True)
+
+
+def _partial(path: Path) -> Path:
+    return path.with_name(path.name + PARTIAL)
 
 
 class _TarSink(_Sink):
@@ -345,7 +393,7 @@ class _TarSink(_Sink):
     import verifies the state before it reads a blob, then every manifest and blob, the
     index last. A blob that does not hash to its digest aborts the whole tar."""
 
-    def __init__(self, out: _PartsWriter, signed: list[tuple[str, bytes]]) -> None:
+    def __init__(self, out: PartsWriter, signed: list[tuple[str, bytes]]) -> None:
         self.out = out
         self._manifests: dict[Digest, bytes] = {}
         self._file(LAYOUT_FILE, LAYOUT_VERSION + b"\n")

@@ -482,7 +482,8 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     else:
         print(
             f"bundle for {result['satellite']} (state version {result['state_version']}):"
-            f" {result['images']} image(s), {result['blobs_written']} blob(s) written"
+            f" {result['images']} image(s), {result['referrers']} referrer(s),"
+            f" {result['blobs_written']} blob(s) written"
             f" ({result['bytes_written']} bytes), {result['blobs_present']} already there,"
             f" {result['blobs_skipped']} held by the satellite; in {args.output}"
         )

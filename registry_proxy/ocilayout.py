@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from registry_proxy.digest import Digest
-from registry_proxy.manifest import parse_manifest
+from registry_proxy.manifest import Descriptor, parse_manifest
 from registry_proxy.platforms import plan_children
 
 LAYOUT_FILE: Final = "oci-layout"
@@ -67,6 +67,17 @@ def index_document(images: list[tuple[str, str, str, int]]) -> bytes:
         "manifests": manifests,
     }
     return json.dumps(document, indent=1, sort_keys=True).encode() + b"\n"
+
+
+def read_index(data: bytes) -> list[tuple[str, Descriptor]]:
+    """The named entries of an ``index.json``: (ref name, descriptor); an entry without
+    a name is left out."""
+    index = parse_manifest(data, INDEX_MEDIA_TYPE)
+    return [
+        (d.annotations[REF_NAME], d)
+        for d in index.manifests
+        if d.annotations and isinstance(d.annotations.get(REF_NAME), str)
+    ]
 
 
 FetchManifest = Callable[[str, Digest], Awaitable[bytes]]

@@ -3,14 +3,16 @@ the rate and the time left, redrawn in place on a terminal.
 
 ``satellite sync --now``, ``satellite bundle import`` and ``groundcontrol bundle export``
 draw with it. ``bar`` and ``eta`` are pure; ``TransferProgress`` keeps the counts and
-draws at most ten times a second."""
+draws at most ten times a second. ``ProgressFeed`` keeps the same counts for another
+process to draw (a running daemon's import, drawn by the CLI that asked for it);
+``Progress`` is what both offer to the code that moves the bytes."""
 
 from __future__ import annotations
 
 import sys
 import time
 from collections.abc import Callable
-from typing import TextIO
+from typing import Protocol, TextIO
 
 WIDTH = 24
 REDRAW = 0.1  # seconds between two redraws of the line
@@ -34,6 +36,38 @@ def eta(remaining: int, rate: float) -> str:
     if seconds < 3600:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class Progress(Protocol):
+    """Counts of bytes moved toward a total, as the code that moves them reports them."""
+
+    def expect(self, total: int) -> None: ...
+
+    def advance(self, n: int, what: str = "") -> None: ...
+
+    def complete(self) -> None: ...
+
+
+class ProgressFeed:
+    """The counts alone, read by whoever draws them elsewhere (``snapshot``)."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.done = 0
+        self.what = ""
+
+    def expect(self, total: int) -> None:
+        self.total = max(self.total, total)
+
+    def advance(self, n: int, what: str = "") -> None:
+        self.done += n
+        self.what = what or self.what
+
+    def complete(self) -> None:
+        self.advance(max(0, self.total - self.done))
+
+    def snapshot(self) -> dict[str, int | str]:
+        return {"done": self.done, "total": self.total, "what": self.what}
 
 
 class TransferProgress:
@@ -67,6 +101,11 @@ class TransferProgress:
     def complete(self) -> None:
         """All of it is done (what was skipped or not counted byte by byte included)."""
         self.advance(max(0, self.total - self.done))
+
+    def follow(self, done: int, total: int, what: str = "") -> None:
+        """Draws the counts another process reported (a ``ProgressFeed``'s snapshot)."""
+        self.expect(total)
+        self.advance(max(0, done - self.done), what)
 
     def rate(self, now: float) -> float:
         elapsed = now - self.started

@@ -4,7 +4,8 @@ A bundle (Ground Control → site) is an OCI image layout plus::
 
     satellite/state.json         the signed state envelope, the bytes Ground Control signed
     satellite/roots/<N>.json     the trust-root chain, every version 1..N as signed
-    satellite/acks.json          the check-ins Ground Control holds from this satellite
+    satellite/acks.json          the check-ins Ground Control holds from this satellite,
+                                 a DSSE envelope signed by the root's state keys
 
 A reports directory (site → Ground Control) holds, per satellite::
 
@@ -13,8 +14,10 @@ A reports directory (site → Ground Control) holds, per satellite::
     <satellite>/inventory.json   the digests the satellite's store holds (for delta bundles)
 
 The state and roots are verified by ``TrustedState`` exactly as online. The ack list is
-not signed: it can only make a satellite forget reports it would otherwise carry again,
-never accept content, so the worst a forged list does is lose reports for the dashboard.
+signed too (``sign_acks``/``verify_acks``: a threshold of the state keys of the root the
+satellite trusts, ``ACKS_PAYLOAD_TYPE``), names its satellite and the state version of
+its bundle: a forged or another satellite's list would make a satellite forget check-ins
+Ground Control never got, so the import clears nothing on a list that does not verify.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from groundcontrol.contract.fields import _check_satellite
 STATE_FILE: Final = "satellite/state.json"
 ROOTS_DIR: Final = "satellite/roots"
 ACKS_FILE: Final = "satellite/acks.json"
+ACKS_PAYLOAD_TYPE: Final = "application/vnd.satellite.acks.v1+json"
 CHECKINS_FILE: Final = "checkins.json"
 INVENTORY_FILE: Final = "inventory.json"
 MAX_ACKS_BYTES: Final = 16 * 1024 * 1024
@@ -62,24 +66,33 @@ def _seq(value: object, where: str) -> int:
 @dataclass(frozen=True)
 class Acks:
     """Check-ins Ground Control has ingested: every seq up to ``through`` (pruned from
-    its database but counted) and each of ``seqs``."""
+    its database but counted) and each of ``seqs``; sent with the state ``state_version``
+    (the bundle's), which the import requires."""
 
     satellite: str
     through: int
     seqs: frozenset[int]
+    state_version: int = 0
 
     def covers(self, seq: int) -> bool:
         return seq <= self.through or seq in self.seqs
 
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "satellite": self.satellite,
+            "state_version": self.state_version,
+            "through": self.through,
+            "seqs": sorted(self.seqs),
+        }
+
     def to_bytes(self) -> bytes:
-        doc = {"satellite": self.satellite, "through": self.through, "seqs": sorted(self.seqs)}
-        return json.dumps(doc, sort_keys=True).encode() + b"\n"
+        return json.dumps(self.to_dict(), sort_keys=True).encode() + b"\n"
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Acks:
         if len(data) > MAX_ACKS_BYTES:
             raise MalformedDocument(f"acks: larger than {MAX_ACKS_BYTES} bytes")
-        doc = _object(data, "acks", {"satellite", "through", "seqs"})
+        doc = _object(data, "acks", {"satellite", "state_version", "through", "seqs"})
         seqs = doc.get("seqs")
         if not isinstance(seqs, list):
             raise MalformedDocument("acks.seqs: expected a list")
@@ -87,6 +100,7 @@ class Acks:
             _satellite(doc.get("satellite"), "acks"),
             _seq(doc.get("through"), "acks.through"),
             frozenset(_seq(s, "acks.seqs[]") for s in seqs),
+            _seq(doc.get("state_version"), "acks.state_version"),
         )
 
 

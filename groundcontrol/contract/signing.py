@@ -10,6 +10,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from groundcontrol.contract.bundle import ACKS_PAYLOAD_TYPE, Acks
 from groundcontrol.contract.documents import (
     CHECKIN_PAYLOAD_TYPE,
     ROOT_PAYLOAD_TYPE,
@@ -77,3 +78,8 @@ def sign_state(doc: StateDocument, keys: Sequence[Ed25519PrivateKey]) -> Envelop
 def sign_checkin(checkin: CheckIn, device_key: Ed25519PrivateKey) -> Envelope:
     """Sign a check-in with the satellite's device key."""
     return sign_envelope(CHECKIN_PAYLOAD_TYPE, canonical_json(checkin.to_dict()), [device_key])
+
+
+def sign_acks(acks: Acks, keys: Sequence[Ed25519PrivateKey]) -> Envelope:
+    """Sign a bundle's ack list with (a threshold of) the root's state keys."""
+    return sign_envelope(ACKS_PAYLOAD_TYPE, canonical_json(acks.to_dict()), keys)

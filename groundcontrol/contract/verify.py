@@ -8,6 +8,7 @@ import nacl.bindings
 import nacl.exceptions
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from groundcontrol.contract.bundle import ACKS_PAYLOAD_TYPE, MAX_ACKS_BYTES, Acks
 from groundcontrol.contract.documents import (
     CHECKIN_PAYLOAD_TYPE,
     DEFAULT_CHECKIN_MAX_BYTES,
@@ -283,3 +284,21 @@ def verify_checkin(
             f"check-in: from satellite {checkin.satellite!r}, signed by the key of {satellite!r}"
         )
     return checkin
+
+
+def verify_acks(
+    envelope_bytes: bytes, root: Root, satellite: str, max_bytes: int = MAX_ACKS_BYTES
+) -> Acks:
+    """Verify a bundle's ack list for ``satellite`` and return it: payloadType, a
+    ``root.state_threshold`` of valid signatures by ``root.state_keys``, then addressed to
+    ``satellite`` (``WrongSatelliteError``). Which state version it must name is the
+    caller's check (the bundle's)."""
+    envelope = Envelope.from_json(envelope_bytes, max_bytes)
+    _check_payload_type(envelope, ACKS_PAYLOAD_TYPE, "acks")
+    _verify_signatures(envelope, _public_keys(root.state_keys), root.state_threshold, "acks")
+    acks = Acks.from_bytes(envelope.payload)
+    if acks.satellite != satellite:
+        raise WrongSatelliteError(
+            f"acks: addressed to satellite {acks.satellite!r}, this is {satellite!r}"
+        )
+    return acks

@@ -22,6 +22,9 @@ import httpx
 import pytest
 
 from groundcontrol.contract import Envelope, StateDocument, generate_key, sign_state
+from registry_proxy.digest import Digest
+from registry_proxy.referrers import referrer_tags
+from tests.support.artifacts import attach, sbom_by_digest
 from tests.support.containerd import Containerd
 from tests.support.fleet import Fleet, run_satellite_cli, state_version, status, wait_until
 from tests.support.groundcontrol import groundcontrol_env
@@ -197,9 +200,14 @@ def test_export_then_import_into_a_stopped_and_a_running_satellite(
         assert runtime.image_digest(f"{site.central.host}/library/app:v1") == (
             image_layout.app.digest
         )
-        # the new bundle, imported by the running daemon
-        code, out = site.bundle_import(second)
+        # the new bundle, imported by the running daemon: the CLI draws the daemon's
+        # progress on its terminal, ending full at the bundle's bytes
+        code, out = site.bundle_import(second, terminal=True)
         assert code == 0 and out.startswith("applied:"), out
+        total = sum(p.stat().st_size for p in (second / "blobs" / "sha256").iterdir()) / 1e6
+        drawn = [line for line in re.split(r"[\r\n]", out) if line.startswith("import [")]
+        assert len(drawn) >= 2, repr(out[-600:])  # the bar as it moved, and the last one
+        assert re.search(rf"import \[#{{24}}\] {total:.1f}/{total:.1f} MB", drawn[-1]), drawn
         assert state_version(site.sat) == exported["state_version"]
         current = status(site.sat)
         assert current["state_source"] == "bundle"
@@ -305,6 +313,18 @@ def test_a_tar_and_a_split_bundle(site: Site, tmp_path: Path, skopeo: Skopeo) ->
     parts = sorted(split.parent.iterdir())
     assert len(parts) >= 3 and all(p.stat().st_size <= 64 * 1024 for p in parts)
     assert b"".join(p.read_bytes() for p in parts) == tar.read_bytes()
+    # exported again in fewer parts: the parts of the earlier export are gone
+    site.export("site-a", split, "--split", "1MiB")
+    assert sorted(p.name for p in split.parent.iterdir()) == ["bundle.tar.000"]
+    assert (split.parent / "bundle.tar.000").read_bytes() == tar.read_bytes()
+    site.export("site-a", split, "--split", "64KiB")
+    assert sorted(split.parent.iterdir()) == parts
+
+    # what an export cut short leaves (kill -9, a full stick): never taken for a bundle
+    cut = tmp_path / "cut.tar"
+    (tmp_path / "cut.tar.partial").write_bytes(tar.read_bytes()[:70000])
+    code, out = site.bundle_import(cut)
+    assert code == 1 and "the export that wrote it was cut short" in out, out
 
     truncated = tmp_path / "truncated.tar"
     truncated.write_bytes(tar.read_bytes()[: tar.stat().st_size // 2])
@@ -467,9 +487,34 @@ def test_reports_carried_back_and_acknowledged_by_the_next_bundle(
         result = site.export("site-a", delta, "--since-checkins")
         assert result["blobs_skipped"] == 4  # app:v1's config and layers
         assert result["blobs_written"] > 0
+        # the ack list is signed for site-a and this state: a tampered one, or another
+        # satellite's, clears nothing (a warning), while the state still applies
+        acks_file = delta / "satellite" / "acks.json"
+        envelope = json.loads(acks_file.read_bytes())
+        payload = json.loads(base64.b64decode(envelope["payload"]))
+        assert payload["satellite"] == "site-a" and payload["seqs"] == sorted(seqs)
+        payload["through"] = 1_000_000  # would clear every check-in queued
+        envelope["payload"] = base64.b64encode(json.dumps(payload).encode()).decode()
+        tampered = tmp_path / "b2-tampered"
+        shutil.copytree(delta, tampered)
+        (tampered / "satellite" / "acks.json").write_text(json.dumps(envelope))
+        site.fleet.api("POST", "/api/v1/satellites/site-b/publish")
+        site.export("site-b", tmp_path / "b-other")
+        foreign = tmp_path / "b2-foreign"
+        shutil.copytree(delta, foreign)
+        shutil.copy(tmp_path / "b-other" / "satellite" / "acks.json", foreign / "satellite")
+        for bundle, reason in ((tampered, "SignatureError"), (foreign, "WrongSatelliteError")):
+            queued = _outbox_seqs(site)
+            code, out = site.bundle_import(bundle)
+            assert code == 0 and "0 check-in(s) acknowledged" in out, out
+            assert f"satellite: warning: satellite/acks.json refused: {reason}" in out, out
+            assert "no check-in cleared" in out
+            assert set(queued) <= set(_outbox_seqs(site))  # nothing cleared
+        assert state_version(site.sat) == result["state_version"]  # the state applied
         depth_before = status(site.sat)["outbox"]["depth"]
         code, out = site.bundle_import(delta)
-        assert code == 0 and out.startswith("applied:"), out
+        assert code == 0 and out.startswith("current:"), out
+        assert "warning" not in out
         assert f"{count} check-in(s) acknowledged" in out
         assert status(site.sat)["outbox"]["depth"] < depth_before + 2
         left = [seq for seq in _outbox_seqs(site) if seq in seqs]
@@ -500,3 +545,84 @@ def _outbox_seqs(site: Site) -> list[int]:
 
 def _outbox_events(site: Site) -> list[dict[str, Any]]:
     return [event for checkin in _outbox(site) for event in checkin.get("events", [])]
+
+
+def test_bundles_carry_referrers_and_a_delta_carries_a_new_one(
+    site: Site, skopeo: Skopeo, tmp_path: Path, image_layout: GeneratedLayout
+) -> None:
+    """The central docker-registry has no referrers API: the tag schema's index (an SBOM),
+    cosign's ``.sig`` tag and later an ``.att`` tag name what refers to app:v1."""
+    app = image_layout.app
+    attached = attach(site.central, "library/app", app)
+    tags = referrer_tags(Digest.parse(app.digest))
+    schema_tag, sig_tag, att_tag = tags[0], tags[1], tags[2]
+    with httpx.Client(base_url=site.central.url, timeout=30) as c:
+        signature = c.get(
+            f"/v2/library/app/manifests/{attached['signature']}",
+            headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+        ).content
+    bundle = tmp_path / "b1"
+    first = site.export("site-a", bundle)
+    assert first["referrers"] == 3  # the schema's index, the SBOM it lists, the signature
+    names = {
+        m["annotations"]["org.opencontainers.image.ref.name"]
+        for m in json.loads((bundle / "index.json").read_bytes())["manifests"]
+    }
+    assert names == {
+        "library/app:v1",
+        f"library/app:{schema_tag}",
+        f"library/app:{sig_tag}",
+        f"library/app@{attached['sbom']}",
+    }
+    # standard tools read them from the layout, bytes as signed
+    assert skopeo.inspect_raw(f"oci:{bundle}:library/app:{sig_tag}") == signature
+    code, out = site.bundle_import(bundle)
+    assert code == 0 and "3 referrer(s)" in out, out
+    # kept from eviction: an air-gapped site cannot fetch them again
+    pinned = {attached[k] for k in ("signature", "signature_layer", "sbom", "sbom_layer")}
+    assert pinned <= _pins(site, "referrers")
+
+    # an attestation added after the export: a delta bundle leaves out what the satellite
+    # holds (the image, the signature) and carries the attestation
+    with httpx.Client(base_url=site.central.url, timeout=30) as c:
+        added = sbom_by_digest(c, "library/app", app, b'{"predicate": "later"}', tag=att_tag)
+    stick = tmp_path / "reports"
+    run_satellite_cli("reports", "export", str(stick), "--data-dir", str(site.sat.data_dir))
+    delta = tmp_path / "b2"
+    inventory = stick / "site-a" / "inventory.json"
+    second = site.export("site-a", delta, "--since-inventory", str(inventory))
+    assert second["referrers"] == 4
+    assert second["blobs_written"] == 1  # the attestation's layer; its config is held
+    written = {p.name for p in (delta / "blobs" / "sha256").iterdir()}
+    assert Digest.parse(added["layer"]).encoded in written
+    assert Digest.parse(attached["signature_layer"]).encoded not in written
+
+    site.central.stop()
+    with site.sat:
+        wait_until(lambda: status(site.sat)["running"], what="daemon")
+        code, out = site.bundle_import(delta)
+        assert code == 0 and out.startswith("current:") and "4 referrer(s)" in out, out
+        assert {added["manifest"], added["layer"]} | pinned <= _pins(site, "referrers")
+        with httpx.Client(base_url=site.sat.url, timeout=30) as c:
+            listed = c.get(f"/v2/library/app/referrers/{app.digest}")
+            assert listed.status_code == 200, listed.text
+            assert {m["digest"] for m in listed.json()["manifests"]} == {
+                attached["sbom"],
+                added["manifest"],
+            }
+            for tag, digest in ((sig_tag, attached["signature"]), (att_tag, added["manifest"])):
+                answer = c.get(
+                    f"/v2/library/app/manifests/{tag}",
+                    headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+                )
+                assert answer.status_code == 200, answer.text
+                assert answer.headers["docker-content-digest"] == digest
+            served = c.get(
+                f"/v2/library/app/manifests/{sig_tag}",
+                headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+            )
+            assert served.content == signature  # byte-identical, offline
+            blob = c.get(f"/v2/library/app/blobs/{attached['signature_layer']}")
+            assert blob.status_code == 200 and Digest.of(blob.content) == Digest.parse(
+                attached["signature_layer"]
+            )

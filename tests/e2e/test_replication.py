@@ -5,11 +5,14 @@ A state of three images, two sharing layers and one an index of four platforms o
 the group keeps two: the satellite ends up with exactly the blobs those need, each
 fetched once from the central registry (counted in its access log), and with the central
 registry stopped every image pulls from the satellite by tag, and the index by its
-original digest, byte for byte. One image whose blob the central registry lost fails
+original digest, byte for byte, and the image's signature and SBOM (found through the
+tag schemas, since docker-registry has no referrers API) answer from the satellite
+alone. One image whose blob the central registry lost fails
 alone, is reported with its reason, and converges once the blob is back."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -22,6 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.artifacts import attach, referrer_tag_names
 from tests.support.containerd import Containerd, mirror_hosts_dir
 from tests.support.fleet import Fleet, run_satellite_cli, status, wait_until
 from tests.support.images import ImageRef, build_image, build_index
@@ -86,6 +90,12 @@ def test_a_state_is_replicated_once_and_served_offline(
     assert set(tool.blob_digests[1:]) <= set(app.blob_digests)  # layers shared
     for ref, name in ((app, "app:v1"), (tool, "tool:v1"), (multi, "multi:v1")):
         push(skopeo, layout, ref, central, name)
+    signed = attach(central, "library/app", app)  # a signature and an SBOM refer to app
+    artifact_blobs = [signed[k] for k in ("signature_layer", "sbom_layer", "empty")]
+    central_blobs = {
+        d: httpx.get(f"{central.url}/v2/library/app/blobs/{d}", timeout=10).content
+        for d in artifact_blobs
+    }
 
     fleet = Fleet(tmp_path / "fleet", config=f'[registry]\nurl = "{central.url}"\n').start()
     try:
@@ -105,6 +115,7 @@ def test_a_state_is_replicated_once_and_served_offline(
             wait_until(lambda: all_present(sat, 3), timeout=90, what="three images present")
             kept = [c for c in multi.manifests if c.platform and "/".join(c.platform) in KEPT]
             needed = set(app.blob_digests) | set(tool.blob_digests)
+            needed |= set(artifact_blobs)
             for child in kept:
                 needed |= set(child.blob_digests)
             served_bytes, served = (
@@ -112,12 +123,13 @@ def test_a_state_is_replicated_once_and_served_offline(
             )
             # every needed blob once, nothing for the platforms left out
             assert served == len(needed), (served, len(needed))
-            sizes = sum(app.blob_file(d).stat().st_size for d in needed)
-            assert served_bytes == sizes
+            sizes = sum(app.blob_file(d).stat().st_size for d in needed - set(artifact_blobs))
+            assert served_bytes == sizes + sum(len(b) for b in central_blobs.values())
 
             host = sat.host
             pins = pinned(sat.data_dir)
             assert needed | {app.digest, tool.digest, multi.digest} <= pins
+            assert {signed["signature"], signed["sbom"]} <= pins
             assert not pins & set(left_out_digests(multi))
             # the upstream's tag moves; the fleet's state has not: app:v1 stays the state's
             push(skopeo, layout, tool, central, "app:v1")
@@ -133,6 +145,17 @@ def test_a_state_is_replicated_once_and_served_offline(
                 out = tmp_path / f"out-{child.digest[7:19]}"
                 skopeo.copy(f"docker://{host}/library/multi@{child.digest}", f"oci:{out}:x")
             skopeo.copy(f"docker://{host}/library/app:v1", f"oci:{tmp_path / 'out-app'}:x")
+            # the signature by cosign's tag, the SBOM through the satellite's referrers API
+            schema_tag, sig_tag = referrer_tag_names(app.digest)
+            sig = skopeo.inspect_raw(f"docker://{host}/library/app:{sig_tag}")
+            assert "sha256:" + hashlib.sha256(sig).hexdigest() == signed["signature"]
+            sig_layer = json.loads(sig)["layers"][0]["digest"]
+            blob = httpx.get(f"http://{host}/v2/library/app/blobs/{sig_layer}", timeout=10)
+            assert blob.status_code == 200 and blob.content == central_blobs[sig_layer]
+            listing = httpx.get(f"http://{host}/v2/library/app/referrers/{app.digest}", timeout=10)
+            assert listing.status_code == 200, listing.text
+            assert [m["digest"] for m in listing.json()["manifests"]] == [signed["sbom"]]
+            assert skopeo.inspect_raw(f"docker://{host}/library/app:{schema_tag}")
             # a site runtime through a hosts.toml mirror: by tag and by the index's digest
             hosts = mirror_hosts_dir(tmp_path, host)
             runtime = containerd_factory()

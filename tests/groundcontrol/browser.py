@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from tests.support.net import LOOPBACK, free_port
-from tests.support.process import ServerProcess
+from tests.support.process import STARTUP_TIMEOUT, ServerProcess
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -49,7 +49,7 @@ class ChromeDriver(ServerProcess):
 
     def __init__(self, workdir: Path) -> None:
         self.port = free_port()
-        super().__init__(workdir / f"chromedriver-{self.port}.log", startup_timeout=30)
+        super().__init__(workdir / f"chromedriver-{self.port}.log", startup_timeout=STARTUP_TIMEOUT)
         self.url = f"http://{LOOPBACK}:{self.port}"
 
     def start(self) -> ChromeDriver:

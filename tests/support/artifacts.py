@@ -102,8 +102,11 @@ def attach(upstream: UpstreamRegistry, repo: str, image: ImageRef) -> dict[str, 
     }
 
 
-def sbom_by_digest(c: httpx.Client, repo: str, image: ImageRef, text: bytes) -> dict[str, str]:
-    """An SBOM artifact whose subject is ``image``, pushed by digest: no tag names it."""
+def sbom_by_digest(
+    c: httpx.Client, repo: str, image: ImageRef, text: bytes, *, tag: str | None = None
+) -> dict[str, str]:
+    """An SBOM artifact whose subject is ``image``, pushed by digest (no tag names it),
+    or with ``tag`` under that tag."""
     subject = {"mediaType": image.media_type, "digest": image.digest, "size": image.size}
     empty = push_descriptor(c, repo, b"{}")
     layer = push_descriptor(c, repo, text)
@@ -116,5 +119,5 @@ def sbom_by_digest(c: httpx.Client, repo: str, image: ImageRef, text: bytes) -> 
         "subject": subject,
     }
     digest = sha256_digest(json.dumps(doc).encode())
-    put_manifest(c, repo, digest, doc)
+    put_manifest(c, repo, tag or digest, doc)
     return {"manifest": digest, "layer": layer["digest"]}

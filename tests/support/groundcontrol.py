@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from tests.support.net import LOOPBACK, free_port
-from tests.support.process import ServerProcess
+from tests.support.process import STARTUP_TIMEOUT, ServerProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,7 +28,7 @@ def groundcontrol_env() -> dict[str, str]:
 class GroundControlProcess(ServerProcess):
     name = "groundcontrol"
 
-    def __init__(self, workdir: Path, *args: str, startup_timeout: float = 20.0) -> None:
+    def __init__(self, workdir: Path, *args: str, startup_timeout: float = STARTUP_TIMEOUT) -> None:
         self.port = free_port()
         super().__init__(workdir / f"gc-{self.port}.log", startup_timeout)
         self.url = f"http://{LOOPBACK}:{self.port}"

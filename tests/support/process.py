@@ -21,13 +21,18 @@ from tests.support.net import (
     wait_http,
 )
 
+# how long a server may take to answer after its start: a healthy one needs about a
+# second, but a suite running beside other work on 2 cores has seen 20 s pass; a server
+# that dies is noticed at once whatever this says
+STARTUP_TIMEOUT = 60.0
+
 
 class ServerProcess:
     """Subclasses set `name` and call `_launch` then `_await_ready` from their `start`."""
 
     name = "server"
 
-    def __init__(self, log_path: Path, startup_timeout: float = 20.0) -> None:
+    def __init__(self, log_path: Path, startup_timeout: float = STARTUP_TIMEOUT) -> None:
         self.log_path = log_path  # what the startup error shows the tail of
         self.startup_timeout = startup_timeout
         self._proc: subprocess.Popen[bytes] | None = None

@@ -24,7 +24,7 @@ from tests.support.net import (
     LOOPBACK,
     free_port,
 )
-from tests.support.process import ServerProcess
+from tests.support.process import STARTUP_TIMEOUT, ServerProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -103,7 +103,7 @@ class SatelliteProcess(ServerProcess):
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         port: int | None = None,
-        startup_timeout: float = 20.0,
+        startup_timeout: float = STARTUP_TIMEOUT,
         workers: int = 1,
     ) -> None:
         super().__init__(root / "satellite.log", startup_timeout)

@@ -19,7 +19,7 @@ import httpx
 
 from tests.support.images import sha256_bytes
 from tests.support.net import LOOPBACK, free_port
-from tests.support.process import ServerProcess
+from tests.support.process import STARTUP_TIMEOUT, ServerProcess
 
 BINARY = "docker-registry"
 
@@ -60,7 +60,7 @@ class UpstreamRegistry(ServerProcess):
         proxy_remote: str | None = None,
         proxy_auth: tuple[str, str] | None = None,
         port: int | None = None,
-        startup_timeout: float = 20.0,
+        startup_timeout: float = STARTUP_TIMEOUT,
         address: str = LOOPBACK,
         netns: str | None = None,
     ) -> None:
