@@ -6,4 +6,6 @@ bash scripts/bootstrap.sh
 .venv/bin/ruff format --check .
 .venv/bin/ruff check .
 .venv/bin/mypy
-exec .venv/bin/python -m pytest -p no:cacheprovider "$@"
+# one pytest worker per core (pytest-xdist); tests that must not overlap share an
+# xdist_group, which --dist loadgroup keeps on one worker
+exec .venv/bin/python -m pytest -p no:cacheprovider -n auto --dist loadgroup "$@"

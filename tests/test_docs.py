@@ -156,6 +156,8 @@ def block_env(home: Path) -> dict[str, str]:
     return env
 
 
+# the quick starts listen on the fixed ports their readers type: one worker runs them all
+@pytest.mark.xdist_group("docs-fixed-ports")
 @pytest.mark.parametrize("block", RUNNABLE, ids=[b.name for b in RUNNABLE])
 def test_shell_block_runs_as_written(block: Block, tmp_path: Path) -> None:
     work, home = tmp_path / "work", tmp_path / "home"

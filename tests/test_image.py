@@ -43,6 +43,10 @@ def build(out: Path) -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
+# one worker builds the image once for both tests (the build cache is not shared safely)
+pytestmark = pytest.mark.xdist_group("image")
+
+
 @pytest.fixture(scope="module")
 def image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("image") / "layout"

@@ -140,8 +140,7 @@ def test_real_satellite_speaks_the_notify_protocol(
         children = _children(sat.pid)
         stopping = listener.wait_for("STOPPING")
         assert stopping["STATUS"] == "stopping"
-        assert sat._proc is not None
-        assert sat._proc.wait(timeout=30) == 0  # a graceful stop, well within TimeoutStopSec
+        assert sat.wait_exit(timeout=30) == 0  # a graceful stop, well within TimeoutStopSec
         assert not any(Path(f"/proc/{child}").exists() for child in children)
     finally:
         sat.stop()

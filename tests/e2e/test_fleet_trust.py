@@ -160,8 +160,12 @@ def test_an_expired_state_is_kept_reported_and_never_fresh_again(fleet: Fleet) -
             wait_until(lambda: status(sat)["state"]["expired"], what="expiry", timeout=20)
             current = status(sat)
             assert current["state"]["version"] == base.version + 1  # still served
-            metrics = httpx.get(f"{sat.url}/metrics").text
-            assert "satellite_state_expired 1.0" in metrics
+            # the gauge follows at the agent's next pass (status computes it when asked)
+            wait_until(
+                lambda: "satellite_state_expired 1.0" in httpx.get(f"{sat.url}/metrics").text,
+                what="the expiry gauge",
+                timeout=20,
+            )
             wait_until(
                 lambda: any(
                     row["report"]["state_expired"]

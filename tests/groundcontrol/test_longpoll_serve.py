@@ -201,6 +201,7 @@ def test_sigterm_answers_held_long_polls(tmp_path: Path) -> None:
         woken, released = asyncio.run(scenario())
         assert woken.status_code == 200 and woken.headers["X-State-Version"] == "2"
         assert released.status_code == 304 and released.headers["X-State-Wait"] == "60"
+        code = server.wait_exit(timeout=30)  # the one SIGTERM stops it, cleanly
+        assert code == 0, server.log_tail()
     finally:
-        code = server.stop()
-    assert code == 0, server.log_tail()
+        server.stop()

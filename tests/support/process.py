@@ -105,6 +105,15 @@ class ServerProcess:
         self._forget()
         return code
 
+    def wait_exit(self, timeout: float) -> int:
+        """Waits (bounded) for the process to exit by itself, after a signal the test
+        sent; returns the exit code. A second SIGTERM from `stop` would race the first
+        one's shutdown."""
+        assert self._proc is not None, f"{self.name} was not started"
+        code = self._proc.wait(timeout=timeout)
+        self._forget()
+        return code
+
     def kill9(self) -> int | None:
         """SIGKILL now, as a crash would; files are left as the kill found them."""
         proc = self._proc
