@@ -373,3 +373,29 @@ def test_stopping_the_server_closes_idle_keep_alive_connections_at_once() -> Non
             assert _closed_by_server(idle)
             assert _response(late).startswith(b"HTTP/1.1 200")
             assert _closed_by_server(late)
+
+
+def test_the_event_loop_still_offers_what_file_sends_rely_on() -> None:
+    """File ranges go out from a writer that `_FileSender` registers with the selector
+    loop's private `_add_writer` (the public `add_writer` refuses a socket a transport
+    owns). If a Python release drops or changes it, the sends silently fall back to
+    `loop.sendfile`: this test says so instead."""
+    a, b = socket.socketpair()
+    fired: list[int] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        assert hasattr(loop, "_add_writer"), "asyncio's selector loop has no _add_writer"
+        done = loop.create_future()
+
+        def writable() -> None:
+            fired.append(os.write(a.fileno(), b"x"))
+            loop._remove_writer(a.fileno())  # type: ignore[attr-defined]
+            done.set_result(None)
+
+        loop._add_writer(a.fileno(), writable)  # type: ignore[attr-defined]
+        await asyncio.wait_for(done, 10)
+
+    with a, b:
+        asyncio.run(main())
+        assert fired == [1] and b.recv(1) == b"x"
