@@ -122,8 +122,8 @@ def skopeo_copy(skopeo: Skopeo, up: UpstreamRegistry, peer: UpstreamRegistry, im
     started = time.monotonic()
     for name, ref, kept in images:
         src, dst = f"docker://{up.host}/{name}", f"docker://{peer.host}/{name}"
-        if not kept:
-            skopeo.copy(f"{src}:v1", f"{dst}:v1")
+        if not kept:  # by digest, as the state names it (the upstream's tags vary)
+            skopeo.copy(f"{src}@{ref.digest}", f"{dst}:v1")
             continue
         # docker-registry refuses an index whose children it lacks: all platforms go
         skopeo.copy(f"{src}@{ref.digest}", f"{dst}:v1", "--preserve-digests", all_images=True)
