@@ -280,31 +280,29 @@ def _bundle_import(config: Config, args: argparse.Namespace) -> int:
 
     path = args.path.resolve()
     progress = on_terminal("import")
+    broken: AdminBrokenOff | None = None
     try:
-        if progress is None:
-            result = call(config.data_dir, "POST", "/bundle", {"path": str(path)}, timeout=None)
-        else:  # the running daemon's progress, drawn here
-            result = call_with_progress(
-                config.data_dir, "/bundle", {"path": str(path)}, progress.follow
-            )
-    except AdminBrokenOff as exc:
-        if progress is not None:
-            progress.close()
-        print(f"satellite: {exc}; the daemon's log tells how the import ended", file=sys.stderr)
-        return 1
-    except AdminUnavailable:
-
-        def router_for(doc: StateDocument) -> Router:
-            return storage_router(config, doc)
-
         try:
+            if progress is None:
+                result = call(config.data_dir, "POST", "/bundle", {"path": str(path)}, timeout=None)
+            else:  # the running daemon's progress, drawn here
+                result = call_with_progress(
+                    config.data_dir, "/bundle", {"path": str(path)}, progress.follow
+                )
+        except AdminUnavailable:
+
+            def router_for(doc: StateDocument) -> Router:
+                return storage_router(config, doc)
+
             result = asyncio.run(import_offline(config.data_dir, path, router_for, progress))
-        finally:
-            if progress is not None:
-                progress.close()
-    else:
+    except AdminBrokenOff as exc:
+        broken = exc
+    finally:
         if progress is not None:
-            progress.close()
+            progress.close()  # the bar's line ends before anything else is printed
+    if broken is not None:
+        print(f"satellite: {broken}; the daemon's log tells how the import ended", file=sys.stderr)
+        return 1
     outcome = result.get("outcome")
     if result.get("warning"):
         print(f"satellite: warning: {result['warning']}", file=sys.stderr)

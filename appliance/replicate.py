@@ -41,7 +41,6 @@ from registry_proxy.metrics import Metrics
 from registry_proxy.platforms import plan_children
 from registry_proxy.proxy import Proxy
 from registry_proxy.referrers import find_referrers
-from registry_proxy.referrers import referrer_tags as referrer_tags  # tests import it here
 from registry_proxy.routing import Router, Target
 from registry_proxy.store import ContentStore
 from registry_proxy.upstream import UpstreamUnavailable

@@ -64,43 +64,34 @@ class ProgressFeed:
         self.what = what or self.what
 
     def complete(self) -> None:
+        """All of it is done (what was skipped or not counted byte by byte included)."""
         self.advance(max(0, self.total - self.done))
 
     def snapshot(self) -> dict[str, int | str]:
         return {"done": self.done, "total": self.total, "what": self.what}
 
 
-class TransferProgress:
-    """Bytes moved toward a total. ``expect`` sets (or raises) the total, ``advance``
-    counts bytes and redraws; ``close`` draws the last line and ends it."""
+class TransferProgress(ProgressFeed):
+    """Bytes moved toward a total, drawn: the feed's counts, and ``advance`` redraws the
+    line (at most every ``REDRAW`` s); ``close`` draws the last line and ends it."""
 
     def __init__(
         self, label: str, out: TextIO, *, clock: Callable[[], float] = time.monotonic
     ) -> None:
+        super().__init__()
         self.label = label
         self.out = out
         self.clock = clock
-        self.total = 0
-        self.done = 0
-        self.what = ""
         self.started = clock()
         self._drawn = float("-inf")  # the first bytes draw the line
 
-    def expect(self, total: int) -> None:
-        self.total = max(self.total, total)
-
     def advance(self, n: int, what: str = "") -> None:
-        self.done += n
-        self.what = what or self.what
+        super().advance(n, what)
         now = self.clock()
         if now - self._drawn >= REDRAW:
             self._drawn = now
             self.out.write("\r" + self.line(now) + CLEAR)
             self.out.flush()
-
-    def complete(self) -> None:
-        """All of it is done (what was skipped or not counted byte by byte included)."""
-        self.advance(max(0, self.total - self.done))
 
     def follow(self, done: int, total: int, what: str = "") -> None:
         """Draws the counts another process reported (a ``ProgressFeed``'s snapshot)."""

@@ -25,11 +25,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from appliance.replicate import PIN_OWNER, REFERRERS_REFRESH, Replicator, referrer_tags
+from appliance.replicate import PIN_OWNER, REFERRERS_REFRESH, Replicator
 from groundcontrol.contract import ImageDescriptor, StateDocument
 from registry_proxy.digest import Digest
 from registry_proxy.metrics import Metrics
 from registry_proxy.proxy import Proxy, UpstreamLink
+from registry_proxy.referrers import referrer_tags
 from registry_proxy.routing import Router, UpstreamName
 from registry_proxy.store import ContentStore
 from registry_proxy.upstream import UpstreamClient
