@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from collections.abc import Sequence
 
 from hypercorn.asyncio import serve
@@ -17,8 +18,23 @@ from registry_proxy import framing
 log = logging.getLogger("satellite")
 
 
+class ServerConfig(HypercornConfig):
+    """hypercorn's config, with the headers it adds to every response (``Date``) built
+    once a second instead of per response (formatting the date was 2 to 3% of a manifest
+    request's CPU)."""
+
+    _cached: tuple[str, int, list[tuple[bytes, bytes]]] | None = None
+
+    def response_headers(self, protocol: str) -> list[tuple[bytes, bytes]]:
+        second = int(time.time())
+        cached = self._cached
+        if cached is None or cached[0] != protocol or cached[1] != second:
+            cached = self._cached = (protocol, second, super().response_headers(protocol))
+        return list(cached[2])
+
+
 def hypercorn_config(host: str, port: int) -> HypercornConfig:
-    cfg = HypercornConfig()
+    cfg = ServerConfig()
     cfg.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     cfg.accesslog = None
     cfg.errorlog = logging.getLogger("hypercorn.error")

@@ -21,7 +21,11 @@ exactly this; hypercorn does not implement it, so this module adds it:
 request in flight is closed after ``keep_alive_timeout`` s, and at once when the server
 stops) with one timer per connection (``_IdleTimer``) instead of hypercorn's task per
 request: hypercorn cancels one task and starts another, which starts a third inside
-``asyncio.wait_for``, around every request, about a tenth of a small request's CPU.
+``asyncio.wait_for``, around every request, about a tenth of a small request's CPU. The
+timer is not re-armed per request either: a request only notes when the connection went
+idle, and the timer, when it fires, looks whether it has been idle long enough.
+
+The server also skips the empty write that h11 makes of a Content-Length body's end.
 
 ``install()`` puts the three in place of hypercorn's classes (``uninstall()`` puts hypercorn's
 back, for tests). It checks the hypercorn version it was written against and does nothing
@@ -50,7 +54,7 @@ import hypercorn.protocol
 import hypercorn.protocol.h11
 from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.asyncio.worker_context import AsyncioSingleTask, WorkerContext
-from hypercorn.events import Closed, Event, RawData
+from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.protocol.events import Event as StreamEvent
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
@@ -183,7 +187,8 @@ class _IdleConnections:
     async def watch(self, context: WorkerContext) -> None:
         await context.terminated.wait()
         for timer in list(self.timers):
-            timer.expire()
+            if timer.idle_since is not None:  # a request in flight ends first (idle())
+                timer.expire()
 
 
 _idle: weakref.WeakKeyDictionary[WorkerContext, _IdleConnections] = weakref.WeakKeyDictionary()
@@ -191,34 +196,56 @@ _idle: weakref.WeakKeyDictionary[WorkerContext, _IdleConnections] = weakref.Weak
 
 class _IdleTimer(AsyncioSingleTask):
     """Stands in for hypercorn's idle task of one connection (same restart/stop calls):
-    while armed, a timer closes the connection after ``keep_alive_timeout`` s, and the
-    server's stop closes it at once."""
+    while armed, a timer closes the connection once it has been idle (no request in
+    flight) for ``keep_alive_timeout`` s, and the server's stop closes it at once. A
+    request only marks the connection busy and then idle again (``busy``/``idle``); the
+    timer, when it fires, looks at how long it has been idle and waits again if it has
+    not been long enough."""
 
     def __init__(self, server: ZeroCopyTCPServer) -> None:
         super().__init__()
         self.server = server
         self.handle: asyncio.TimerHandle | None = None
+        self.idle_since: float | None = None  # None: a request in flight
         self.task_group: Any = None
         self.closing: asyncio.Task[None] | None = None
 
     async def restart(self, task_group: Any, action: Callable[[], Any]) -> None:
-        self.stop_now()
         self.task_group = task_group
-        server = self.server
-        idle = _idle.get(server.context)
-        if idle is None:
-            idle = _idle[server.context] = _IdleConnections()
-            idle.watcher = server.loop.create_task(idle.watch(server.context))
-        if server.context.terminated.is_set():
-            self.expire()
-            return
-        idle.timers.add(self)
-        self.handle = server.loop.call_later(server.config.keep_alive_timeout, self.expire)
+        self.idle()
 
     async def stop(self) -> None:
         self.stop_now()
 
+    def idle(self) -> None:
+        server = self.server
+        if server.context.terminated.is_set():
+            self.expire()
+            return
+        self.idle_since = server.loop.time()
+        if self.handle is None:
+            idle = _idle.get(server.context)
+            if idle is None:
+                idle = _idle[server.context] = _IdleConnections()
+                idle.watcher = server.loop.create_task(idle.watch(server.context))
+            idle.timers.add(self)
+            self.handle = server.loop.call_later(server.config.keep_alive_timeout, self._check)
+
+    def busy(self) -> None:
+        self.idle_since = None
+
+    def _check(self) -> None:
+        loop = self.server.loop
+        timeout = self.server.config.keep_alive_timeout
+        left = timeout if self.idle_since is None else self.idle_since + timeout - loop.time()
+        if left > 0:
+            self.handle = loop.call_later(left, self._check)
+        else:
+            self.handle = None
+            self.expire()
+
     def stop_now(self) -> None:
+        self.idle_since = None
         if self.handle is not None:
             self.handle.cancel()
             self.handle = None
@@ -292,9 +319,19 @@ class _FileSender:
 class ZeroCopyTCPServer(TCPServer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.idle_task = _IdleTimer(self)
+        self.idle_timer = self.idle_task = _IdleTimer(self)
 
     async def protocol_send(self, event: Event) -> None:
+        if type(event) is RawData:
+            if event.data:  # h11's end of a Content-Length body is b"": nothing to write
+                await super().protocol_send(event)
+            return
+        if type(event) is Updated:
+            if event.idle:
+                self.idle_timer.idle()
+            else:
+                self.idle_timer.busy()
+            return
         if not isinstance(event, RawFile):
             await super().protocol_send(event)
             return

@@ -22,14 +22,14 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from registry_proxy.accesslog import UPSTREAM_SCOPE_KEY, AccessLog
 from registry_proxy.accesslog import Format as AccessLogFormat
 from registry_proxy.content import CacheStatus, Content, FillSource
 from registry_proxy.deadline import BodyDeadline, BodyLimits
 from registry_proxy.digest import Digest
-from registry_proxy.edge import EXCEPTION_HANDLERS, PureAsgi, UnexpectedErrors
+from registry_proxy.edge import EXCEPTION_HANDLERS, PureAsgi, UnexpectedErrors, error_response
 from registry_proxy.errors import RegistryError
 from registry_proxy.manifest import MAX_MANIFEST_BYTES, OCI_INDEX, accepts
 from registry_proxy.metrics import CONTENT_TYPE_LATEST, Metrics
@@ -125,7 +125,8 @@ class Registry:
                 "UNSUPPORTED", f"{request.method} is not allowed here", headers={"Allow": allowed}
             )
         kind, match = _route(rest)
-        target = self.router.route(validate_name(match["name"]), request.query_params.get("ns"))
+        ns = request.query_params.get("ns") if request.scope["query_string"] else None
+        target = self.router.route(validate_name(match["name"]), ns)
         arg = match.groupdict().get("arg")
         method = request.method
         if method in WRITE_METHODS and not self.settings.push:
@@ -450,6 +451,34 @@ class ApiVersionHeader(PureAsgi):
         await self.app(scope, receive, send_with_header)
 
 
+class PullPath(PureAsgi):
+    """``GET`` and ``HEAD`` under ``/v2/<name>/``, the requests of every pull, go from
+    here straight to ``Registry.dispatch``: past Starlette's routing and exception
+    layers and the request body's deadline (they have no body). Every other request,
+    and ``/v2/`` and ``/v2/_catalog``, takes the app's routes. It sits inside
+    ``UnexpectedErrors`` and ``ApiVersionHeader``, so that both still apply; a
+    ``RegistryError`` gets the same answer as from the app's handler."""
+
+    def __init__(self, app: ASGIApp, registry: Registry) -> None:
+        super().__init__(app)
+        self.registry = registry
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] not in ("GET", "HEAD")
+            or not scope["path"].startswith("/v2/")
+            or scope["path"] in ("/v2/", "/v2/_catalog")
+        ):
+            await self.app(scope, receive, send)
+            return
+        try:
+            response = await self.registry.dispatch(Request(scope, receive))
+        except RegistryError as exc:
+            response = error_response(exc, scope["method"])
+        await response(scope, receive, send)
+
+
 def _body_timeout(message: str) -> tuple[bytes, str]:
     error = RegistryError("REQUEST_TIMEOUT", message, status=408)
     return json.dumps(error.body()).encode(), "application/json"
@@ -536,6 +565,7 @@ def create_app(
     )
     # inside out: a slow body is BodyDeadline's 408 before it could look unexpected
     app.add_middleware(BodyDeadline, limits=body_limits or BodyLimits(), render=_body_timeout)
+    app.add_middleware(PullPath, registry=registry)
     app.add_middleware(UnexpectedErrors)
     app.add_middleware(ApiVersionHeader)
     if access_log is not None:  # outermost: it sees the 408 of a body too slow

@@ -12,8 +12,10 @@ HTTP/1.1 connections; everything else goes to the inner transport unchanged:
 - h11 writes the request and parses the response head, so both are validated as
   strictly as everywhere else;
 - a body framed by ``Content-Length`` is received with ``recv_into`` into one reused
-  buffer (``asyncio.BufferedProtocol``) and handed out in pieces of about ``CHUNK`` bytes;
-  reading pauses while the buffer is full, so memory stays at one buffer per transfer;
+  buffer (``asyncio.BufferedProtocol``) and handed out in pieces of about ``CHUNK`` bytes,
+  each a ``memoryview`` of that buffer, valid until the reader asks for the next piece
+  (``UpstreamBlob.chunks`` copies them, ``UpstreamBlob.pieces`` does not); reading pauses
+  while the buffer is full, so memory stays at one buffer per transfer;
 - chunked and close-delimited bodies keep going through h11.
 
 Connections are plain TCP or TLS (the client's ``SSLContext``). A connection whose body
@@ -34,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import AsyncIterator
+from typing import cast
 
 import h11
 import httpx
@@ -262,6 +265,9 @@ class BlobTransport(httpx.AsyncBaseTransport):
         if framing == {b"content-length"} or response.status_code in (204, 304):
             length = next((int(v) for n, v in headers if n == b"content-length"), 0)
             stream = _FixedBody(self, origin, wire, leftover, length, read_timeout, keep_alive)
+            # a blob's bytes go to UpstreamBlob, which knows the views; error and
+            # redirect bodies go to httpx's own readers, which keep every piece
+            stream.views = 200 <= response.status_code < 300
         else:
             stream = _H11Body(conn, wire, read_timeout)
         return httpx.Response(
@@ -343,6 +349,7 @@ class _FixedBody(httpx.AsyncByteStream):
         self._reuse = keep_alive and len(leftover) <= length
         self._complete = False
         self._closed = False
+        self.views = False  # hand out views of the buffer instead of copies
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         wire = self._wire
@@ -363,10 +370,16 @@ class _FixedBody(httpx.AsyncByteStream):
             n = min(len(view), remaining)
             if n < len(view):
                 self._reuse = False  # more than the body: do not trust what follows
-            piece = bytes(view[:n])
-            wire.drop()
             remaining -= n
-            yield piece
+            if self.views:
+                # the buffer itself, not a copy (a copy of every byte was a tenth of a
+                # fill's CPU): the connection appends after it until drop(), which waits
+                # for the next piece. httpx hands it on untouched (aiter_raw without a
+                # chunk size; tests/registry_proxy/test_blob_transport.py checks)
+                yield cast(bytes, view[:n])
+            else:
+                yield bytes(view[:n])
+            wire.drop()
         self._complete = True
 
     async def aclose(self) -> None:

@@ -2,9 +2,30 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import errno
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
+from typing import cast
+
+_FALLOC_FL_KEEP_SIZE = 0x01  # linux/falloc.h
+
+
+def _libc_fallocate() -> Callable[[int, int, int, int], int] | None:
+    name = ctypes.util.find_library("c")
+    try:
+        function = ctypes.CDLL(name, use_errno=True).fallocate
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    function.restype = ctypes.c_int
+    return cast(Callable[[int, int, int, int], int], function)
+
+
+_fallocate = _libc_fallocate()
 
 
 def fsync_dir(path: Path) -> None:
@@ -15,11 +36,26 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes | memoryview) -> None:
     """os.write until every byte of `data` is written."""
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def preallocate(fd: int, offset: int, length: int) -> None:
+    """Reserves the disk blocks of ``[offset, offset + length)`` of a file about to be
+    written there, without changing its size (Linux ``fallocate``, ``KEEP_SIZE``): the
+    writes that follow then find their blocks allocated, which on ext4 costs a fraction
+    of the CPU of allocating them write by write (delayed allocation), and a full disk
+    shows before any byte was fetched (``OSError`` ENOSPC). Where the call or the file
+    system does not support it, nothing happens."""
+    if _fallocate is None or length <= 0:
+        return
+    if _fallocate(fd, _FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+        code = ctypes.get_errno()
+        if code not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise OSError(code, os.strerror(code))
 
 
 def _write_temp(path: Path, data: bytes, mode: int) -> Path:

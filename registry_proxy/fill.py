@@ -25,11 +25,11 @@ from pathlib import Path
 from registry_proxy import filelock
 from registry_proxy.bandwidth import Bandwidth
 from registry_proxy.digest import Digest
-from registry_proxy.durable import write_all
+from registry_proxy.durable import preallocate, write_all
 from registry_proxy.errors import RegistryError
 from registry_proxy.metrics import Metrics
 from registry_proxy.responses import read_cached
-from registry_proxy.store import ContentStore
+from registry_proxy.store import ContentStore, disk_error
 from registry_proxy.upstream import (
     UpstreamClient,
     UpstreamUnavailable,
@@ -245,8 +245,12 @@ class BlobFill:
                 self.size = blob.size
             if self.size is not None:
                 _write_size(self.store.layout.fill_size(self.digest), self.size)
+                try:  # a blob that cannot fit fails here, before a client got a byte
+                    preallocate(fd, self.written, self.size - self.written)
+                except OSError as exc:
+                    raise disk_error(exc) from exc
             self.started.set()
-            chunks = blob.chunks().__aiter__()
+            chunks = blob.pieces().__aiter__()  # each valid until the next is asked for
             while True:
                 try:
                     async with asyncio.timeout(self.idle_timeout):
@@ -264,7 +268,10 @@ class BlobFill:
                         continue
                 # inline: a page-cache write and a hash of 1 MiB cost less than the
                 # round trip to a worker thread (measured: a third of the fill's CPU)
-                _append(fd, chunk, hasher)
+                try:
+                    _append(fd, chunk, hasher)
+                except OSError as exc:
+                    raise disk_error(exc) from exc
                 self.written += len(chunk)
                 self.metrics.upstream_bytes.labels(self.client.name).inc(len(chunk))
                 await self.bandwidth.take(len(chunk), background=lambda: self.background)
@@ -364,6 +371,6 @@ def _read_size(path: Path) -> int | None:
         return None
 
 
-def _append(fd: int, data: bytes, hasher: hashlib._Hash) -> None:
+def _append(fd: int, data: bytes | memoryview, hasher: hashlib._Hash) -> None:
     write_all(fd, data)
     hasher.update(data)

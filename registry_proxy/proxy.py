@@ -406,10 +406,14 @@ class Proxy:
     async def _fetch_by_digest(
         self, target: Target, up: UpstreamLink, digest: Digest, tag: str | None = None
     ) -> ManifestRow:
-        """Fetches, verifies and parses a manifest; answers with it while it is stored
-        (and `tag` pointed at it) in the background."""
         assert target.upstream_repo is not None
         fetched = await self._call(up, up.client.get_manifest(target.upstream_repo, str(digest)))
+        return self._keep(target, fetched, tag)
+
+    def _keep(self, target: Target, fetched: UpstreamManifest, tag: str | None) -> ManifestRow:
+        """Checks a fetched manifest and answers with it while it is stored (and `tag`
+        pointed at it) in the background."""
+        digest = fetched.digest
         parse_manifest(fetched.body, fetched.media_type)  # refused before anyone gets it
         self.store.remember_manifest_bytes(digest, fetched.body)
         task = asyncio.get_running_loop().create_task(
@@ -446,14 +450,28 @@ class Proxy:
         self, target: Target, up: UpstreamLink, tag: str
     ) -> tuple[ManifestRow, CacheStatus]:
         assert target.upstream_repo is not None
-        head = await self._call(
-            up, up.client.head_manifest(target.upstream_repo, tag, timeout=self.tag_timeout)
-        )
-        try:  # the usual case: the tag has not moved (the store's tag cache answers)
+        try:
             current = await self.store.resolve(target.repo, tag)
         except RegistryError:
             current = None
-        if current is not None and current.digest == head.digest:
+        if current is None:
+            # nothing cached for the tag: one GET by tag (a HEAD first would only tell
+            # what has to be fetched anyway; a pull saves a round trip)
+            fetched = await self._call(
+                up, up.client.get_manifest(target.upstream_repo, tag, timeout=self.tag_timeout)
+            )
+            local = await self.store.meta.manifest_by_digest(target.repo, fetched.digest)
+            if local is not None:  # the manifest is cached under another tag or by digest
+                self.metrics.cache_hits.labels("manifest").inc()
+                await self.store.set_tag(target.repo, tag, fetched.digest)
+                return local, CacheStatus.HIT
+            self.metrics.cache_misses.labels("manifest").inc()
+            return self._keep(target, fetched, tag), CacheStatus.MISS
+        # the usual case: a HEAD confirms that the tag has not moved
+        head = await self._call(
+            up, up.client.head_manifest(target.upstream_repo, tag, timeout=self.tag_timeout)
+        )
+        if current.digest == head.digest:
             self.metrics.cache_hits.labels("manifest").inc()
             return current, CacheStatus.HIT
         local = await self.store.meta.manifest_by_digest(target.repo, head.digest)

@@ -94,7 +94,8 @@ def _file_size(path: Path) -> int | None:
         return None
 
 
-def _disk_error(exc: OSError) -> RegistryError:
+def disk_error(exc: OSError) -> RegistryError:
+    """A failure of the satellite's own storage, as the client is told it."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return RegistryError("UNAVAILABLE", "no space left on the satellite's storage", status=507)
     return RegistryError("UNAVAILABLE", f"storage error: {exc.strerror}")
@@ -302,7 +303,7 @@ class ContentStore:
             # what reached the disk stays; the hash may not match it any more
             state.sha256 = None
             state.offset = os.fstat(fd).st_size
-            raise _disk_error(exc) from exc
+            raise disk_error(exc) from exc
         except BaseException:
             # client went away (or the server is stopping) mid-chunk: what was written
             # stays and the hash covers exactly that (every flush ran to its end)
@@ -410,7 +411,7 @@ class ContentStore:
             try:
                 size = await asyncio.to_thread(self.blobs.commit, src, digest, computed)
             except OSError as exc:
-                raise _disk_error(exc) from exc
+                raise disk_error(exc) from exc
             try:
                 for repo in repos:
                     await self.meta.link_blob(repo, digest, size)
@@ -551,7 +552,7 @@ class ContentStore:
             try:
                 await asyncio.to_thread(self.blobs.write_bytes, body, digest)
             except OSError as exc:
-                raise _disk_error(exc) from exc
+                raise disk_error(exc) from exc
             try:
                 await self.meta.put_manifest(
                     repo, digest, len(body), manifest, tag, check_references=not cached

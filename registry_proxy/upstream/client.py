@@ -119,9 +119,16 @@ class UpstreamBlob:
         """The raw bytes as they arrive (BlobTransport hands out up to 1 MiB at a time,
         so the caller's per-chunk work does not dominate a fast link); a cut connection
         raises UpstreamUnavailable."""
+        async for piece in self.pieces():
+            yield bytes(piece)
+
+    async def pieces(self) -> AsyncIterator[bytes | memoryview]:
+        """As ``chunks``, without a copy: a piece may be a view of the connection's
+        buffer, valid only until the next one is asked for (the cache fill hashes and
+        writes each piece before it asks)."""
         with translated(self._what):
-            async for chunk in self._response.aiter_raw():
-                yield chunk
+            async for piece in self._response.aiter_raw():
+                yield piece
 
 
 def _header_digest(headers: httpx.Headers) -> Digest | None:

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import http.client
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -354,6 +356,45 @@ def test_an_idle_keep_alive_connection_is_closed_after_the_timeout_and_a_slow_re
         assert _response(conn).startswith(b"HTTP/1.1 200")
         # idle now: the server ends the connection (long before the 20 s timeout)
         assert _closed_by_server(conn)
+
+
+def test_a_connection_busy_in_short_requests_for_many_timeouts_stays_open() -> None:
+    """The idle timer is armed once, not per request: when it fires it looks at how long
+    the connection has been idle, so gaps shorter than the timeout never close it, however
+    long the whole exchange, and the first longer one does."""
+    request = b"GET /?%s HTTP/1.1\r\nHost: x\r\n\r\n"
+    with (
+        _serving(_slow_app, keep_alive_timeout=0.4) as (port, _),
+        socket.create_connection(("127.0.0.1", port), timeout=20) as conn,
+    ):
+        started = time.monotonic()
+        for _ in range(8):  # 8 x (0.15 s in flight + a 0.25 s gap): four timeouts long
+            conn.sendall(request % b"0.15")
+            assert _response(conn).startswith(b"HTTP/1.1 200")
+            time.sleep(0.25)
+        assert time.monotonic() - started > 4 * 0.4
+        idle = time.monotonic()
+        assert _closed_by_server(conn)
+        assert 0.1 < time.monotonic() - idle < 5
+
+
+def test_responses_carry_the_current_date() -> None:
+    """hypercorn's Date header, built once a second (ServerConfig): always the current
+    second's."""
+    request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    with (
+        _serving(_slow_app, keep_alive_timeout=5) as (port, _),
+        socket.create_connection(("127.0.0.1", port), timeout=20) as conn,
+    ):
+        dates = []
+        for _ in range(2):
+            conn.sendall(request)
+            head = _response(conn).split(b"\r\n")
+            (date,) = [line[6:] for line in head if line.lower().startswith(b"date: ")]
+            dates.append(email.utils.parsedate_to_datetime(date.decode()).timestamp())
+            assert abs(dates[-1] - time.time()) < 2
+            time.sleep(1.2)
+        assert dates[1] > dates[0]
 
 
 def test_stopping_the_server_closes_idle_keep_alive_connections_at_once() -> None:

@@ -248,9 +248,15 @@ def test_concurrent_tag_lookups_share_one_upstream_exchange(
 
     bodies = asyncio.run(run())
     assert set(bodies) == {image_layout.app.manifest_bytes()}
-    # one HEAD for the tag, one GET of the manifest by digest, whoever asked
-    assert rig.relay.count("/manifests/", method="HEAD") == 1
+    # nothing was cached: one GET by tag, whoever asked, and no HEAD before it
+    assert rig.relay.count("/manifests/v1", method="GET") == 1
     assert rig.relay.count("/manifests/", method="GET") == 1
+    assert rig.relay.count("/manifests/", method="HEAD") == 0
+    # cached now: asking again revalidates the tag with one HEAD, and fetches nothing
+    rig.relay.reset_counters()
+    assert asyncio.run(run()) == bodies
+    assert rig.relay.count("/manifests/", method="HEAD") == 1
+    assert rig.relay.count("/manifests/", method="GET") == 0
 
 
 @WORKERS

@@ -47,7 +47,9 @@ async def blob_client(
 
 async def get_body(client: httpx.AsyncClient, path: str, **kwargs: object) -> tuple[int, bytes]:
     async with client.stream("GET", path, extensions=BLOB, **kwargs) as response:  # type: ignore[arg-type]
-        return response.status_code, b"".join([piece async for piece in response.aiter_raw()])
+        # bytes(): a 2xx body's piece is a view of the connection's buffer, valid until
+        # the next one is asked for
+        return response.status_code, b"".join([bytes(p) async for p in response.aiter_raw()])
 
 
 # --------------------------------------------------------------------------- docker-registry
@@ -76,7 +78,7 @@ async def test_blob_bodies_come_in_large_pieces_over_one_kept_connection(
             async with client.stream("GET", path, extensions=BLOB) as response:
                 assert response.status_code == 200
                 assert response.headers["content-length"] == str(len(data))
-                pieces = [piece async for piece in response.aiter_raw()]
+                pieces = [bytes(piece) async for piece in response.aiter_raw()]
             assert b"".join(pieces) == data
             # about a MiB a piece, not httpcore's 64 KiB reads
             assert CHUNK <= max(len(p) for p in pieces) <= CHUNK + RESERVE
@@ -84,6 +86,36 @@ async def test_blob_bodies_come_in_large_pieces_over_one_kept_connection(
         # a request without the extension is the inner transport's
         assert (await client.get("/v2/")).status_code == 200
         assert transport.connections_opened == 1
+
+
+async def test_a_blobs_pieces_are_views_of_one_buffer_and_its_chunks_copies(
+    upstream_registry: UpstreamRegistry, registry_blob: tuple[str, bytes]
+) -> None:
+    """The cache fill hashes and writes each piece in place (UpstreamBlob.pieces): httpx
+    must hand BlobTransport's views on untouched, or the fill pays a copy of every byte
+    again; chunks() gives bytes that stay valid, for callers that keep them."""
+    path, data = registry_blob
+    digest = Digest.parse(path.rpartition("/")[2])
+    client = UpstreamClient("up", upstream_registry.url)
+    try:
+        async with client.open_blob("team/big", digest) as blob:
+            hasher = hashlib.sha256()
+            buffers, copied = set(), 0
+            async for piece in blob.pieces():
+                if isinstance(piece, memoryview):
+                    buffers.add(id(piece.obj))
+                else:  # only what came in with the response's head, in its first read
+                    copied += len(piece)
+                hasher.update(piece)
+            assert hasher.hexdigest() == digest.encoded
+            assert len(buffers) == 1  # one buffer per transfer, reused
+            assert copied <= CHUNK + RESERVE < len(data)
+        async with client.open_blob("team/big", digest) as blob:
+            kept = [chunk async for chunk in blob.chunks()]
+        assert all(type(chunk) is bytes for chunk in kept)
+        assert b"".join(kept) == data
+    finally:
+        await client.aclose()
 
 
 async def test_a_slow_reader_pauses_the_connection_and_loses_nothing(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -10,8 +11,11 @@ import httpx
 import pytest
 
 from registry_proxy.app import RegistrySettings, create_app
+from registry_proxy.proxy import UpstreamLink
 from registry_proxy.store import ContentStore
+from registry_proxy.upstream import UpstreamClient
 from tests.support.images import sha256_bytes
+from tests.support.upstream import UpstreamRegistry
 
 
 @pytest.fixture
@@ -67,3 +71,33 @@ async def test_upload_on_a_full_disk(disk_client: tuple[httpx.AsyncClient, Conte
         content=medium,
     )
     assert r.status_code == 201
+
+
+async def test_a_pulled_blob_that_cannot_fit_is_refused_before_its_first_byte(
+    small_disk: Path, upstream_registry: UpstreamRegistry
+) -> None:
+    """The fill reserves the blob's blocks before it takes a byte (fallocate): a client
+    gets a clear 507, not a 200 whose body breaks off when the disk fills up; the
+    staging file is gone and the store still serves what it had."""
+    big = os.urandom(4 * 1024 * 1024)
+    digest = sha256_bytes(big)
+    async with httpx.AsyncClient(base_url=upstream_registry.url) as up:
+        started = await up.post("/v2/team/big/blobs/uploads/")
+        location = httpx.URL(started.headers["location"])
+        assert (await up.put(location.copy_add_param("digest", digest), content=big)).is_success
+    store = ContentStore(small_disk / "data")
+    await store.open()
+    upstream = UpstreamClient("up", upstream_registry.url, backoff=0.01, max_backoff=0.05)
+    app = create_app(store, RegistrySettings(), {"up": UpstreamLink(upstream, default=True)})
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://r"
+        ) as client:
+            r = await client.get(f"/v2/team/big/blobs/{digest}")
+            assert r.status_code == 507
+            error = r.json()["errors"][0]
+            assert error["message"] == "no space left on the satellite's storage"
+            assert list(store.layout.partial.iterdir()) == []
+    finally:
+        await app.state.registry.proxy.close()
+        await store.close()
