@@ -139,6 +139,7 @@ class Supervisor:
                 self._kill_wedged()
                 if not announced and len(self.ready) >= self.count:
                     announced = True
+                    log.info("all %d worker processes serve", self.count)
                     self.notifier.ready(f"serving on {host}:{port} with {self.count} workers")
                 failed = self._reap(hold)
                 if interval is not None and time.monotonic() >= next_ping:

@@ -530,6 +530,25 @@ def render(results: JSON) -> str:
         f"Image: {p['layers']} layers x {p['layer_size'] // MIB} MiB, blobs "
         f"{img['blob_bytes'] / 1e6:.1f} MB (config + layers), manifest {img['manifest_bytes']} B."
     )
+    if "cold_pull" in results:
+        _render_pulls(results, add)
+    if "crowd" in results:
+        _render_crowd(results, add)
+    if "offline" in results:
+        _render_offline(results, add)
+    if "outage" in results:
+        _render_outage(results, add)
+    add("")
+    add("### Goals")
+    add("")
+    for g in results["goals"]:
+        add(f"- {g}")
+    return "\n".join(lines) + "\n"
+
+
+def _render_pulls(results: JSON, add: Callable[[str], None]) -> None:
+    p = results["params"]
+    img = results["image"]
     add("")
     add(f"### 1. Cold pull of the whole image ({p['pull_runs']} runs per row, interleaved)")
     add("")
@@ -562,6 +581,11 @@ def render(results: JSON) -> str:
         "† a run beside more than 0.1 core of foreign CPU use (neither the benchmark, its "
         "clients, the upstream nor the proxy under test); the JSON has every run's split."
     )
+
+
+def _render_crowd(results: JSON, add: Callable[[str], None]) -> None:
+    p = results["params"]
+    img = results["image"]
     add("")
     add(f"### 2. {p['clients']} clients pulling the same cold image at once")
     add("")
@@ -574,6 +598,9 @@ def render(results: JSON) -> str:
                 f"{r['upstream_blob_bytes'] / img['blob_bytes']:.2f} | {r['upstream_blob_gets']} | "
                 f"{r['ok_clients']}/{p['clients']} | {r['seconds']:.1f} |"
             )
+
+
+def _render_offline(results: JSON, add: Callable[[str], None]) -> None:
     add("")
     add("### 3. Tag GET with the upstream unreachable (sequential, one keep-alive client)")
     add("")
@@ -598,6 +625,9 @@ def render(results: JSON) -> str:
                 f"| {kind} | {label} | {s['n']} | {s['p50_ms']:.1f} | {s['p99_ms']:.1f} | "
                 f"{s['max_ms']:.1f} | {s['ok']}/{s['n']} | {up} |"
             )
+
+
+def _render_outage(results: JSON, add: Callable[[str], None]) -> None:
     add("")
     add(
         f"### 4. The first {OUTAGE_SECONDS:g} s of an outage: {OUTAGE_CLIENTS} clients each GET a "
@@ -613,18 +643,12 @@ def render(results: JSON) -> str:
             f"| {row['stale_after_s']:g} s | {row['n']} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | "
             f"{row['max_ms']:.1f} | {row['ok']}/{row['n']} | {row['upstream_tag_requests']} |"
         )
-    add("")
-    add("### Goals")
-    add("")
-    for g in results["goals"]:
-        add(f"- {g}")
-    return "\n".join(lines) + "\n"
 
 
 def goals(results: JSON) -> list[str]:
-    img = results["image"]
+    """The goals of the parts that ran."""
     out = []
-    for tool in ("skopeo", "httpx"):
+    for tool in ("skopeo", "httpx") if "cold_pull" in results else ():
         pulls = results["cold_pull"][tool]
         d = median([r["seconds"] for r in pulls[DIRECT]])
         sat = median([r["seconds"] for r in pulls[SATELLITE]])
@@ -633,19 +657,33 @@ def goals(results: JSON) -> list[str]:
             f"({'MET' if sat / d <= 1.1 else 'MISSED'})"
         )
         out.append(line)
+    if "crowd" in results:
+        out.append(_crowd_goal(results))
+    if "offline" in results:
+        out.append(_offline_goal(results))
+    if "outage" in results:
+        out.append(outage_goal(results["outage"]))
+    return out
+
+
+def _crowd_goal(results: JSON) -> str:
+    img = results["image"]
     xs = [r["upstream_blob_bytes"] / img["blob_bytes"] for r in results["crowd"][SATELLITE]]
     ok = all(abs(x - 1.0) < 1e-9 for x in xs)
     dxs = [r["upstream_blob_bytes"] / img["blob_bytes"] for r in results["crowd"][DOCKER_REGISTRY]]
-    out.append(
+    return (
         f"{results['params']['clients']} concurrent pulls fetch the image from upstream "
         "exactly once: "
         f"satellite {', '.join(f'{x:.2f}×' for x in xs)} ({'MET' if ok else 'MISSED'}); "
         f"docker-registry {', '.join(f'{x:.2f}×' for x in dxs)}"
     )
+
+
+def _offline_goal(results: JSON) -> str:
     off = results["offline"][SATELLITE]
     after = off["blackhole_after_breaker"]["p99_ms"]
     paced = off["blackhole_paced"]["p99_ms"]
-    out.append(
+    return (
         f"offline tag p99 ≤ 50 ms after the breaker opens: satellite {after:.1f} ms over "
         f"{off['blackhole_after_breaker']['n']} back-to-back requests "
         f"({'MET' if after <= 50 else 'MISSED'}), {paced:.1f} ms over the paced phase "
@@ -653,8 +691,6 @@ def goals(results: JSON) -> list[str]:
         f"{off['blackhole']['upstream_tag_requests']} request(s) paid the "
         f"{TAG_TIMEOUT} s tag timeout"
     )
-    out.append(outage_goal(results["outage"]))
-    return out
 
 
 def outage_goal(rows: JSON) -> str:
@@ -782,16 +818,13 @@ def main(argv: list[str] | None = None) -> int:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    if parts == set(ALL_PARTS):
-        results["goals"] = goals(results)
-        text = render(results)
-        print(text)
-        if args.markdown:
-            args.markdown.write_text(text)
+    results["goals"] = goals(results)
+    text = render(results)
+    print(text)
+    if args.markdown:
+        args.markdown.write_text(text)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
-    elif parts != set(ALL_PARTS):
-        print(json.dumps(results, indent=2))
     return 0
 
 

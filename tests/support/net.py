@@ -106,3 +106,31 @@ def wait_for_path(
         if time.monotonic() >= deadline:
             raise StartupError(f"{path} did not appear within {timeout}s")
         time.sleep(interval)
+
+
+def wait_for_text(
+    path: Path,
+    text: str,
+    *,
+    offset: int = 0,
+    timeout: float = 20.0,
+    interval: float = 0.05,
+    proc: subprocess.Popen[bytes] | None = None,
+) -> None:
+    """Blocks until `text` appears in the file at `path` after byte `offset` (a line a
+    server logs once it is fully up); bounded, and failing at once if `proc` exits."""
+    deadline = time.monotonic() + timeout
+    needle = text.encode()
+    while True:
+        try:
+            with path.open("rb") as file:
+                file.seek(offset)
+                if needle in file.read():
+                    return
+        except FileNotFoundError:
+            pass
+        if proc is not None and proc.poll() is not None:
+            raise StartupError(f"exited with {proc.returncode} before {path} said {text!r}")
+        if time.monotonic() >= deadline:
+            raise StartupError(f"{path} did not say {text!r} within {timeout}s")
+        time.sleep(interval)

@@ -18,6 +18,7 @@ from tests.support.net import (
     log_tail,
     stop_process,
     wait_for_path,
+    wait_for_text,
     wait_http,
 )
 
@@ -86,6 +87,19 @@ class ServerProcess:
         the process and raises StartupError with the log's tail."""
         try:
             wait_for_path(path, timeout=self.startup_timeout, proc=self._proc)
+        except StartupError as exc:
+            self.stop()
+            raise StartupError(
+                f"{self.name}: {exc}\n--- {self.log_path} tail ---\n{self.log_tail()}"
+            ) from None
+
+    def _await_log(self, text: str, offset: int) -> None:
+        """Returns once the log says `text` after byte `offset`; else stops the process
+        and raises StartupError with the log's tail."""
+        try:
+            wait_for_text(
+                self.log_path, text, offset=offset, timeout=self.startup_timeout, proc=self._proc
+            )
         except StartupError as exc:
             self.stop()
             raise StartupError(

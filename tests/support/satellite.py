@@ -175,18 +175,25 @@ class SatelliteProcess(ServerProcess):
         return env
 
     def start(self) -> SatelliteProcess:
-        """Start on the fixed port and data dir; returns once GET /v2/ answers 200."""
+        """Start on the fixed port and data dir; returns once GET /v2/ answers 200 and,
+        with several serving processes, once the supervisor logged that all of them
+        serve (the first one answering says nothing of the others, which may still be
+        starting: a benchmark would measure their start beside its first requests)."""
         if self.running:
             return self
         self.root.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(exist_ok=True)
         self.config_path.write_text(self.config_text)
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self._launch(self.command(), env=self._env(), cwd=self.root)
         self._await_ready(
             f"{self.url}/v2/",
             lambda r: r.status_code == 200,
             detail=f"command: {' '.join(self.command())}\n",
         )
+        count = self.workers or len(os.sched_getaffinity(0))
+        if count > 1:
+            self._await_log(f"all {count} worker processes serve", offset)
         return self
 
     def restart(self) -> SatelliteProcess:
