@@ -103,7 +103,9 @@ class Params:
 FULL = Params(
     layers=8,
     layer_size=25 * MIB,
-    pull_runs=5,
+    # cold pulls per row: with 5 a row's median moved by 0.1x of direct from one run to
+    # the next on a quiet VM (direct pulls alone spanning 1.45-2.04 s)
+    pull_runs=11,
     clients=20,
     crowd_runs=2,
     sat_tag_requests=200,
