@@ -141,6 +141,16 @@ async def _progress_lines(
     yield json.dumps({"result": result}).encode() + b"\n"
 
 
+def _client(data_dir: Path, timeout: float | None) -> tuple[Path, httpx.Client]:
+    """An HTTP client on the running daemon's admin socket (and the socket's path);
+    ``AdminUnavailable`` when there is no socket."""
+    sock = socket_path(data_dir)
+    if not sock.exists():
+        raise AdminUnavailable(f"no satellite running on {data_dir}")
+    transport = httpx.HTTPTransport(uds=str(sock))
+    return sock, httpx.Client(transport=transport, base_url="http://satellite", timeout=timeout)
+
+
 def call(
     data_dir: Path,
     method: str,
@@ -149,14 +159,9 @@ def call(
     timeout: float | None = CLIENT_TIMEOUT,
 ) -> dict[str, Any]:
     """One request to the running daemon; ``AdminUnavailable`` when none answers."""
-    sock = socket_path(data_dir)
-    if not sock.exists():
-        raise AdminUnavailable(f"no satellite running on {data_dir}")
-    transport = httpx.HTTPTransport(uds=str(sock))
+    sock, client = _client(data_dir, timeout)
     try:
-        with httpx.Client(
-            transport=transport, base_url="http://satellite", timeout=timeout
-        ) as client:
+        with client:
             response = client.request(method, path, json=body)
     except httpx.TransportError as exc:
         raise AdminUnavailable(f"no satellite answers on {sock}: {exc}") from exc
@@ -176,15 +181,12 @@ def call_with_progress(
     """A POST whose answer streams progress lines (``?progress=1``): each goes to
     ``on_progress`` (done, total, what); returns the final result. No time limit: an
     import takes as long as its bytes take, and the daemon reports while it runs."""
-    sock = socket_path(data_dir)
-    if not sock.exists():
-        raise AdminUnavailable(f"no satellite running on {data_dir}")
-    transport = httpx.HTTPTransport(uds=str(sock))
+    sock, client = _client(data_dir, None)
     taken = False  # from here on, the daemon is importing: never import beside it
     try:
         with (
-            httpx.Client(transport=transport, base_url="http://satellite", timeout=None) as c,
-            c.stream("POST", path, params={"progress": "1"}, json=body) as response,
+            client,
+            client.stream("POST", path, params={"progress": "1"}, json=body) as response,
         ):
             if response.status_code != 200:
                 raise AdminUnavailable(f"{sock}: unexpected answer {response.status_code}")

@@ -57,7 +57,7 @@ from registry_proxy.ocilayout import (
     walk,
 )
 from registry_proxy.platforms import PlatformMissing
-from registry_proxy.progress import TransferProgress
+from registry_proxy.progress import Progress
 from registry_proxy.referrers import registry_referrers
 from registry_proxy.upstream import UpstreamClient
 from registry_proxy.upstream import UpstreamError as RegistryClientError
@@ -97,7 +97,7 @@ async def export_bundle(
     *,
     held: frozenset[str] = frozenset(),
     tar: int | None = None,
-    progress: TransferProgress | None = None,
+    progress: Progress | None = None,
 ) -> ExportResult:
     """``tar``: write one tar at ``output`` (0) or parts of at most that many bytes."""
     async with services.store.transaction() as q:
@@ -249,7 +249,7 @@ class _Sink:
         digest: Digest,
         size: int,
         chunks: AsyncIterator[bytes],
-        progress: TransferProgress | None,
+        progress: Progress | None,
     ) -> int:
         raise NotImplementedError
 
@@ -288,7 +288,7 @@ class _DirSink(_Sink):
         digest: Digest,
         size: int,
         chunks: AsyncIterator[bytes],
-        progress: TransferProgress | None,
+        progress: Progress | None,
     ) -> int:
         path = blob_path(self.root, digest)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -426,7 +426,7 @@ class _TarSink(_Sink):
         digest: Digest,
         size: int,
         chunks: AsyncIterator[bytes],
-        progress: TransferProgress | None,
+        progress: Progress | None,
     ) -> int:
         self._header(f"blobs/{digest.algorithm}/{digest.encoded}", size)
         hasher = digest.hasher()
