@@ -264,10 +264,12 @@ class BlobTransport(httpx.AsyncBaseTransport):
         stream: httpx.AsyncByteStream
         if framing == {b"content-length"} or response.status_code in (204, 304):
             length = next((int(v) for n, v in headers if n == b"content-length"), 0)
-            stream = _FixedBody(self, origin, wire, leftover, length, read_timeout, keep_alive)
             # a blob's bytes go to UpstreamBlob, which knows the views; error and
             # redirect bodies go to httpx's own readers, which keep every piece
-            stream.views = 200 <= response.status_code < 300
+            views = 200 <= response.status_code < 300
+            stream = _FixedBody(
+                self, origin, wire, leftover, length, read_timeout, keep_alive, views
+            )
         else:
             stream = _H11Body(conn, wire, read_timeout)
         return httpx.Response(
@@ -339,6 +341,7 @@ class _FixedBody(httpx.AsyncByteStream):
         length: int,
         timeout: float | None,
         keep_alive: bool,
+        views: bool,
     ) -> None:
         self._owner = owner
         self._origin = origin
@@ -349,7 +352,7 @@ class _FixedBody(httpx.AsyncByteStream):
         self._reuse = keep_alive and len(leftover) <= length
         self._complete = False
         self._closed = False
-        self.views = False  # hand out views of the buffer instead of copies
+        self._views = views  # hand out views of the buffer instead of copies
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         wire = self._wire
@@ -371,7 +374,7 @@ class _FixedBody(httpx.AsyncByteStream):
             if n < len(view):
                 self._reuse = False  # more than the body: do not trust what follows
             remaining -= n
-            if self.views:
+            if self._views:
                 # the buffer itself, not a copy (a copy of every byte was a tenth of a
                 # fill's CPU): the connection appends after it until drop(), which waits
                 # for the next piece. httpx hands it on untouched (aiter_raw without a

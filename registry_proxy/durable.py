@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import secrets
@@ -15,9 +14,10 @@ _FALLOC_FL_KEEP_SIZE = 0x01  # linux/falloc.h
 
 
 def _libc_fallocate() -> Callable[[int, int, int, int], int] | None:
-    name = ctypes.util.find_library("c")
+    # the C library this process already has loaded (as appliance/workers.py's prctl):
+    # no search for it (ctypes.util.find_library runs ldconfig, ~20 ms at every import)
     try:
-        function = ctypes.CDLL(name, use_errno=True).fallocate
+        function = ctypes.CDLL(None, use_errno=True).fallocate
     except (OSError, AttributeError):
         return None
     function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]

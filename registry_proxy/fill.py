@@ -113,7 +113,7 @@ class BlobFill:
                 await self._follow(lock)
         except BaseException as exc:  # every failure ends the fill, and is recorded
             failure = exc
-            self.error = as_registry_error(exc, "BLOB_UNKNOWN", str(self.digest))
+            self.error = _fill_error(exc, self.digest)
             if isinstance(exc, asyncio.CancelledError):
                 raise
         finally:
@@ -245,10 +245,8 @@ class BlobFill:
                 self.size = blob.size
             if self.size is not None:
                 _write_size(self.store.layout.fill_size(self.digest), self.size)
-                try:  # a blob that cannot fit fails here, before a client got a byte
-                    preallocate(fd, self.written, self.size - self.written)
-                except OSError as exc:
-                    raise disk_error(exc) from exc
+                # a blob that cannot fit fails here, before a client got a byte
+                preallocate(fd, self.written, self.size - self.written)
             self.started.set()
             chunks = blob.pieces().__aiter__()  # each valid until the next is asked for
             while True:
@@ -268,10 +266,7 @@ class BlobFill:
                         continue
                 # inline: a page-cache write and a hash of 1 MiB cost less than the
                 # round trip to a worker thread (measured: a third of the fill's CPU)
-                try:
-                    _append(fd, chunk, hasher)
-                except OSError as exc:
-                    raise disk_error(exc) from exc
+                _append(fd, chunk, hasher)
                 self.written += len(chunk)
                 self.metrics.upstream_bytes.labels(self.client.name).inc(len(chunk))
                 await self.bandwidth.take(len(chunk), background=lambda: self.background)
@@ -369,6 +364,16 @@ def _read_size(path: Path) -> int | None:
         return int(path.read_text())
     except (FileNotFoundError, ValueError):
         return None
+
+
+def _fill_error(exc: BaseException, digest: Digest) -> RegistryError:
+    """What the clients of a failed fill are told. The upstream's failures reach the fill
+    as UpstreamErrors (the client translates the network's); an OSError still standing
+    is the satellite's own storage (the lock or staging file, the size file, a write, the
+    blocks reserved for the blob): a full disk is said as such, not as the upstream's."""
+    if isinstance(exc, OSError) and not isinstance(exc, ConnectionError | TimeoutError):
+        return disk_error(exc)
+    return as_registry_error(exc, "BLOB_UNKNOWN", str(digest))
 
 
 def _append(fd: int, data: bytes | memoryview, hasher: hashlib._Hash) -> None:

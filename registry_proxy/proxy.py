@@ -454,33 +454,31 @@ class Proxy:
             current = await self.store.resolve(target.repo, tag)
         except RegistryError:
             current = None
+        fetched: UpstreamManifest | None = None
         if current is None:
             # nothing cached for the tag: one GET by tag (a HEAD first would only tell
             # what has to be fetched anyway; a pull saves a round trip)
             fetched = await self._call(
                 up, up.client.get_manifest(target.upstream_repo, tag, timeout=self.tag_timeout)
             )
-            local = await self.store.meta.manifest_by_digest(target.repo, fetched.digest)
-            if local is not None:  # the manifest is cached under another tag or by digest
+            digest = fetched.digest
+        else:  # the usual case: a HEAD confirms that the tag has not moved
+            head = await self._call(
+                up, up.client.head_manifest(target.upstream_repo, tag, timeout=self.tag_timeout)
+            )
+            if current.digest == head.digest:
                 self.metrics.cache_hits.labels("manifest").inc()
-                await self.store.set_tag(target.repo, tag, fetched.digest)
-                return local, CacheStatus.HIT
-            self.metrics.cache_misses.labels("manifest").inc()
-            return self._keep(target, fetched, tag), CacheStatus.MISS
-        # the usual case: a HEAD confirms that the tag has not moved
-        head = await self._call(
-            up, up.client.head_manifest(target.upstream_repo, tag, timeout=self.tag_timeout)
-        )
-        if current.digest == head.digest:
+                return current, CacheStatus.HIT
+            digest = head.digest
+        local = await self.store.meta.manifest_by_digest(target.repo, digest)
+        if local is not None:  # (moved) to a manifest that is cached already
             self.metrics.cache_hits.labels("manifest").inc()
-            return current, CacheStatus.HIT
-        local = await self.store.meta.manifest_by_digest(target.repo, head.digest)
-        if local is not None:  # moved to a manifest that is cached already
-            self.metrics.cache_hits.labels("manifest").inc()
-            await self.store.set_tag(target.repo, tag, head.digest)
+            await self.store.set_tag(target.repo, tag, digest)
             return local, CacheStatus.HIT
         self.metrics.cache_misses.labels("manifest").inc()
-        return await self._fetch_by_digest(target, up, head.digest, tag), CacheStatus.MISS
+        if fetched is None:
+            return await self._fetch_by_digest(target, up, digest, tag), CacheStatus.MISS
+        return self._keep(target, fetched, tag), CacheStatus.MISS
 
     # -- blobs ---------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -11,6 +12,8 @@ import httpx
 import pytest
 
 from registry_proxy.app import RegistrySettings, create_app
+from registry_proxy.digest import Digest
+from registry_proxy.fill import _fill_error
 from registry_proxy.proxy import UpstreamLink
 from registry_proxy.store import ContentStore
 from registry_proxy.upstream import UpstreamClient
@@ -101,3 +104,16 @@ async def test_a_pulled_blob_that_cannot_fit_is_refused_before_its_first_byte(
     finally:
         await app.state.registry.proxy.close()
         await store.close()
+
+
+def test_a_fills_own_storage_failures_are_told_as_such_and_the_networks_are_not() -> None:
+    """Whichever step of a fill meets the full disk (the lock or staging file, the size
+    file, a write, the reservation), its clients hear of the satellite's storage; a
+    network error that escaped the upstream client's translation stays an upstream one."""
+    digest = Digest.parse(sha256_bytes(b"x"))
+    full = _fill_error(OSError(errno.ENOSPC, "No space left on device"), digest)
+    assert (full.status, full.message) == (507, "no space left on the satellite's storage")
+    broken = _fill_error(OSError(errno.EIO, "Input/output error"), digest)
+    assert broken.message == "storage error: Input/output error"
+    for network in (ConnectionResetError(), TimeoutError()):
+        assert _fill_error(network, digest).message.startswith("upstream failed")

@@ -90,6 +90,25 @@ def kill_process(proc: subprocess.Popen[bytes], *, grace: float = 10.0) -> int:
     return proc.wait(timeout=grace)
 
 
+def _wait_until(
+    done: Callable[[], bool],
+    what: str,
+    *,
+    timeout: float = 20.0,
+    interval: float = 0.05,
+    proc: subprocess.Popen[bytes] | None = None,
+) -> None:
+    """Blocks until `done()` (`what`: what it waits for, said in the error); bounded, and
+    failing at once if `proc` (the server that should bring it about) exits."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        if proc is not None and proc.poll() is not None:
+            raise StartupError(f"exited with {proc.returncode} while waiting for {what}")
+        if time.monotonic() >= deadline:
+            raise StartupError(f"waited {timeout:g}s for {what}")
+        time.sleep(interval)
+
+
 def wait_for_path(
     path: Path,
     *,
@@ -97,15 +116,8 @@ def wait_for_path(
     interval: float = 0.05,
     proc: subprocess.Popen[bytes] | None = None,
 ) -> None:
-    """Blocks until `path` exists (a socket a server creates when ready); bounded, and
-    failing at once if `proc` (the server that should create it) exits."""
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if proc is not None and proc.poll() is not None:
-            raise StartupError(f"exited with {proc.returncode} before {path} appeared")
-        if time.monotonic() >= deadline:
-            raise StartupError(f"{path} did not appear within {timeout}s")
-        time.sleep(interval)
+    """Blocks until `path` exists (a socket a server creates when ready)."""
+    _wait_until(path.exists, f"{path} to appear", timeout=timeout, interval=interval, proc=proc)
 
 
 def wait_for_text(
@@ -118,19 +130,15 @@ def wait_for_text(
     proc: subprocess.Popen[bytes] | None = None,
 ) -> None:
     """Blocks until `text` appears in the file at `path` after byte `offset` (a line a
-    server logs once it is fully up); bounded, and failing at once if `proc` exits."""
-    deadline = time.monotonic() + timeout
+    server logs once it is fully up)."""
     needle = text.encode()
-    while True:
+
+    def said() -> bool:
         try:
             with path.open("rb") as file:
                 file.seek(offset)
-                if needle in file.read():
-                    return
+                return needle in file.read()
         except FileNotFoundError:
-            pass
-        if proc is not None and proc.poll() is not None:
-            raise StartupError(f"exited with {proc.returncode} before {path} said {text!r}")
-        if time.monotonic() >= deadline:
-            raise StartupError(f"{path} did not say {text!r} within {timeout}s")
-        time.sleep(interval)
+            return False
+
+    _wait_until(said, f"{path} to say {text!r}", timeout=timeout, interval=interval, proc=proc)

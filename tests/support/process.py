@@ -72,38 +72,33 @@ class ServerProcess:
     def _await_ready(
         self, url: str, ready: Callable[[httpx.Response], bool], detail: str = ""
     ) -> None:
-        """Returns once `url` answers as `ready` says; else stops the process and raises
-        StartupError with the log's tail."""
+        """Returns once `url` answers as `ready` says (`detail` goes into the error)."""
+        self._await(
+            lambda: wait_http(url, ready=ready, proc=self._proc, timeout=self.startup_timeout),
+            detail,
+        )
+
+    def _await_path(self, path: Path) -> None:
+        """Returns once `path` exists (a socket the server creates when ready)."""
+        self._await(lambda: wait_for_path(path, timeout=self.startup_timeout, proc=self._proc))
+
+    def _await_log(self, text: str, offset: int) -> None:
+        """Returns once the log says `text` after byte `offset`."""
+        self._await(
+            lambda: wait_for_text(
+                self.log_path, text, offset=offset, timeout=self.startup_timeout, proc=self._proc
+            )
+        )
+
+    def _await(self, wait: Callable[[], object], detail: str = "") -> None:
+        """Runs `wait`; when it fails, stops the process and raises StartupError with
+        `detail` and the log's tail."""
         try:
-            wait_http(url, ready=ready, proc=self._proc, timeout=self.startup_timeout)
+            wait()
         except StartupError as exc:
             self.stop()
             raise StartupError(
                 f"{self.name}: {exc}\n{detail}--- {self.log_path} tail ---\n{self.log_tail()}"
-            ) from None
-
-    def _await_path(self, path: Path) -> None:
-        """Returns once `path` exists (a socket the server creates when ready); else stops
-        the process and raises StartupError with the log's tail."""
-        try:
-            wait_for_path(path, timeout=self.startup_timeout, proc=self._proc)
-        except StartupError as exc:
-            self.stop()
-            raise StartupError(
-                f"{self.name}: {exc}\n--- {self.log_path} tail ---\n{self.log_tail()}"
-            ) from None
-
-    def _await_log(self, text: str, offset: int) -> None:
-        """Returns once the log says `text` after byte `offset`; else stops the process
-        and raises StartupError with the log's tail."""
-        try:
-            wait_for_text(
-                self.log_path, text, offset=offset, timeout=self.startup_timeout, proc=self._proc
-            )
-        except StartupError as exc:
-            self.stop()
-            raise StartupError(
-                f"{self.name}: {exc}\n--- {self.log_path} tail ---\n{self.log_tail()}"
             ) from None
 
     def _forget(self) -> None:
